@@ -1,0 +1,141 @@
+"""Thin command line over the pipeline stages.
+
+    selfalign run [--config FILE] [key=value ...]
+    selfalign train-backward | augment | curate | train-forward [--config FILE] [key=value ...]
+    selfalign generate --adapter DIR [--prompts FILE] [key=value ...]
+    selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
+
+Every command prints the resolved config first. Errors in config, data or models are one line.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from selfalign.config import Config, ConfigError, format_config, load_config
+
+DEFAULT_CONFIG = Path("configs/default.yaml")
+
+# Library deprecation notices (transformers 5.x renames) are noise for a pipeline user.
+warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
+    path = config
+    if path is None and DEFAULT_CONFIG.is_file():
+        path = str(DEFAULT_CONFIG)
+    cfg = load_config(path, list(overrides))
+    print(f"# config: {path or 'built-in defaults'}")
+    print(format_config(cfg), flush=True)
+    return cfg
+
+
+def _fail(msg: str) -> None:
+    click.echo(f"error: {msg}", err=True)
+    sys.exit(2)
+
+
+def _guard(fn):  # noqa: ANN001, ANN202
+    """Known failure kinds become one clear line, not a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        from selfalign.io import DataError
+        from selfalign.models import ModelError
+        from selfalign.pipeline import RunDirError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ConfigError, DataError, ModelError, RunDirError) as e:
+            _fail(str(e))
+        except OSError as e:
+            _fail(f"{e.strerror or e}: {e.filename or ''}".strip())
+        except KeyboardInterrupt:
+            _fail("interrupted; re-run the same command to resume")
+
+    return wrapper
+
+
+_config_opt = click.option("--config", "-c", default=None, help="YAML config (default: configs/default.yaml)")
+_overrides = click.argument("overrides", nargs=-1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """selfalign: self-alignment with instruction backtranslation, with LoRA."""
+
+
+def _stage_command(name: str, help_text: str) -> None:
+    @main.command(name, help=help_text)
+    @_config_opt
+    @_overrides
+    @_guard
+    def cmd(config: str | None, overrides: tuple[str, ...]) -> None:
+        from selfalign.pipeline import run_pipeline
+
+        run_pipeline(_load(config, overrides), until="responses" if name == "run" else name)
+
+
+_stage_command("run", "Run the whole pipeline (stages already done are skipped).")
+_stage_command("seed", "Load the seed data into the run directory.")
+_stage_command("train-backward", "Train the backward model p(instruction | response) on the seed data.")
+_stage_command("augment", "Generate an instruction for each sampled unlabelled response.")
+_stage_command("curate", "Rate the augmented pairs and keep those at or above the threshold.")
+_stage_command("train-forward", "Train the forward model on seed + curated data.")
+
+
+@main.command("generate")
+@_config_opt
+@click.option("--adapter", default=None, help="LoRA adapter folder (default: the run's forward/)")
+@click.option("--prompts", default=None, help="prompts file (default: data.eval_prompts)")
+@click.option("-n", "n", default=None, type=int, help="number of prompts (default: forward.n_responses)")
+@_overrides
+@_guard
+def generate_cmd(config: str | None, adapter: str | None, prompts: str | None, n: int | None, overrides: tuple[str, ...]) -> None:
+    """Print responses of a trained model for prompts."""
+    from selfalign.forward import load_prompts, sample_responses
+    from selfalign.generation import GenParams, load_engine
+    from selfalign.pipeline import resolve_data
+    from selfalign.report import print_responses
+
+    cfg = _load(config, overrides)
+    adapter = adapter or str(Path(cfg.run.out_dir) / "forward")
+    if not Path(adapter, "adapter_config.json").is_file():
+        _fail(f"{adapter}: no LoRA adapter here (train one with `selfalign run`, or pass --adapter)")
+    src = prompts or resolve_data(cfg.data.eval_prompts, "prompts.jsonl", cfg)
+    ps = load_prompts(src, n or cfg.forward.n_responses, cfg.data.eval_split)
+    engine = load_engine(cfg, cfg.models.base, adapter=adapter, name="forward")
+    texts = sample_responses(engine, ps, GenParams.from_config(cfg.generation.response, cfg.run.seed), cfg.forward.seed_tag)
+    print_responses([{"prompt": p, "response": t} for p, t in zip(ps, texts, strict=True)])
+
+
+@main.command("push")
+@_config_opt
+@click.option("--run", "run_dir", default=None, help="run directory (default: run.out_dir)")
+@click.option("--dry-run", is_flag=True, help="list what would be uploaded; contact nothing")
+@click.option("--private", is_flag=True, default=None, help="create private repositories")
+@click.option("--endpoint", default=None, help="a self-hosted Hub's URL")
+@click.option("--merge", is_flag=True, default=None, help="also upload the merged forward model")
+@_overrides
+@_guard
+def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bool | None,
+             endpoint: str | None, merge: bool | None, overrides: tuple[str, ...]) -> None:
+    """Publish the backward model, the curated dataset and the forward model to the Hub."""
+    from selfalign.hub import HubError, push_run
+
+    cfg = _load(config, overrides)
+    hub = cfg.hub.model_copy(update={k: v for k, v in
+                                     {"private": private, "endpoint": endpoint, "merge": merge}.items() if v is not None})
+    try:
+        push_run(Path(run_dir or cfg.run.out_dir), hub, dry_run=dry_run)
+    except HubError as e:
+        _fail(str(e))
+
+
+if __name__ == "__main__":
+    main()

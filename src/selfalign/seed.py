@@ -1,0 +1,149 @@
+"""Seed data: human-written (instruction, response) pairs, Guanaco format.
+
+Guanaco rows hold `text` = "### Human: ...### Assistant: ..." (possibly several turns). The paper
+uses the first turn of English conversations only. Rows in `messages` (role/content) form or
+`instruction`/`output` form are accepted too.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from selfalign.io import DataError, data_files, iter_json_rows
+from selfalign.records import RejectLog, SeedPair
+
+_TURN_RE = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)
+
+# Common English function words; a cheap language check good enough for a seed filter.
+_EN_WORDS = frozenset(
+    "the a an and or of to in is are was were be been it this that for on with as at by from "
+    "you your i my we our they their he she what how why which who can could would should do "
+    "does did not no yes if then there here have has had will about please me".split()
+)
+
+
+def split_guanaco(text: str) -> list[tuple[str, str]]:
+    """Split Guanaco text into [(role, content)], role in {"user", "assistant"}.
+
+    Never raises: text without any marker gives an empty list.
+    """
+    if not isinstance(text, str):
+        return []
+    turns: list[tuple[str, str]] = []
+    matches = list(_TURN_RE.finditer(text))
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+        role = "user" if m.group(1).lower() == "human" else "assistant"
+        turns.append((role, text[m.end() : end].strip()))
+    return turns
+
+
+def join_guanaco(turns: list[tuple[str, str]]) -> str:
+    """Inverse of `split_guanaco` (up to whitespace around each turn)."""
+    tag = {"user": "### Human: ", "assistant": "### Assistant: "}
+    return "".join(tag[role] + content for role, content in turns)
+
+
+def english_score(text: str) -> float:
+    """Share of words that are common English function words (0..1)."""
+    words = re.findall(r"\w+", text.lower())
+    if not words:
+        return 0.0
+    return sum(w in _EN_WORDS for w in words) / len(words)
+
+
+def is_english(text: str, min_score: float = 0.12) -> bool:
+    return english_score(text) >= min_score
+
+
+def first_turn(row: dict[str, Any]) -> tuple[str, str, int] | str:
+    """(instruction, response, n_turns) from one row, or a reject reason."""
+    if "text" in row:
+        if not isinstance(row["text"], str):
+            return "wrong_type: text is not a string"
+        turns = split_guanaco(row["text"])
+        if not turns:
+            return "no_markers: no '### Human:'/'### Assistant:' marker"
+    elif "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            return "wrong_type: messages is not a list of objects"
+        turns = [(str(m.get("role", "")), m.get("content")) for m in msgs]
+        if any(not isinstance(c, str) for _, c in turns):
+            return "wrong_type: message content is not a string"
+        turns = [("user" if r in ("user", "human", "prompter") else r, c) for r, c in turns]
+    elif "instruction" in row and ("output" in row or "response" in row):
+        ins, out = row["instruction"], row.get("output", row.get("response"))
+        if not isinstance(ins, str) or not isinstance(out, str):
+            return "wrong_type: instruction/output is not a string"
+        turns = [("user", ins), ("assistant", out)]
+    else:
+        return "missing_field: no text, messages or instruction/output field"
+    if len(turns) < 2 or turns[0][0] != "user" or turns[1][0] != "assistant":
+        return "no_first_turn: does not start with a human turn followed by an assistant turn"
+    instruction, response = turns[0][1].strip(), turns[1][1].strip()
+    if not instruction:
+        return "empty: empty instruction"
+    if not response:
+        return "empty: empty response"
+    n_turns = sum(1 for r, _ in turns if r == "assistant")
+    return instruction, response, n_turns
+
+
+def _rows_from_hub(name: str, split: str) -> list[tuple[str, int, dict[str, Any]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one clear line
+        raise DataError(f"cannot load dataset '{name}' (split {split}): {e}") from None
+    return [(name, i + 1, dict(r)) for i, r in enumerate(ds)]
+
+
+def load_rows(source: str, split: str, rejects: RejectLog) -> list[tuple[str, int, dict[str, Any]]]:
+    """(file, line, row) from a local file or folder, or a Hub dataset id."""
+    p = Path(source).expanduser()
+    if p.exists():
+        out = []
+        for f in data_files(p):
+            out.extend((str(f), line, row) for line, row in iter_json_rows(f, rejects))
+        return out
+    if source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
+        raise DataError(f"{source}: file not found")
+    return _rows_from_hub(source, split)
+
+
+def load_seed(
+    source: str,
+    split: str = "train",
+    english_only: bool = True,
+    limit: int | None = None,
+    rejects: RejectLog | None = None,
+) -> list[SeedPair]:
+    """Load seed pairs (first turn of each conversation), deduplicated, English-filtered."""
+    rejects = rejects if rejects is not None else RejectLog()
+    pairs: list[SeedPair] = []
+    seen: set[tuple[str, str]] = set()
+    for file, line, row in load_rows(source, split, rejects):
+        got = first_turn(row)
+        if isinstance(got, str):
+            rejects.add(file, line, got, str(row.get("text", row))[:200])
+            continue
+        instruction, response, n_turns = got
+        if english_only and not is_english(instruction + " " + response):
+            rejects.add(file, line, "not_english", instruction)
+            continue
+        key = (instruction, response)
+        if key in seen:
+            rejects.add(file, line, "duplicate", instruction)
+            continue
+        seen.add(key)
+        source_id = str(row.get("id", row.get("message_tree_id", f"{Path(file).name}:{line}")))
+        pairs.append(SeedPair(instruction, response, source_id, n_turns))
+        if limit is not None and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise DataError(f"{source}: no usable seed pair ({rejects.summary()})")
+    return pairs

@@ -1,0 +1,230 @@
+"""LoRA fine-tuning shared by the backward and the forward model.
+
+Examples are (chat messages, target) pairs. Prompt and target are tokenized separately and
+concatenated, so the loss mask (labels = -100 on the prompt) is exact. Training runs through the
+stock transformers `Trainer` (so `accelerate launch` / `torchrun` work unchanged), with a PEFT
+LoRA adapter, length-grouped batches and resumable checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from selfalign.config import LoraConfig, ModelsConfig, TrainConfig
+from selfalign.io import write_json, write_jsonl
+from selfalign.prompts import Messages, render_prompt, render_target
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainExample:
+    messages: Messages
+    target: str
+    source_id: str = ""
+
+
+@dataclass
+class TokenizedSet:
+    rows: list[dict[str, list[int]]]
+    dropped: dict[str, int] = field(default_factory=dict)
+    truncated: int = 0
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(r["input_ids"]) for r in self.rows)
+
+    @property
+    def n_target_tokens(self) -> int:
+        return sum(sum(1 for x in r["labels"] if x != IGNORE_INDEX) for r in self.rows)
+
+
+def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int) -> dict[str, Any] | str:
+    """input_ids + labels (prompt masked with -100), or a reason string if it can't be used.
+
+    Over-long examples lose the tail of the target; an example whose prompt leaves no room for
+    at least one target token is dropped (the caller counts it).
+    """
+    if not ex.target.strip():
+        return "empty_target"
+    prompt_ids = tokenizer(render_prompt(tokenizer, ex.messages), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(render_target(tokenizer, ex.messages, ex.target), add_special_tokens=False)["input_ids"]
+    truncated = False
+    room = max_len - len(prompt_ids)
+    if room < 1:
+        return "prompt_too_long"
+    if len(target_ids) > room:
+        target_ids = target_ids[:room]
+        truncated = True
+    return {
+        "input_ids": prompt_ids + target_ids,
+        "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
+        "truncated": truncated,
+    }
+
+
+def tokenize_examples(tokenizer: Any, examples: list[TrainExample], max_len: int) -> TokenizedSet:
+    out = TokenizedSet(rows=[])
+    for ex in examples:
+        got = tokenize_example(tokenizer, ex, max_len)
+        if isinstance(got, str):
+            out.dropped[got] = out.dropped.get(got, 0) + 1
+            continue
+        out.truncated += int(got.pop("truncated"))
+        out.rows.append(got)
+    return out
+
+
+class PadCollator:
+    """Right-pads a batch; labels padded with -100 so padding never counts in the loss."""
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad = pad_token_id
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        n = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), n), self.pad, dtype=torch.long)
+        labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(features), n), dtype=torch.long)
+        for i, f in enumerate(features):
+            k = len(f["input_ids"])
+            ids[i, :k] = torch.tensor(f["input_ids"])
+            labels[i, :k] = torch.tensor(f["labels"])
+            mask[i, :k] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    n_examples: int
+    n_tokens: int
+    n_target_tokens: int
+    dropped: dict[str, int]
+    truncated: int
+    first_loss: float | None
+    last_loss: float | None
+    seconds: float
+    tokens_per_second: float
+    steps: int
+
+
+def _is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def train_lora(
+    examples: list[TrainExample],
+    out_dir: Path,
+    models: ModelsConfig,
+    lora: LoraConfig,
+    train: TrainConfig,
+    base: str,
+    seed: int = 0,
+    device: str = "auto",
+    name: str = "lora",
+) -> TrainResult:
+    """Train a LoRA adapter on `examples` and save a standard PEFT folder at `out_dir`.
+
+    Checkpoints go to `<out_dir>.work/`; an interrupted run resumes from the last one. The
+    adapter folder appears (atomically renamed) only when training has finished.
+    """
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import Trainer, TrainingArguments, set_seed
+
+    from selfalign.models import load_model
+
+    out_dir = Path(out_dir)
+    work = out_dir.with_name(out_dir.name + ".work")
+    set_seed(seed)
+    model, tok = load_model(base, models, device=device, trainable=True)
+    data = tokenize_examples(tok, examples, train.max_seq_len)
+    if not data.rows:
+        raise ValueError(f"{name}: no training example left after tokenization ({data.dropped})")
+    peft_cfg = PeftLoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+    )
+    model = get_peft_model(model, peft_cfg)
+    model.config.use_cache = False
+
+    from datasets import Dataset
+
+    ds = Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in data.rows])
+    on_cpu = next(model.parameters()).device.type == "cpu"
+    args = TrainingArguments(
+        output_dir=str(work),
+        per_device_train_batch_size=train.batch_size,
+        gradient_accumulation_steps=train.grad_accum,
+        num_train_epochs=train.epochs,
+        max_steps=train.max_steps,
+        learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay,
+        warmup_steps=train.warmup_ratio,
+        logging_steps=train.logging_steps,
+        save_strategy="steps",
+        save_steps=train.save_steps,
+        save_total_limit=1,
+        seed=seed,
+        data_seed=seed,
+        report_to="none",
+        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        remove_unused_columns=False,
+        use_cpu=on_cpu,
+        bf16=False if on_cpu else (next(model.parameters()).dtype == torch.bfloat16),
+        dataloader_num_workers=0,
+        optim="adamw_torch",
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id))
+    resume = any(work.glob("checkpoint-*")) if work.exists() else False
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=True if resume else None)
+    seconds = time.perf_counter() - t0
+
+    steps = trainer.state.global_step
+    epochs_done = (steps * train.batch_size * train.grad_accum) / max(len(data.rows), 1)
+    tokens_seen = int(data.n_tokens * min(epochs_done, max(train.epochs, epochs_done)))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    result = TrainResult(
+        adapter_dir=out_dir,
+        n_examples=len(data.rows),
+        n_tokens=data.n_tokens,
+        n_target_tokens=data.n_target_tokens,
+        dropped=data.dropped,
+        truncated=data.truncated,
+        first_loss=losses[0] if losses else None,
+        last_loss=losses[-1] if losses else None,
+        seconds=round(seconds, 2),
+        tokens_per_second=round(tokens_seen / seconds, 1) if seconds > 0 else math.nan,
+        steps=steps,
+    )
+    if _is_main_process():
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp))
+        tok.save_pretrained(str(tmp))
+        write_jsonl(tmp / "train_log.jsonl", trainer.state.log_history)
+        info = {k: v for k, v in result.__dict__.items() if k != "adapter_dir"}
+        info.update(name=name, base=base, lora=lora.model_dump(), train=train.model_dump())
+        write_json(tmp / "training_info.json", info)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def read_training_info(adapter_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(adapter_dir) / "training_info.json").read_text())

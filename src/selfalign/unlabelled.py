@@ -1,0 +1,85 @@
+"""Unlabelled responses (LIMA format) and the seeded sample of single-turn ones."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from selfalign.io import DataError
+from selfalign.records import RejectLog, UnlabelledResponse
+from selfalign.seed import load_rows
+
+
+def is_multi_turn(conversations: list[str]) -> bool:
+    """LIMA: a single-turn row is [prompt, response]; anything longer is multi-turn."""
+    return len(conversations) > 2
+
+
+def response_of(row: dict[str, Any]) -> str:
+    """The response text of a row, or raise ValueError with a reject reason."""
+    if "conversations" in row:
+        conv = row["conversations"]
+        if not isinstance(conv, list) or not all(isinstance(c, str) for c in conv):
+            raise ValueError("wrong_type: conversations is not a list of strings")
+        if is_multi_turn(conv):
+            raise ValueError("multi_turn")
+        if len(conv) < 2:
+            raise ValueError("no_response: conversations holds no response")
+        text = conv[1]
+    elif "text" in row:
+        text = row["text"]
+    elif "response" in row:
+        text = row["response"]
+    elif "output" in row:
+        text = row["output"]
+    else:
+        raise ValueError("missing_field: no conversations, text, response or output field")
+    if not isinstance(text, str):
+        raise ValueError("wrong_type: response is not a string")
+    if not text.strip():
+        raise ValueError("empty: empty or whitespace-only response")
+    return text.strip()
+
+
+def load_unlabelled(
+    source: str, split: str = "train", rejects: RejectLog | None = None
+) -> list[UnlabelledResponse]:
+    """All usable single-turn responses; multi-turn rows are counted as rejects, not dropped silently."""
+    rejects = rejects if rejects is not None else RejectLog()
+    out: list[UnlabelledResponse] = []
+    seen: set[str] = set()
+    for file, line, row in load_rows(source, split, rejects):
+        try:
+            text = response_of(row)
+        except ValueError as e:
+            rejects.add(file, line, str(e), str(row)[:200])
+            continue
+        if text in seen:
+            rejects.add(file, line, "duplicate", text)
+            continue
+        seen.add(text)
+        name = str(row.get("source", "")) if isinstance(row.get("source", ""), str) else ""
+        out.append(UnlabelledResponse(text, source_id=f"{_short(file)}:{line}", source=name))
+    if not out:
+        raise DataError(f"{source}: no usable unlabelled response ({rejects.summary()})")
+    return out
+
+
+def _short(file: str) -> str:
+    from pathlib import Path
+
+    p = Path(file)
+    return p.name if p.suffix else file
+
+
+def sample_single_turn(
+    responses: list[UnlabelledResponse], n: int, seed: int
+) -> list[UnlabelledResponse]:
+    """A seeded sample of n responses, the same on every machine and Python version.
+
+    Items are ordered by a SHA-256 of (seed, source_id): no dependence on `random`'s algorithm.
+    """
+    def key(r: UnlabelledResponse) -> str:
+        return hashlib.sha256(f"{seed}:{r.source_id}".encode()).hexdigest()
+
+    return sorted(responses, key=key)[: min(n, len(responses))]
