@@ -2,10 +2,10 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import GUANACO, LIMA, OASST_SEED, need
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import GUANACO, LIMA, OASST_SEED, need
 from selfalign.io import DataError
 from selfalign.records import RejectLog
 from selfalign.seed import first_turn, is_english, join_guanaco, load_seed, split_guanaco

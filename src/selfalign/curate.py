@@ -170,7 +170,7 @@ def select(rated: list[RatedPair], threshold: float) -> list[RatedPair]:
 
 def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
     scored = [r.score for r in rated if r.score is not None]
-    hist = {str(i): sum(1 for s in scored if round(s) == i) for i in range(1, 6)}
+    hist = {str(i): sum(1 for s in scored if int(s + 0.5) == i) for i in range(1, 6)}  # half up
     n_out = sum(len(r.raw_outputs) for r in rated)
     n_fail = sum(r.parse_failures for r in rated)
     return {
@@ -194,11 +194,6 @@ language:
 tags:
 - instruction-backtranslation
 - selfalign
-configs:
-- config_name: default
-  data_files:
-  - split: train
-    path: data.jsonl
 ---
 
 # Curated instruction data (selfalign)
@@ -232,7 +227,11 @@ The unlabelled responses keep their source's license (LIMA is CC BY-NC-SA: non-c
 
 
 def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, Any]) -> Path:
-    """A dataset folder (data.jsonl + README.md card) that `datasets.load_dataset` reads."""
+    """A dataset folder (data.jsonl + README.md card) that `datasets.load_dataset` reads.
+
+    The card has no `configs:` block on purpose: with one, datasets caches local folders by
+    name, and two runs' `curated/` folders would be served from the same cache entry.
+    """
     out_dir = Path(out_dir)
     rows = [
         {"instruction": r.instruction, "response": r.response, "score": r.score,
@@ -244,5 +243,6 @@ def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, An
         "base", "backward", "rater", "unlabelled", "seed", "mode", "n_samples", "shots",
         "threshold", "rated", "scored", "kept", "parse_failure_rate", "histogram")}
     atomic_write_text(out_dir / "README.md", DATASET_CARD.format(prompt=rating_prompt().strip(), **info))
-    atomic_write_text(out_dir / "provenance.json", json.dumps(provenance, indent=2))
+    # provenance.json sits beside the folder: a second JSON file inside would be read as data
+    atomic_write_text(out_dir.with_name(out_dir.name + ".provenance.json"), json.dumps(provenance, indent=2))
     return out_dir

@@ -1,0 +1,186 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from selfalign.config import load_config
+from selfalign.curate import (
+    curation_stats,
+    parse_score,
+    parse_score_detail,
+    rate_pairs,
+    reasoning_of,
+    select,
+    write_curated,
+)
+from selfalign.generation import Engine
+from selfalign.prompts import rating_fewshot, rating_messages, rating_prompt
+from selfalign.records import AugmentedPair, RatedPair
+
+# (rater output, expected score or None)
+SCORE_TABLE = [
+    ("The answer is complete.\nScore: 4", 4.0),
+    ("Reasoning...\nscore: 4/5", 4.0),
+    ("**Score:** 5", 5.0),
+    ("Score: 4.5", 4.5),
+    ("The answer is fine.\n3", 3.0),
+    ("Good answer. Score: 2.", 2.0),
+    ("SCORE: 1", 1.0),
+    ("Score = 3", 3.0),
+    ("Rating: 4", 4.0),
+    ("My score is 5", 5.0),
+    ("Score: 8/10", 4.0),
+    ("Score: 9", None),  # out of range
+    ("Score: 0", None),
+    ("Score: 42", None),
+    ("", None),
+    ("I cannot rate this answer.", None),
+    ("La respuesta es buena. Puntuación: cinco", None),  # another language, no number
+    ("Score: 3\nOn reflection, Score: 5", 5.0),  # the last score line wins
+    ("The list has 3 items and 2 errors, so overall the answer is weak.\nScore: 2", 2.0),
+    ("Score:4", 4.0),
+    ("  5  ", 5.0),
+    ("Score: <rating>", None),
+    ("(4)", 4.0),
+    ("Score: 3/7", None),
+]
+
+
+@pytest.mark.parametrize("text,expected", SCORE_TABLE)
+def test_parse_score_table(text: str, expected: float | None) -> None:
+    assert parse_score(text) == expected
+
+
+def test_parse_score_reports_why() -> None:
+    assert parse_score_detail("Score: 9") == (None, "out_of_range")
+    assert parse_score_detail("no number here") == (None, "no_score")
+    assert parse_score_detail(None) == (None, "no_score")  # type: ignore[arg-type]
+
+
+def test_score_table_is_large_enough() -> None:
+    assert len(SCORE_TABLE) >= 20
+
+
+def test_reasoning_drops_the_score_line() -> None:
+    assert reasoning_of("It is clear and complete.\nScore: 5") == "It is clear and complete."
+
+
+def test_rating_prompt_is_the_papers_table_1_verbatim() -> None:
+    p = rating_prompt()
+    assert p.startswith("Below is an instruction from an user and a candidate answer. Evaluate whether or not "
+                        "the answer is a good example of how AI Assistant should respond to the user's instruction. "
+                        "Please assign a score using the following 5-point scale:\n1: It means the answer is incomplete,")
+    # the paper's typos are kept
+    assert "from an user" in p and "It provide a complete, clear, and comprehensive response" in p
+    assert "3: It means the answer is helpful but not written by an AI Assistant." in p
+    assert "mentions comments section, or share on social media, etc." in p
+    assert "engaging and insightful." in p
+    assert 'Please first provide a brief reasoning you used to derive the rating score, and then write "Score: <rating>" in the last line.' in p
+    assert p.rstrip().endswith("{instruction}\n\n{response}")
+    assert [line[:2] for line in p.splitlines() if line[:1].isdigit()] == ["1:", "2:", "3:", "4:", "5:"]
+
+
+def test_fewshot_examples_cover_low_and_high_scores() -> None:
+    shots = rating_fewshot()
+    assert len(shots) >= 3
+    first3 = {s["score"] for s in shots[:3]}
+    assert min(first3) <= 2 and max(first3) >= 4
+    for s in shots:
+        assert parse_score(f"{s['reasoning']}\nScore: {s['score']}") == s["score"]
+
+
+def test_rating_messages_prepend_k_shots() -> None:
+    m0 = rating_messages("Do X", "Done.", 0)
+    m3 = rating_messages("Do X", "Done.", 3)
+    assert len(m0) == 1 and len(m3) == 7
+    assert m3[1]["role"] == "assistant" and "Score:" in m3[1]["content"]
+    assert m3[-1]["content"].endswith("Do X\n\nDone.\n")
+    with pytest.raises(ValueError):
+        rating_messages("x", "y", 99)
+
+
+def rated(scores: list[float | None]) -> list[RatedPair]:
+    return [RatedPair(f"i{k}", f"r{k}", str(k), "s", s, "") for k, s in enumerate(scores)]
+
+
+def test_threshold_selection() -> None:
+    rs = rated([5, 4.5, 4, 3.99, 3, None, 1])
+    assert [r.score for r in select(rs, 4.0)] == [5, 4.5, 4]
+    assert [r.score for r in select(rs, 4.5)] == [5, 4.5]
+    assert [r.score for r in select(rs, 5.0)] == [5]
+    stats = curation_stats(rs, 4.0)
+    assert stats["kept"] == 3 and stats["unscored"] == 1 and stats["histogram"]["4"] == 2
+
+
+def test_curated_folder_loads_with_datasets(tmp_path: Path) -> None:
+    import datasets
+
+    kept = rated([5, 4])
+    out = write_curated(kept, tmp_path / "curated", {"base": "b", "rater": "r", "threshold": 4, "kept": 2})
+    ds = datasets.load_dataset(str(out), split="train")
+    assert ds.num_rows == 2 and ds[0]["instruction"] == "i0" and ds[0]["score"] == 5
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n") and "threshold" in card and "from an user" in card
+
+
+class FakeTok:
+    """Renders and tokenizes nothing: the fake engine below only needs the text."""
+
+    chat_template = None
+    bos_token = ""
+    eos_token = "</s>"
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": list(range(len(text.split())))}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join("w" for _ in ids)
+
+
+def test_rate_pairs_retries_failures_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rater that first answers without a score is retried; a crash mid-way loses nothing."""
+    import selfalign.curate as curate
+
+    calls: list[int] = []
+
+    def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True):
+        calls.append(len(prompts))
+        out = []
+        for p in prompts:
+            if "NOSCORE" in p and params.temperature == 0:
+                out.append("I refuse to give a number.")
+            elif "NEVER" in p:
+                out.append("Je ne sais pas.")
+            else:
+                out.append("Clear and complete.\nScore: 5")
+        return out
+
+    monkeypatch.setattr(curate, "generate", fake_generate)
+    engine = Engine(model=None, tokenizer=FakeTok())
+    pairs = [AugmentedPair(f"instr {k}", resp, str(k), "s", "") for k, resp in
+             enumerate(["fine answer", "NOSCORE answer", "NEVER answer"])]
+    cur = load_config(None, ["curation.retries=2"]).curation
+    out = rate_pairs(engine, pairs, cur, tmp_path / "rated.jsonl")
+    assert [r.score for r in out] == [5.0, 5.0, None]
+    assert out[1].parse_failures == 1 and len(out[1].raw_outputs) == 2
+    assert out[2].parse_failures == 3  # first try + 2 retries
+    assert calls == [3, 2, 1]
+    stats = curation_stats(out, 4.0)
+    assert stats["parse_failure_rate"] == round(4 / 6, 3)
+    # re-running finds every record in the log and rates nothing again
+    calls.clear()
+    again = rate_pairs(engine, pairs, cur, tmp_path / "rated.jsonl")
+    assert calls == [] and [r.score for r in again] == [5.0, 5.0, None]
+    lines = (tmp_path / "rated.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and len({json.loads(x)["source_id"] for x in lines}) == 3
+
+
+def test_logprob_mode_gives_expected_score(tiny_model: Path, tmp_path: Path) -> None:
+    from selfalign.generation import load_engine
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=logprob"])
+    engine = load_engine(cfg, str(tiny_model))
+    pairs = [AugmentedPair(f"instruction {k}?", f"response number {k}.", str(k), "s", "") for k in range(3)]
+    out = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
+    assert all(r.score is not None and 1.0 <= r.score <= 5.0 for r in out)
+    assert all("next-token probabilities" in r.reasoning for r in out)

@@ -1,0 +1,135 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from selfalign.pipeline import RunDirError, run_pipeline
+
+
+def lines(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text().splitlines()]
+
+
+def test_smoke_run_end_to_end(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
+    import datasets
+    from peft import PeftConfig
+
+    run = run_pipeline(smoke_cfg)
+    out = capsys.readouterr().out
+    d = run.dir
+    for section in ("augmented pairs", "high-scored pairs", "low-scored pairs", "responses of the forward model"):
+        assert section in out
+    assert PeftConfig.from_pretrained(str(d / "backward")).r == smoke_cfg.lora.r
+    assert (d / "forward" / "adapter_model.safetensors").is_file()
+    aug = lines(d / "augment" / "augmented.jsonl")
+    assert len(aug) == smoke_cfg.data.unlabelled_n
+    assert {"instruction", "response", "source_id", "source", "status", "generation"} <= set(aug[0])
+    ds = datasets.load_dataset(str(d / "curated"), split="train")
+    assert ds.num_rows == len(lines(d / "curated" / "data.jsonl"))
+    assert len(lines(d / "responses.jsonl")) == smoke_cfg.forward.n_responses
+    report = (d / "report.md").read_text()
+    assert "## Counts" in report and "## High-scored pairs" in report and "## Responses of the forward model" in report
+    manifest = json.loads((d / "manifest.json").read_text())
+    assert all(s["status"] == "done" for s in manifest["stages"].values())
+    assert manifest["counts"]["sampled"] == smoke_cfg.data.unlabelled_n
+    assert "torch" in manifest["versions"]
+
+
+def test_unchanged_stages_are_skipped(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
+    run_pipeline(smoke_cfg)
+    adapter = Path(smoke_cfg.run.out_dir) / "backward" / "adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime_ns
+    capsys.readouterr()
+    run_pipeline(smoke_cfg)
+    out = capsys.readouterr().out
+    assert "running" not in out.replace("skipped", "")
+    for stage in ("seed", "train-backward", "sample", "augment", "curate-1", "train-forward-1", "responses"):
+        assert f"{stage}: up to date, skipped" in out
+    assert adapter.stat().st_mtime_ns == mtime
+    # a new threshold re-selects without re-rating, and retrains only what follows
+    cfg2 = smoke_cfg.model_copy(deep=True)
+    cfg2.curation.threshold = 5.0
+    run_pipeline(cfg2)
+    out = capsys.readouterr().out
+    assert "curate-1: up to date, skipped" in out and "augment: up to date, skipped" in out
+    assert "train-forward-1: running" in out
+
+
+def test_resume_after_interrupted_augmentation(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.augment as augment_mod
+
+    real = augment_mod.generate
+    budget = {"n": 5}
+
+    def crashing_generate(engine, prompts, params, on_result=None, **kw):
+        def counting(i, text):
+            if budget["n"] == 0:
+                raise RuntimeError("simulated crash")
+            budget["n"] -= 1
+            on_result(i, text)
+        return real(engine, prompts, params, on_result=counting, **kw)
+
+    monkeypatch.setattr(augment_mod, "generate", crashing_generate)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(smoke_cfg, until="augment")
+    log = Path(smoke_cfg.run.out_dir) / "augment" / "augmented.jsonl"
+    first = lines(log)
+    assert len(first) == 5
+    monkeypatch.setattr(augment_mod, "generate", real)
+    run_pipeline(smoke_cfg, until="augment")
+    final = lines(log)
+    ids = [r["source_id"] for r in final]
+    assert len(final) == smoke_cfg.data.unlabelled_n and len(set(ids)) == len(ids)  # none duplicated, none lost
+    sample = lines(Path(smoke_cfg.run.out_dir) / "augment" / "sample.jsonl")
+    assert set(ids) == {r["source_id"] for r in sample}
+    assert final[:5] == first  # finished records were kept, not redone
+
+
+def test_torn_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
+    from selfalign.io import RecordLog
+
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"source_id": "a"}\n{"source_id": "b"}\n{"source_id": "c", "instr')
+    log = RecordLog(p)
+    assert log.done_keys("source_id") == {"a", "b"}
+    log.append({"source_id": "c"})
+    log.close()
+    assert [json.loads(x)["source_id"] for x in p.read_text().splitlines()] == ["a", "b", "c"]
+
+
+def test_foreign_output_dir_is_refused(smoke_cfg) -> None:
+    d = Path(smoke_cfg.run.out_dir)
+    d.mkdir(parents=True)
+    (d / "precious.txt").write_text("not a run")
+    with pytest.raises(RunDirError, match="holds no selfalign run"):
+        run_pipeline(smoke_cfg, until="seed")
+    assert (d / "precious.txt").read_text() == "not a run"
+
+
+def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "selfalign.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_cli_bad_config_key_is_one_line(tmp_path: Path) -> None:
+    r = cli("train-backward", "--config", "configs/smoke.yaml", "lora.rank=3", f"run.out_dir={tmp_path}/r")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip() == "error: config error in configs/smoke.yaml + overrides: unknown key 'lora.rank'"
+
+
+def test_cli_missing_data_is_one_line(tmp_path: Path) -> None:
+    r = cli("seed", "--config", "configs/smoke.yaml", "data.fallback_to_samples=false",
+            f"data.seed={tmp_path}/nope.jsonl", f"run.out_dir={tmp_path}/r")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip() == f"error: {tmp_path}/nope.jsonl: file not found"
+
+
+def test_cli_prints_resolved_config(tmp_path: Path) -> None:
+    r = cli("seed", "--config", "configs/smoke.yaml", f"run.out_dir={tmp_path}/r", "data.seed_limit=3")
+    assert r.returncode == 0, r.stderr
+    assert "# resolved config" in r.stdout and "seed_limit: 3" in r.stdout
+    assert len(lines(tmp_path / "r" / "seed" / "pairs.jsonl")) == 3

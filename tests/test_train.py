@@ -1,0 +1,134 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import GUANACO, need, slow_smollm2
+
+from selfalign.backward import backward_example, backward_examples
+from selfalign.config import load_config
+from selfalign.forward import forward_examples
+from selfalign.models import load_tokenizer
+from selfalign.prompts import render_prompt
+from selfalign.records import RatedPair, SeedPair
+from selfalign.train import (
+    IGNORE_INDEX,
+    PadCollator,
+    TrainExample,
+    tokenize_example,
+    tokenize_examples,
+    train_lora,
+)
+
+PAIR = SeedPair("What is the boiling point of water at sea level?",
+                "Water boils at 100 degrees Celsius (212 degrees Fahrenheit) at sea level.", "t1")
+
+
+def check_mask(tok, ex: TrainExample, row: dict) -> None:
+    ids, labels = row["input_ids"], row["labels"]
+    prompt_ids = tok(render_prompt(tok, ex.messages), add_special_tokens=False)["input_ids"]
+    n = len(prompt_ids)
+    assert ids[:n] == prompt_ids
+    assert labels[:n] == [IGNORE_INDEX] * n  # no loss on the prompt
+    assert labels[n:] == ids[n:]  # loss on every target token
+    target_text = tok.decode(ids[n:], skip_special_tokens=True)
+    assert target_text.strip() == ex.target
+    assert ids[-1] == tok.eos_token_id or tok.decode(ids[-1:]).strip() in ("<|im_end|>", "</s>")
+
+
+@pytest.mark.parametrize("fixture", ["tiny_model", "tiny_plain_model"])
+def test_backward_masking_covers_instruction_only(fixture: str, request: pytest.FixtureRequest) -> None:
+    tok = load_tokenizer(str(request.getfixturevalue(fixture)))
+    ex = backward_example(PAIR)
+    row = tokenize_example(tok, ex, 1024)
+    check_mask(tok, ex, row)
+    # the response is in the (masked) prompt, the instruction is the target
+    assert PAIR.response in render_prompt(tok, ex.messages)
+    assert ex.target == PAIR.instruction
+
+
+def test_forward_examples_carry_the_paper_tags(tiny_model: Path) -> None:
+    cfg = load_config(None)
+    cur = RatedPair("Write a haiku", "Leaves fall / quietly / autumn ends", "c1", "lima", 5.0, "")
+    exs = forward_examples([PAIR], [cur], cfg.forward)
+    assert exs[0].messages[0] == {"role": "system", "content": "Answer in the style of an AI Assistant."}
+    assert exs[1].messages[0] == {"role": "system", "content": "Answer with knowledge from web search."}
+    tok = load_tokenizer(str(tiny_model))
+    row = tokenize_example(tok, exs[0], 1024)
+    check_mask(tok, exs[0], row)
+
+
+def test_truncation_keeps_target_and_drops_hopeless(tiny_model: Path) -> None:
+    tok = load_tokenizer(str(tiny_model))
+    long_resp = SeedPair("Short instruction?", "word " * 2000, "t2")
+    # forward: the response (target) is cut to fit, never to zero tokens
+    ex = forward_examples([long_resp], [], load_config(None).forward)[0]
+    row = tokenize_example(tok, ex, 128)
+    assert len(row["input_ids"]) == 128 and row["truncated"]
+    assert sum(x != IGNORE_INDEX for x in row["labels"]) >= 1
+    # a prompt that leaves no room for the target is dropped and counted
+    hopeless = TrainExample([{"role": "user", "content": "word " * 500}], "target")
+    out = tokenize_examples(tok, [hopeless, ex], 64)
+    assert out.dropped == {"prompt_too_long": 1} and len(out.rows) == 1
+    # backward: the long response is cut inside the prompt so the instruction fits whole
+    bex = backward_examples([long_resp], tok, 200)[0]
+    brow = tokenize_example(tok, bex, 200)
+    assert not brow["truncated"]
+    check_mask(tok, bex, brow)
+
+
+def test_collator_pads_labels_with_ignore_index() -> None:
+    batch = PadCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_training_lowers_loss_and_adapter_loads_with_stock_peft(tiny_model: Path, tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "train_backward.max_steps=30",
+                             "train_backward.learning_rate=2e-2", "train_backward.batch_size=4",
+                             "train_backward.warmup_ratio=0", "lora.r=8",
+                             "lora.target_modules=[q_proj, v_proj, down_proj, lm_head]"])
+    pairs = [SeedPair(f"Say the number {i} twice.", f"{i} {i}", f"s{i}") for i in range(8)]
+    examples = [backward_example(p) for p in pairs]
+    out = tmp_path / "adapter"
+    r = train_lora(examples, out, cfg.models, cfg.lora, cfg.train_backward, base=str(tiny_model))
+    assert r.steps == 30
+    log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    losses = [h["loss"] for h in log if "loss" in h]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+    for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "training_info.json"):
+        assert (out / f).is_file()
+    assert not out.with_name("adapter.work").exists()  # checkpoints are cleaned up
+    base = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    model = PeftModel.from_pretrained(base, str(out))
+    tok = load_tokenizer(str(tiny_model))
+    row = tokenize_example(tok, examples[0], 256)
+    with torch.no_grad():
+        loss_trained = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])).loss
+        with model.disable_adapter():
+            loss_base = model(input_ids=torch.tensor([row["input_ids"]]), labels=torch.tensor([row["labels"]])).loss
+    assert loss_trained < loss_base
+
+
+@pytest.mark.slow
+@slow_smollm2
+def test_masking_on_real_smollm2_tokens_and_guanaco() -> None:
+    from selfalign.models import resolve_model
+    from selfalign.seed import load_seed
+
+    tok = load_tokenizer(resolve_model("smollm2", "~/.cache/selfalign"))
+    pairs = load_seed(str(need(GUANACO)), limit=20)
+    for ex in backward_examples(pairs, tok, 512):
+        row = tokenize_example(tok, ex, 512)
+        n_target = sum(x != IGNORE_INDEX for x in row["labels"])
+        assert n_target >= 1
+        prompt_len = len(row["labels"]) - n_target
+        assert all(x == IGNORE_INDEX for x in row["labels"][:prompt_len])
+        decoded = tok.decode(row["input_ids"][prompt_len:])
+        assert decoded.startswith(ex.target[: min(20, len(ex.target))])
+        assert decoded.endswith("<|im_end|>")
