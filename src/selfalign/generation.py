@@ -55,8 +55,16 @@ class Engine:
         return next(self.model.parameters()).device
 
 
-def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "") -> Engine:
+def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "") -> Any:
+    """An Engine for the configured backend (`hf` by default, or the optional `vllm`)."""
     from selfalign.models import load_model
+
+    if cfg.generation.backend == "vllm":
+        from selfalign.models import load_tokenizer, resolve_model
+        from selfalign.vllm_backend import load_vllm_engine
+
+        tok = load_tokenizer(resolve_model(spec, cfg.models.cache_dir), cfg.models.trust_remote_code)
+        return load_vllm_engine(cfg, spec, adapter, name or spec, tok)
 
     model, tok = load_model(spec, cfg.models, device=cfg.run.device, adapter=adapter)
     return Engine(model, tok, cfg.generation.batch_size, name or spec)
@@ -94,9 +102,15 @@ def generate(
 
     `on_result(i, text)` is called as each completion is ready, so a caller can persist it.
     """
-    tok, model = engine.tokenizer, engine.model
     if not prompts:
         return []
+    if not isinstance(engine, Engine):  # the vLLM backend: batching is vLLM's job
+        texts = engine.generate(prompts, params)
+        for i, t in enumerate(texts):
+            if on_result is not None:
+                on_result(i, t)
+        return texts
+    tok, model = engine.tokenizer, engine.model
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared = _common_prefix_len(encoded) if len(encoded) > 1 and engine.prefix_cache else 0
     shared = min(shared, min(len(e) for e in encoded) - 1)  # every prompt keeps >= 1 new token
@@ -158,6 +172,8 @@ def next_token_probs(
     One forward pass per batch, no generation (the fast curation mode). Shares the prefix
     cache like `generate`.
     """
+    if not isinstance(engine, Engine):
+        raise RuntimeError("curation.mode=logprob needs generation.backend=hf")
     tok, model = engine.tokenizer, engine.model
     cand_ids = [tok(c, add_special_tokens=False)["input_ids"][-1] for c in candidates]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
