@@ -159,3 +159,12 @@ def test_sampling_is_stable_across_machines() -> None:
 
     expected = sorted(pool, key=lambda r: hashlib.sha256(f"0:{r.source_id}".encode()).hexdigest())[:3]
     assert [r.source_id for r in picked[:3]] == [r.source_id for r in expected]
+
+
+def test_plain_text_unlabelled(tmp_path: Path) -> None:
+    f = tmp_path / "u.txt"
+    f.write_text("First response.\n\n   \nSecond response.\nFirst response.\n")
+    rejects = RejectLog()
+    out = load_unlabelled(str(f), rejects=rejects)
+    assert [r.response for r in out] == ["First response.", "Second response."]
+    assert [(r.line, r.reason) for r in rejects.items] == [(5, "duplicate")]

@@ -133,3 +133,21 @@ def test_cli_prints_resolved_config(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "# resolved config" in r.stdout and "seed_limit: 3" in r.stdout
     assert len(lines(tmp_path / "r" / "seed" / "pairs.jsonl")) == 3
+
+
+def test_m0_rater_and_second_iteration(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
+    """rater=m0 trains the seed-only forward model first; iterations=2 re-rates with M1, trains M2."""
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.models.rater = "m0"
+    cfg.curation.iterations = 2
+    run = run_pipeline(cfg)
+    out = capsys.readouterr().out
+    d = run.dir
+    for p in ("m0", "forward_1", "forward_2", "curate_1/rated.jsonl", "curate_2/rated.jsonl", "curated_2/data.jsonl"):
+        assert (d / p).exists(), p
+    stages = json.loads((d / "manifest.json").read_text())["stages"]
+    assert stages["curate-1"]["rater"].startswith("M0") and stages["curate-2"]["rater"].startswith("M1")
+    assert "curate (iteration 2)" in out
+    # the final deliverables are those of iteration 2
+    assert (d / "forward" / "adapter_model.safetensors").read_bytes() == (d / "forward_2" / "adapter_model.safetensors").read_bytes()
+    assert (d / "curated" / "data.jsonl").read_text() == (d / "curated_2" / "data.jsonl").read_text()

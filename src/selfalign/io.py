@@ -111,6 +111,11 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
         return
+    if suffix == ".txt":  # plain text: one response per non-empty line
+        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+            if line.strip():
+                yield i, {"text": line}
+        return
     raw = path.read_bytes()
     if raw.startswith(b"\xef\xbb\xbf"):
         raw = raw[3:]
@@ -154,7 +159,7 @@ def data_files(path: Path) -> list[Path]:
         files = sorted(
             p
             for p in path.rglob("*")
-            if p.suffix.lower() in {".jsonl", ".json", ".parquet"} and p.is_file()
+            if p.suffix.lower() in {".jsonl", ".json", ".parquet", ".txt"} and p.is_file()
         )
         if not files:
             raise DataError(f"{path}: folder holds no .jsonl/.json/.parquet file")

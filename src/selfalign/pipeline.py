@@ -36,7 +36,7 @@ def say(msg: str) -> None:
 def resolve_data(path: str, sample: str, cfg: Config) -> str:
     """The configured path, or the shipped sample file when it is absent and fallback is on."""
     p = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or p.suffix in (".jsonl", ".json", ".parquet")
+    looks_local = path.startswith((".", "/", "~")) or p.suffix in (".jsonl", ".json", ".parquet", ".txt")
     if looks_local and not p.exists() and cfg.data.fallback_to_samples:
         say(f"{path} not found: using the shipped sample {SAMPLES / sample}")
         return str(SAMPLES / sample)

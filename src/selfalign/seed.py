@@ -110,7 +110,7 @@ def load_rows(source: str, split: str, rejects: RejectLog) -> list[tuple[str, in
         for f in data_files(p):
             out.extend((str(f), line, row) for line, row in iter_json_rows(f, rejects))
         return out
-    if source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet")):
+    if source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet", ".txt")):
         raise DataError(f"{source}: file not found")
     return _rows_from_hub(source, split)
 

@@ -150,7 +150,9 @@ def train_lora(
     model, tok = load_model(base, models, device=device, trainable=True)
     data = tokenize_examples(tok, examples, train.max_seq_len)
     if not data.rows:
-        raise ValueError(f"{name}: no training example left after tokenization ({data.dropped})")
+        from selfalign.io import DataError
+
+        raise DataError(f"{name}: no training example left after tokenization ({data.dropped})")
     peft_cfg = PeftLoraConfig(
         task_type="CAUSAL_LM",
         r=lora.r,
