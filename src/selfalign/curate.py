@@ -126,35 +126,46 @@ def rate_pairs(
 def _rate_generate(
     engine: Engine, todo: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog
 ) -> None:
+    """Rate in chunks of a few batches; each chunk's records are logged when it is done, so an
+    interruption loses at most one chunk of work."""
+    chunk = max(1, getattr(engine, "batch_size", 8)) * 4
+    order = sorted(range(len(todo)), key=lambda i: len(prompts[i]))  # similar lengths batch together
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        _rate_chunk(engine, [todo[i] for i in idx], [prompts[i] for i in idx], cur, seed, log,
+                    f"{start + 1}-{min(start + chunk, len(todo))}/{len(todo)}")
+
+
+def _rate_chunk(
+    engine: Engine, todo: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog,
+    where: str,
+) -> None:
     n = len(todo)
     outputs: list[list[str]] = [[] for _ in range(n)]
     scores: list[list[float]] = [[] for _ in range(n)]
     failures = [0] * n
+
+    def take(indices: list[int], texts: list[str]) -> None:
+        for i, text in zip(indices, texts, strict=True):
+            outputs[i].append(text)
+            s, _ = parse_score_detail(text)
+            if s is None:
+                failures[i] += 1
+            else:
+                scores[i].append(s)
+
     # First pass: greedy for a single rating, sampled when averaging n ratings.
     sampled = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed)
     first = GenParams(0.0, 1.0, cur.max_new_tokens, seed) if cur.n_samples == 1 else sampled
     rounds = [first] + [GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + k + 1) for k in range(cur.n_samples - 1)]
     for k, params in enumerate(rounds):
-        for i, text in enumerate(generate(engine, prompts, params, desc=f"rate {k + 1}/{len(rounds)}")):
-            outputs[i].append(text)
-            s, _ = parse_score_detail(text)
-            if s is None:
-                failures[i] += 1
-            else:
-                scores[i].append(s)
+        take(list(range(n)), generate(engine, prompts, params, desc=f"rate {where} ({k + 1}/{len(rounds)})"))
     for attempt in range(cur.retries):
         retry = [i for i in range(n) if not scores[i]]
         if not retry:
             break
         params = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + 1000 + attempt)
-        texts = generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1}")
-        for i, text in zip(retry, texts, strict=True):
-            outputs[i].append(text)
-            s, _ = parse_score_detail(text)
-            if s is None:
-                failures[i] += 1
-            else:
-                scores[i].append(s)
+        take(retry, generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1} {where}"))
     for i, p in enumerate(todo):
         score = sum(scores[i]) / len(scores[i]) if scores[i] else None
         explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
