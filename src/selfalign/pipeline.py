@@ -23,6 +23,7 @@ from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, Unl
 
 STAGES = ["seed", "train-backward", "augment", "curate", "train-forward", "responses"]
 SAMPLES = Path(__file__).parent / "sample_data"
+TEMPLATES = Path(__file__).parent / "templates"
 
 
 class RunDirError(RuntimeError):
@@ -223,7 +224,8 @@ class Run:
         curated_dir = self.path(f"curated_{iteration}")
         cur = c.curation.model_dump(exclude={"iterations", "threshold"})
         key = stage_key(spec, fingerprint(adapter) if adapter else None, cur, c.run.seed,
-                        fingerprint(self.path("augment", "augmented.jsonl")), fingerprint(Path(__file__).parent / "templates"))
+                        fingerprint(self.path("augment", "augmented.jsonl")),
+                        [fingerprint(TEMPLATES / f) for f in ("rating_prompt.txt", "rating_fewshot.json", "templates.json")])
         name = f"curate-{iteration}"
         if self.manifest.previous_key(name) != key and rated_path.exists():
             rated_path.unlink()
