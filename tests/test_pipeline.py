@@ -151,3 +151,14 @@ def test_m0_rater_and_second_iteration(smoke_cfg, capsys: pytest.CaptureFixture)
     # the final deliverables are those of iteration 2
     assert (d / "forward" / "adapter_model.safetensors").read_bytes() == (d / "forward_2" / "adapter_model.safetensors").read_bytes()
     assert (d / "curated" / "data.jsonl").read_text() == (d / "curated_2" / "data.jsonl").read_text()
+
+
+def test_cli_generate_after_train_forward(smoke_cfg, tiny_model: Path) -> None:
+    run_pipeline(smoke_cfg, until="train-forward")
+    r = cli("generate", "--config", "configs/smoke.yaml", f"run.out_dir={smoke_cfg.run.out_dir}",
+            f"models.base={tiny_model}", "-n", "2")
+    assert r.returncode == 0, r.stderr
+    assert "=== 2 responses of the forward model ===" in r.stdout
+    assert r.stdout.count("prompt:") == 2
+    missing = cli("generate", "--config", "configs/smoke.yaml", "--adapter", "/nonexistent", f"models.base={tiny_model}")
+    assert missing.returncode == 2 and "no LoRA adapter here" in missing.stderr

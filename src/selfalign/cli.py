@@ -104,7 +104,10 @@ def generate_cmd(config: str | None, adapter: str | None, prompts: str | None, n
     from selfalign.report import print_responses
 
     cfg = _load(config, overrides)
-    adapter = adapter or str(Path(cfg.run.out_dir) / "forward")
+    if adapter is None:
+        run_dir = Path(cfg.run.out_dir)
+        final = run_dir / "forward"
+        adapter = str(final if final.exists() else run_dir / f"forward_{cfg.curation.iterations}")
     if not Path(adapter, "adapter_config.json").is_file():
         _fail(f"{adapter}: no LoRA adapter here (train one with `selfalign run`, or pass --adapter)")
     src = prompts or resolve_data(cfg.data.eval_prompts, "prompts.jsonl", cfg)
