@@ -140,5 +140,27 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
         _fail(str(e))
 
 
+@main.command("evaluate")
+@_config_opt
+@click.option("--n-heldout", default=40, show_default=True, type=int,
+              help="held-out seed pairs to rate (each also gets one planted bad copy)")
+@click.option("--n-prompts", default=20, show_default=True, type=int,
+              help="held-out prompts for the pairwise win rate")
+@click.option("--heldout", default="auto", show_default=True,
+              help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
+@click.option("--judge-tokens", default=None, type=int,
+              help="max new tokens of the pairwise judge (default: curation.max_new_tokens)")
+@_overrides
+@_guard
+def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: str, judge_tokens: int | None,
+                 overrides: tuple[str, ...]) -> None:
+    """Evaluate a finished run offline: rater AUC on planted bad pairs, backward NLL, forward win rate."""
+    from selfalign.evaluate import evaluate_run
+
+    cfg = _load(config, overrides)
+    evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
+                 judge_max_new_tokens=judge_tokens)
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,253 @@
+"""`selfalign evaluate`: planted corruptions, AUC, Wilson interval, the two-order pairwise rule,
+and the reports of a finished tiny run (CPU, tiny random model)."""
+
+import itertools
+import json
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from selfalign import evaluate as ev
+from selfalign.evaluate import (
+    CORRUPTION_KINDS,
+    first_sentence,
+    judge_pairwise,
+    pairwise_outcome,
+    parse_verdict,
+    plant_corruptions,
+    precision_recall,
+    replace_section,
+    roc_auc,
+    wilson_interval,
+)
+from selfalign.generation import Engine
+from selfalign.records import SeedPair
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+PAIRS = [
+    SeedPair(f"Question number {i} about topic {t}?",
+             f"Answer {i} starts here about {t}. It has a second sentence! And a third one? Yes, about {t}.", f"id{i}")
+    for i, t in enumerate(["cats", "rust", "tea", "rome", "jazz", "chess", "bees", "snow"])
+]
+
+
+# --- planted corruptions ---------------------------------------------------------------------
+def test_each_corruption_kind_does_what_it_says() -> None:
+    bad = plant_corruptions(PAIRS, seed=0)
+    assert len(bad) == len(PAIRS)
+    kinds = [k for _, _, k in bad]
+    assert sorted(kinds) == sorted(list(CORRUPTION_KINDS) * 2)  # spread evenly
+    instructions = [p.instruction for p in PAIRS]
+    responses = [p.response for p in PAIRS]
+    for p, (ins, resp, kind) in zip(PAIRS, bad, strict=True):
+        if kind == "swapped_instruction":
+            assert resp == p.response and ins != p.instruction and ins in instructions
+        elif kind == "unrelated_response":
+            assert ins == p.instruction and resp != p.response and resp in responses
+        elif kind == "truncated":
+            assert ins == p.instruction and resp == p.response.split(". ")[0] + "."
+            assert p.response.startswith(resp) and len(resp) < len(p.response)
+        else:
+            assert kind == "boilerplate" and ins == p.instruction
+            assert resp.startswith(p.response) and len(resp) > len(p.response)
+            extra = resp[len(p.response):].lower()
+            assert "home" in extra and "share" in extra and "cookie" in extra  # navigation, social, banner
+
+
+def test_corruptions_are_deterministic_for_a_seed() -> None:
+    assert plant_corruptions(PAIRS, seed=3) == plant_corruptions(PAIRS, seed=3)
+    assert any(plant_corruptions(PAIRS, seed=s) != plant_corruptions(PAIRS, seed=0) for s in range(1, 5))
+    tuples = [(p.instruction, p.response) for p in PAIRS]
+    assert plant_corruptions(tuples, seed=3) == plant_corruptions(PAIRS, seed=3)
+    only = plant_corruptions(PAIRS, seed=1, kinds=["truncated"])
+    assert {k for _, _, k in only} == {"truncated"}
+    with pytest.raises(ValueError):
+        plant_corruptions(PAIRS[:1], seed=0)
+    with pytest.raises(ValueError):
+        plant_corruptions(PAIRS, seed=0, kinds=["nonsense"])
+
+
+def test_first_sentence_always_cuts() -> None:
+    assert first_sentence("One. Two. Three.") == "One."
+    assert first_sentence("Line one\nline two") == "Line one"
+    single = first_sentence("just one long sentence without any end mark at all")
+    assert "just one long sentence without any end mark at all".startswith(single)
+    assert 0 < len(single) < len("just one long sentence without any end mark at all")
+
+
+# --- statistics ------------------------------------------------------------------------------
+def _auc_bruteforce(labels: list[int], scores: list[float]) -> float:
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    return sum(1.0 if p > n else 0.5 if p == n else 0.0 for p, n in itertools.product(pos, neg)) / (len(pos) * len(neg))
+
+
+def test_roc_auc_hand_computed() -> None:
+    assert roc_auc([1, 1, 0, 0], [0.9, 0.8, 0.3, 0.1]) == 1.0  # perfect
+    assert roc_auc([1, 1, 0, 0], [0.1, 0.3, 0.8, 0.9]) == 0.0  # inverted
+    assert roc_auc([1, 0, 1, 0], [3.0, 3.0, 3.0, 3.0]) == 0.5  # all tied
+    # pos {0.8, 0.4} vs neg {0.4, 0.2}: 1 + 1 + 0.5 (tie) + 1 = 3.5 of 4 pairs
+    assert roc_auc([1, 1, 0, 0], [0.8, 0.4, 0.4, 0.2]) == pytest.approx(0.875)
+    assert roc_auc([True, False, False], [2.0, 5.0, 0.0]) == pytest.approx(0.5)
+    assert roc_auc([1, 1], [0.1, 0.2]) is None and roc_auc([0, 0], [0.1, 0.2]) is None
+    rng = random.Random(0)
+    for _ in range(20):
+        labels = [rng.randint(0, 1) for _ in range(15)] + [0, 1]
+        scores = [float(rng.randint(0, 4)) for _ in labels]  # many ties
+        assert roc_auc(labels, scores) == pytest.approx(_auc_bruteforce(labels, scores))
+
+
+def test_precision_recall_never_keeps_unscored() -> None:
+    r = precision_recall([1, 1, 1, 0, 0], [5.0, 4.0, None, 4.5, None], threshold=4.0)
+    assert r == {"threshold": 4.0, "kept": 3, "precision": pytest.approx(2 / 3, abs=1e-4),
+                 "recall": pytest.approx(2 / 3, abs=1e-4)}
+    assert precision_recall([1, 0], [1.0, 2.0], 5.0)["precision"] is None
+
+
+def test_wilson_interval_known_cases() -> None:
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == pytest.approx(0.0, abs=1e-12) and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(1, 10)
+    assert lo == pytest.approx(0.0179, abs=1e-4) and hi == pytest.approx(0.4042, abs=1e-4)
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+# --- pairwise judging --------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "want"), [
+    ("A is more complete.\nWinner: A", "A"),
+    ("**Winner:** B", "B"),
+    ("Winner: tie", "tie"),
+    ("winner: Response B", "B"),
+    ("Winner: A\nOn reflection, Winner: B", "B"),
+    ("Both are fine.", None),
+    ("", None),
+])
+def test_parse_verdict(text: str, want: str | None) -> None:
+    assert parse_verdict(text) == want
+
+
+def test_outcome_needs_both_orders() -> None:
+    assert pairwise_outcome("A", "B") == "win"
+    assert pairwise_outcome("B", "A") == "loss"
+    for v1, v2 in [("A", "A"), ("B", "B"), ("tie", "B"), ("A", None), (None, None), ("tie", "tie")]:
+        assert pairwise_outcome(v1, v2) == "tie"
+
+
+@pytest.fixture
+def fake_engine(tiny_model: Path) -> Engine:
+    from selfalign.models import load_tokenizer
+
+    return Engine(model=None, tokenizer=load_tokenizer(str(tiny_model)), batch_size=4, name="judge")
+
+
+INSTR = [f"Tell me about item {i}" for i in range(4)]
+FWD = [f"FORWARDTEXT answer {i}" for i in range(4)]
+BASE = [f"BASELINETEXT answer {i}" for i in range(4)]
+
+
+def test_position_biased_judge_gives_only_ties(fake_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "generate", lambda engine, prompts, params, **kw: ["I like the first.\nWinner: A"] * len(prompts))
+    s = judge_pairwise(fake_engine, INSTR, FWD, BASE)["summary"]
+    assert (s["win"], s["tie"], s["loss"]) == (0, 4, 0)
+    assert s["a_rate"] == 1.0 and s["unparsable_verdicts"] == 0 and s["verdicts"] == 8
+
+
+def _prefers(word: str):  # noqa: ANN202
+    def fake(engine, prompts, params, **kw):  # noqa: ANN001, ANN003, ANN202
+        seen = []
+        for p in prompts:
+            a, b = p.index("Response A:"), p.index("Response B:")
+            assert a < b
+            seen.append("Winner: A" if word in p[a:b] else "Winner: B")
+        return seen
+    return fake
+
+
+def test_content_judge_gives_wins_and_losses(fake_engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ev, "generate", _prefers("FORWARDTEXT"))
+    got = judge_pairwise(fake_engine, INSTR, FWD, BASE)
+    s = got["summary"]
+    assert (s["win"], s["tie"], s["loss"]) == (4, 0, 0) and s["win_rate"] == 1.0
+    assert s["win_rate_ci95"][0] == pytest.approx(wilson_interval(4, 4)[0], abs=1e-4)
+    assert all(it["verdict_x_as_a"] == "A" and it["verdict_x_as_b"] == "B" for it in got["items"])
+    monkeypatch.setattr(ev, "generate", _prefers("BASELINETEXT"))
+    s = judge_pairwise(fake_engine, INSTR, FWD, BASE)["summary"]
+    assert (s["win"], s["tie"], s["loss"]) == (0, 0, 4)
+    monkeypatch.setattr(ev, "generate", lambda engine, prompts, params, **kw: ["no idea"] * len(prompts))
+    s = judge_pairwise(fake_engine, INSTR, FWD, BASE)["summary"]
+    assert s["tie"] == 4 and s["unparsable_verdicts"] == 8
+
+
+def test_replace_section_keeps_the_rest() -> None:
+    text = "# report\n\n## Counts\n\nx\n\n## Evaluation\n\nold\n\n### sub\n\nold too\n\n## Later\n\nkept\n"
+    new = replace_section(text, "## Evaluation\n\nnew\n")
+    assert "old" not in new and "new" in new and "## Later\n\nkept" in new and new.count("## Evaluation") == 1
+    assert replace_section("# r\n", "## Evaluation\n\nA\n") == "# r\n\n## Evaluation\n\nA\n"
+
+
+# --- a finished tiny run ---------------------------------------------------------------------
+def _valid_png(path: Path) -> None:
+    import matplotlib.image as mpimg
+    from PIL import Image
+
+    assert path.read_bytes()[:8] == PNG_SIGNATURE
+    with Image.open(path) as im:
+        im.verify()
+    assert mpimg.imread(str(path)).shape[0] > 50
+
+
+def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
+    from selfalign.evaluate import evaluate_run, load_heldout, write_eval_report
+    from selfalign.pipeline import run_pipeline
+
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.data.seed_limit = 8
+    cfg.data.unlabelled_n = 6
+    run = run_pipeline(cfg)
+    d = run.dir
+    # a second iteration's model (a copy of M1 here) turns on the M2-vs-M1 comparison
+    shutil.copytree(d / "forward_1", d / "forward_2")
+    capsys.readouterr()
+
+    trained = {json.loads(x)["instruction"] for x in (d / "seed" / "pairs.jsonl").read_text().splitlines()}
+    unused, info = load_heldout(cfg, d, 5, "seed")
+    assert len(unused) == 5 and info["excluded_as_trained"] == 8
+    assert not {p.instruction for p in unused} & trained
+
+    res = evaluate_run(cfg, n_heldout=6, n_prompts=3)
+    out = capsys.readouterr().out
+    assert "evaluate: done" in out
+    saved = json.loads((d / "eval" / "evaluation.json").read_text())
+    assert saved["curation"]["n_good"] == 6 and saved["curation"]["n_bad"] == 6
+    assert 0.0 <= saved["curation"]["roc_auc"] <= 1.0
+    assert set(saved["curation"]["by_kind"]) <= {"good", *CORRUPTION_KINDS}
+    assert len((d / "eval" / "rated_eval.jsonl").read_text().splitlines()) == 12
+    heldout = [json.loads(x) for x in (d / "eval" / "heldout.jsonl").read_text().splitlines()]
+    assert not {h["instruction"] for h in heldout} & trained
+    b = saved["backward"]
+    assert b["n_pairs"] == 6 and b["base"]["nll_per_token"] > 0 and b["backward"]["nll_per_token"] > 0
+    assert len(b["examples"]) == 5
+    comps = [(c["x"], c["y"]) for c in saved["forward"]["comparisons"]]
+    assert comps == [("forward", "base"), ("forward", "forward_1")]
+    for c in saved["forward"]["comparisons"]:
+        assert c["win"] + c["tie"] + c["loss"] == c["n"] == 3 and c["ci_method"] == "wilson"
+    assert set(saved["forward"]["lengths"]) == {"base", "forward", "forward_1"}
+    assert res["curation"] == saved["curation"]
+
+    for name in ("funnel", "scores", "loss", "eval_scores", "pairwise"):
+        _valid_png(d / f"{name}.png")
+    page = (d / "report.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 5
+    assert "Evaluation" in page and "Wilson" in page
+    report = (d / "report.md").read_text()
+    assert report.count("## Evaluation") == 1 and "## Counts" in report and "ROC AUC" in report
+    assert "![funnel](funnel.png)" in report
+    # re-rendering replaces the section instead of adding a second one
+    write_eval_report(d, saved)
+    again = (d / "report.md").read_text()
+    assert again.count("## Evaluation") == 1 and "## Responses of the forward model" in again
