@@ -86,6 +86,45 @@ def test_resume_after_interrupted_augmentation(smoke_cfg, monkeypatch: pytest.Mo
     sample = lines(Path(smoke_cfg.run.out_dir) / "augment" / "sample.jsonl")
     assert set(ids) == {r["source_id"] for r in sample}
     assert final[:5] == first  # finished records were kept, not redone
+    # and the resumed run wrote exactly what an uninterrupted run with the same seed writes
+    fresh = smoke_cfg.model_copy(deep=True)
+    fresh.run.out_dir = str(Path(smoke_cfg.run.out_dir).with_name("fresh"))
+    run_pipeline(fresh, until="augment")
+    uninterrupted = lines(Path(fresh.run.out_dir) / "augment" / "augmented.jsonl")
+    assert sorted(final, key=lambda r: r["source_id"]) == sorted(uninterrupted, key=lambda r: r["source_id"])
+
+
+def test_resume_after_interrupted_curation_is_identical(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.curate as curate_mod
+
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.curation.mode = "generate"
+    cfg.generation.batch_size = 2  # chunks of 8 pairs: the crash lands after the first chunk
+    real = curate_mod.generate
+    calls = {"n": 0}
+
+    def crashing_generate(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 2:  # first chunk: one rating round + one retry round
+            raise RuntimeError("simulated crash")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(curate_mod, "generate", crashing_generate)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_pipeline(cfg, until="curate")
+    rated_log = Path(cfg.run.out_dir) / "curate_1" / "rated.jsonl"
+    partial = lines(rated_log)
+    assert 0 < len(partial) < cfg.data.unlabelled_n
+    monkeypatch.setattr(curate_mod, "generate", real)
+    run_pipeline(cfg, until="curate")
+    final = lines(rated_log)
+    ids = [r["source_id"] for r in final]
+    assert len(set(ids)) == len(ids) == len(lines(Path(cfg.run.out_dir) / "augment" / "augmented.jsonl"))
+    fresh = cfg.model_copy(deep=True)
+    fresh.run.out_dir = str(Path(cfg.run.out_dir).with_name("fresh"))
+    run_pipeline(fresh, until="curate")
+    uninterrupted = lines(Path(fresh.run.out_dir) / "curate_1" / "rated.jsonl")
+    assert sorted(final, key=lambda r: r["source_id"]) == sorted(uninterrupted, key=lambda r: r["source_id"])
 
 
 def test_torn_last_line_is_dropped_on_resume(tmp_path: Path) -> None:

@@ -53,7 +53,8 @@ def augment(
     """
     log = RecordLog(out_path)
     done = log.done_keys("source_id")
-    todo = [r for r in responses if r.source_id not in done]
+    todo = list(responses)  # all of them: batches and seeds must match an uninterrupted run
+    skip = {i for i, r in enumerate(todo) if r.source_id in done}
     settings = {"temperature": params.temperature, "top_p": params.top_p,
                 "max_new_tokens": params.max_new_tokens, "seed": params.seed, "model": engine.name}
     prompts = []
@@ -68,7 +69,8 @@ def augment(
         log.append(asdict(rec))
 
     try:
-        generate(engine, prompts, params, on_result=save, desc="augment")
+        if len(skip) < len(todo):
+            generate(engine, prompts, params, on_result=save, desc="augment", skip=skip)
     finally:
         log.close()
     by_id = {rec["source_id"]: rec for rec in log.records}

@@ -102,10 +102,22 @@ def rate_pairs(
     """Rate every pair; records are appended to `out_path` as they finish (resumable)."""
     log = RecordLog(out_path)
     done = log.done_keys("source_id")
+    if cur.mode == "generate":
+        # all pairs: chunks and seeds must match an uninterrupted run; done pairs are skipped
+        if any(p.source_id not in done for p in pairs):
+            prompts = build_rating_prompts(engine, pairs, cur.shots, max_response_tokens)
+            try:
+                _rate_generate(engine, pairs, prompts, cur, seed, log, done)
+            finally:
+                log.close()
+        else:
+            log.close()
+        by_id = {r["source_id"]: r for r in log.records}
+        return [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
     todo = [p for p in pairs if p.source_id not in done]
     prompts = build_rating_prompts(engine, todo, cur.shots, max_response_tokens)
     try:
-        if todo and cur.mode == "logprob":
+        if todo:
             suffix, cands = _score_suffix(engine.tokenizer)
             probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
             for p, pr in zip(todo, probs, strict=True):
@@ -115,8 +127,6 @@ def rate_pairs(
                 rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
                                 f"next-token probabilities {dist}", [score] if score else [], [], 0)
                 log.append(asdict(rec))
-        elif todo:
-            _rate_generate(engine, todo, prompts, cur, seed, log)
     finally:
         log.close()
     by_id = {r["source_id"]: r for r in log.records}
@@ -124,21 +134,25 @@ def rate_pairs(
 
 
 def _rate_generate(
-    engine: Engine, todo: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog
+    engine: Engine, pairs: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog,
+    done: set[str],
 ) -> None:
     """Rate in chunks of a few batches; each chunk's records are logged when it is done, so an
-    interruption loses at most one chunk of work."""
+    interruption loses at most one chunk of work. Chunks are formed over all pairs, so a resumed
+    run rates exactly as an uninterrupted one; chunks already logged are skipped."""
     chunk = max(1, getattr(engine, "batch_size", 8)) * 4
-    order = sorted(range(len(todo)), key=lambda i: len(prompts[i]))  # similar lengths batch together
+    order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), i))  # similar lengths batch together
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]
-        _rate_chunk(engine, [todo[i] for i in idx], [prompts[i] for i in idx], cur, seed, log,
-                    f"{start + 1}-{min(start + chunk, len(todo))}/{len(todo)}")
+        if all(pairs[i].source_id in done for i in idx):
+            continue
+        _rate_chunk(engine, [pairs[i] for i in idx], [prompts[i] for i in idx], cur, seed + start, log,
+                    f"{start + 1}-{min(start + chunk, len(pairs))}/{len(pairs)}", done)
 
 
 def _rate_chunk(
     engine: Engine, todo: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog,
-    where: str,
+    where: str, done: set[str],
 ) -> None:
     n = len(todo)
     outputs: list[list[str]] = [[] for _ in range(n)]
@@ -167,6 +181,8 @@ def _rate_chunk(
         params = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + 1000 + attempt)
         take(retry, generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1} {where}"))
     for i, p in enumerate(todo):
+        if p.source_id in done:
+            continue
         score = sum(scores[i]) / len(scores[i]) if scores[i] else None
         explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
         rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,

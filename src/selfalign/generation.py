@@ -97,16 +97,23 @@ def generate(
     on_result: Callable[[int, str], None] | None = None,
     desc: str = "generate",
     progress: bool = True,
+    skip: set[int] | None = None,
 ) -> list[str]:
     """Completions for `prompts` (already rendered text), in input order.
 
     `on_result(i, text)` is called as each completion is ready, so a caller can persist it.
+    `skip` holds indices already done (a resumed stage): batches are formed over all prompts
+    and seeded by position, exactly as in an uninterrupted run, so a resumed run produces the
+    same completions; batches that are entirely done are not run, and done items are not reported.
     """
+    skip = skip or set()
     if not prompts:
         return []
     if not isinstance(engine, Engine):  # the vLLM backend: batching is vLLM's job
-        texts = engine.generate(prompts, params)
-        for i, t in enumerate(texts):
+        todo = [i for i in range(len(prompts)) if i not in skip]
+        texts = [""] * len(prompts)
+        for i, t in zip(todo, engine.generate([prompts[i] for i in todo], params), strict=True):
+            texts[i] = t
             if on_result is not None:
                 on_result(i, t)
         return texts
@@ -127,6 +134,9 @@ def generate(
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(order), engine.batch_size):
         idx = order[start : start + engine.batch_size]
+        if all(i in skip for i in idx):
+            bar.update(len(idx))
+            continue
         tails = [encoded[i][shared:] for i in idx]
         width = max(len(t) for t in tails)
         ids = torch.full((len(idx), shared + width), pad, dtype=torch.long)
@@ -156,7 +166,7 @@ def generate(
         for r, i in enumerate(idx):
             text = tok.decode(new[r], skip_special_tokens=True).strip()
             results[i] = text
-            if on_result is not None:
+            if on_result is not None and i not in skip:
                 on_result(i, text)
         bar.update(len(idx))
     bar.close()
