@@ -76,9 +76,13 @@ def _stage_command(name: str, help_text: str) -> None:
     @_overrides
     @_guard
     def cmd(config: str | None, overrides: tuple[str, ...]) -> None:
+        from selfalign.hub import HubError
         from selfalign.pipeline import run_pipeline
 
-        run_pipeline(_load(config, overrides), until="responses" if name == "run" else name)
+        try:
+            run_pipeline(_load(config, overrides), until="responses" if name == "run" else name)
+        except HubError as e:
+            _fail(f"{e} (the run's local artifacts are complete; retry with `selfalign push`)")
 
 
 _stage_command("run", "Run the whole pipeline (stages already done are skipped).")

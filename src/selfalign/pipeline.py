@@ -352,6 +352,10 @@ def run_pipeline(cfg: Config, until: str = "responses") -> Run:
         run.finalize()
         run.manifest.data["total_seconds"] = round(time.perf_counter() - t0, 1)
         run.manifest.save()
+        if cfg.hub.push:
+            from selfalign.hub import push_run
+
+            push_run(run.dir, cfg.hub)
         say(f"done in {time.perf_counter() - t0:.0f}s; report: {run.path('report.md')}")
     return run
 
