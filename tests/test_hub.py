@@ -369,3 +369,27 @@ def test_base_model_info() -> None:
         ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
     assert base_model_info("meta-llama/Llama-2-7b-hf", None) == ("meta-llama/Llama-2-7b-hf", "llama2")
     assert base_model_info("/no/such/folder", "/no/such/folder") == (None, None)
+
+
+def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: FakeHub, default_endpoint: str,
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`hub.push: true` publishes the artifacts of an actual (tiny) pipeline run at its end."""
+    import datasets
+    from huggingface_hub import snapshot_download
+    from peft import PeftConfig
+
+    from selfalign.pipeline import run_pipeline
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.hub.push, cfg.hub.endpoint, cfg.hub.name = True, fake_hub.url, "smoke"
+    run = run_pipeline(cfg)
+    pushed = json.loads((run.dir / "hub.json").read_text())
+    assert "alice/smoke-forward" in json.dumps(pushed)
+    got = Path(snapshot_download("alice/smoke-forward", endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "dl"))
+    assert (got / "adapter_model.safetensors").read_bytes() == (run.dir / "forward" / "adapter_model.safetensors").read_bytes()
+    assert PeftConfig.from_pretrained(str(got)).r == cfg.lora.r
+    ds = datasets.load_dataset("alice/smoke-curated", split="train")
+    assert ds.num_rows == len((run.dir / "curated" / "data.jsonl").read_text().splitlines())
+    assert "## Hub repositories" in (run.dir / "report.md").read_text()
+    assert not _files_containing(run.dir, TOKEN)
