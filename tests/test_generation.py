@@ -59,3 +59,19 @@ def test_prefix_cache_generation_matches_plain_on_smollm2() -> None:
     engine.prefix_cache = False
     assert cached == generate(engine, prompts, p, progress=False)
     assert all(cached)
+
+
+def test_prefix_cache_is_reused_across_calls(tiny_model: Path) -> None:
+    cfg = load_config(None, ["generation.batch_size=2"])
+    engine = load_engine(cfg, str(tiny_model))
+    prompts = [render_prompt(engine.tokenizer, rating_messages(i, r, 3)) + "Score:" for i, r in PAIRS]
+    cands = [" 1", " 2", " 3", " 4", " 5"]
+    next_token_probs(engine, prompts, cands, progress=False)
+    memo = engine._prefix
+    assert memo is not None and len(memo[0]) >= 32
+    # a later call with one prompt (a retry) reuses the same cache object and gives the same numbers
+    again = next_token_probs(engine, prompts[2:], cands, progress=False)
+    assert engine._prefix is memo
+    engine.prefix_cache = False
+    plain = next_token_probs(engine, prompts[2:], cands, progress=False)
+    assert again[0] == pytest.approx(plain[0], rel=1e-3, abs=1e-7)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ class Engine:
     batch_size: int = 8
     name: str = ""
     prefix_cache: bool = True
+    _prefix: tuple[list[int], Any] | None = field(default=None, repr=False)  # reused across calls
 
     @property
     def device(self) -> torch.device:
@@ -81,6 +82,31 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
             i += 1
         n = i
     return n
+
+
+def _shared_prefix(engine: Engine, encoded: list[list[int]]) -> tuple[int, Any]:
+    """(length, KV cache) of the token prefix shared by all prompts, or (0, None).
+
+    The cache is kept on the engine: later calls whose prompts start with the same prefix (the
+    next chunk of pairs, a retry round) reuse it instead of recomputing it.
+    """
+    if not engine.prefix_cache or len(encoded) < 2 and engine._prefix is None:
+        return 0, None
+    shortest = min(len(e) for e in encoded)
+    memo = engine._prefix
+    if memo is not None:
+        ids = memo[0]
+        if len(ids) < shortest and all(e[: len(ids)] == ids for e in encoded):
+            return len(ids), memo[1]
+    if len(encoded) < 2:
+        return 0, None
+    shared = min(_common_prefix_len(encoded), shortest - 1)  # every prompt keeps >= 1 new token
+    if shared < MIN_SHARED_PREFIX:
+        return 0, None
+    ids = encoded[0][:shared]
+    cache = engine.model(input_ids=torch.tensor([ids], device=engine.device), use_cache=True).past_key_values
+    engine._prefix = (ids, cache)
+    return shared, cache
 
 
 def _sample_kwargs(params: GenParams) -> dict[str, Any]:
@@ -119,14 +145,7 @@ def generate(
         return texts
     tok, model = engine.tokenizer, engine.model
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    shared = _common_prefix_len(encoded) if len(encoded) > 1 and engine.prefix_cache else 0
-    shared = min(shared, min(len(e) for e in encoded) - 1)  # every prompt keeps >= 1 new token
-    prefix_cache = None
-    if shared >= MIN_SHARED_PREFIX:
-        out = model(input_ids=torch.tensor([encoded[0][:shared]], device=engine.device), use_cache=True)
-        prefix_cache = out.past_key_values
-    else:
-        shared = 0
+    shared, prefix_cache = _shared_prefix(engine, encoded)
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[str | None] = [None] * len(prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -187,15 +206,9 @@ def next_token_probs(
     tok, model = engine.tokenizer, engine.model
     cand_ids = [tok(c, add_special_tokens=False)["input_ids"][-1] for c in candidates]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    shared = _common_prefix_len(encoded) if len(encoded) > 1 and engine.prefix_cache else 0
-    shared = min(shared, min(len(e) for e in encoded) - 1) if encoded else 0
-    prefix_cache = None
-    if shared >= MIN_SHARED_PREFIX:
-        prefix_cache = model(
-            input_ids=torch.tensor([encoded[0][:shared]], device=engine.device), use_cache=True
-        ).past_key_values
-    else:
-        shared = 0
+    if not encoded:
+        return []
+    shared, prefix_cache = _shared_prefix(engine, encoded)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[list[float]] = [[] for _ in prompts]
