@@ -2,6 +2,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from selfalign.config import load_config
 from selfalign.curate import (
@@ -184,3 +186,18 @@ def test_logprob_mode_gives_expected_score(tiny_model: Path, tmp_path: Path) -> 
     out = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
     assert all(r.score is not None and 1.0 <= r.score <= 5.0 for r in out)
     assert all("next-token probabilities" in r.reasoning for r in out)
+
+
+@given(st.text())
+def test_parse_score_never_raises_and_stays_in_range(text: str) -> None:
+    score, status = parse_score_detail(text)
+    assert status in ("ok", "no_score", "out_of_range")
+    assert (score is None) == (status != "ok")
+    if score is not None:
+        assert 1.0 <= score <= 5.0
+
+
+@given(st.integers(1, 5), st.text(alphabet=st.characters(blacklist_categories=("Nd",)), max_size=200))
+def test_parse_score_round_trip(n: int, reasoning: str) -> None:
+    """Any reasoning without digits, then the requested last line, parses back to the score."""
+    assert parse_score(f"{reasoning}\nScore: {n}") == n
