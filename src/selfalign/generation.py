@@ -109,6 +109,33 @@ def _shared_prefix(engine: Engine, encoded: list[list[int]]) -> tuple[int, Any]:
     return shared, cache
 
 
+def _batch(
+    encoded: list[list[int]], idx: list[int], shared: int, pad: int, prefix_cache: Any
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    """input_ids, attention_mask and cache kwargs for one batch.
+
+    Rows are [shared prefix | left padding | own tail]: the padding sits between the cached
+    prefix and each prompt's own tokens, masked out. The prefix KV cache is copied and repeated
+    for the batch (generation extends it in place).
+    """
+    tails = [encoded[i][shared:] for i in idx]
+    width = max(len(t) for t in tails)
+    ids = torch.full((len(idx), shared + width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    if shared:
+        ids[:, :shared] = torch.tensor(encoded[idx[0]][:shared])
+        mask[:, :shared] = 1
+    for r, t in enumerate(tails):
+        ids[r, shared + width - len(t) :] = torch.tensor(t)
+        mask[r, shared + width - len(t) :] = 1
+    kwargs: dict[str, Any] = {}
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(len(idx))
+        kwargs["past_key_values"] = cache
+    return ids, mask, kwargs
+
+
 def _sample_kwargs(params: GenParams) -> dict[str, Any]:
     if params.temperature <= 0:
         return {"do_sample": False}
@@ -156,21 +183,7 @@ def generate(
         if all(i in skip for i in idx):
             bar.update(len(idx))
             continue
-        tails = [encoded[i][shared:] for i in idx]
-        width = max(len(t) for t in tails)
-        ids = torch.full((len(idx), shared + width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, t in enumerate(tails):
-            if shared:
-                ids[r, :shared] = torch.tensor(encoded[idx[r]][:shared])
-                mask[r, :shared] = 1
-            ids[r, shared + width - len(t) :] = torch.tensor(t)  # pad between prefix and tail
-            mask[r, shared + width - len(t) :] = 1
-        kwargs: dict[str, Any] = {}
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(idx))
-            kwargs["past_key_values"] = cache
+        ids, mask, kwargs = _batch(encoded, idx, shared, pad, prefix_cache)
         torch.manual_seed(params.seed + start)
         out = model.generate(
             input_ids=ids.to(engine.device),
@@ -215,22 +228,10 @@ def next_token_probs(
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(order), engine.batch_size):
         idx = order[start : start + engine.batch_size]
-        tails = [encoded[i][shared:] for i in idx]
-        width = max(len(t) for t in tails)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), shared + width), dtype=torch.long)
-        mask[:, :shared] = 1
-        for r, t in enumerate(tails):
-            ids[r, width - len(t) :] = torch.tensor(t)
-            mask[r, shared + width - len(t) :] = 1
+        ids, mask, kwargs = _batch(encoded, idx, shared, pad, prefix_cache)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, shared:]
-        kwargs: dict[str, Any] = {}
-        if prefix_cache is not None:
-            cache = copy.deepcopy(prefix_cache)
-            cache.batch_repeat_interleave(len(idx))
-            kwargs["past_key_values"] = cache
         logits = model(
-            input_ids=ids.to(engine.device),
+            input_ids=ids[:, shared:].to(engine.device),  # the prefix is in the cache
             attention_mask=mask.to(engine.device),
             position_ids=pos.to(engine.device),
             use_cache=prefix_cache is not None,
