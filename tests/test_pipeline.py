@@ -201,3 +201,30 @@ def test_cli_generate_after_train_forward(smoke_cfg, tiny_model: Path) -> None:
     assert r.stdout.count("prompt:") == 2
     missing = cli("generate", "--config", "configs/smoke.yaml", "--adapter", "/nonexistent", f"models.base={tiny_model}")
     assert missing.returncode == 2 and "no LoRA adapter here" in missing.stderr
+
+
+def test_training_under_torchrun_two_cpu_ranks(tmp_path: Path, tiny_model: Path) -> None:
+    """`torchrun --nproc_per_node 2` (gloo on CPU): both ranks train the same model, rank 0 saves it."""
+    import shutil as sh
+
+    torchrun = sh.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun not on PATH")
+    r = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "selfalign.cli", "train-backward", "--config", "configs/smoke.yaml",
+         f"run.out_dir={tmp_path}/run", f"models.base={tiny_model}", "train_backward.max_steps=3", "run.threads=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summaries = [x for x in r.stdout.splitlines() if x.startswith("[selfalign] train-backward: 16 examples")]
+    losses = [x.split("loss ")[1].split(",")[0] for x in summaries]  # "a -> b"
+    assert len(losses) == 2 and losses[0] == losses[1]  # the ranks agree on the losses
+    adapter = tmp_path / "run" / "backward"
+    assert (adapter / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backward", "config.yaml", "manifest.json", "seed"]
+    # generation stages refuse to run once per rank
+    g = subprocess.run(
+        [torchrun, "--nproc_per_node", "2", "-m", "selfalign.cli", "augment", "--config", "configs/smoke.yaml",
+         f"run.out_dir={tmp_path}/run", f"models.base={tiny_model}", "run.threads=1"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert g.returncode != 0 and "runs in a single process" in g.stderr
+    assert not (tmp_path / "run" / "augment" / "augmented.jsonl").exists()

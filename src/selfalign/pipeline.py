@@ -10,6 +10,7 @@ generation stages append records as they go and resume where they stopped.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import asdict
@@ -21,6 +22,8 @@ from selfalign.io import DataError, write_jsonl
 from selfalign.manifest import Manifest, fingerprint, stage_key, versions
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, UnlabelledResponse
 
+# Generation stages append records to one log: they must not run once per rank.
+SINGLE_PROCESS_STAGES = {"augment", "curate-1", "curate-2", "responses"}
 STAGES = ["seed", "train-backward", "augment", "curate", "train-forward", "responses"]
 SAMPLES = Path(__file__).parent / "sample_data"
 TEMPLATES = Path(__file__).parent / "templates"
@@ -100,6 +103,12 @@ class Run:
         if self.manifest.is_done(name, key, outputs):
             say(f"{name}: up to date, skipped")
             return False
+        if name in SINGLE_PROCESS_STAGES and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # several ranks would each generate every record into the same log
+            raise RunDirError(
+                f"stage {name} runs in a single process: run `selfalign {name.split('-')[0]}` without "
+                "torchrun/accelerate first, then launch only the training command on several GPUs"
+            )
         say(f"{name}: running")
         self.manifest.start(name, key)
         return True
