@@ -80,6 +80,7 @@ class RecordLog:
         self._f.flush()
         os.fsync(self._f.fileno())
         self.records.append(record)
+        _maybe_crash()
 
     def close(self) -> None:
         self._f.close()
@@ -89,6 +90,23 @@ class RecordLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+_appended = 0
+
+
+def _maybe_crash() -> None:
+    """Fault injection for the crash tests: SELFALIGN_CRASH_AFTER_RECORDS=N makes the process
+    SIGKILL itself after its N-th appended record (no cleanup runs, as in a real crash)."""
+    global _appended
+    limit = os.environ.get("SELFALIGN_CRASH_AFTER_RECORDS")
+    if limit is None:
+        return
+    _appended += 1
+    if _appended >= int(limit):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[str, Any]]]:
