@@ -102,35 +102,36 @@ def rate_pairs(
     """Rate every pair; records are appended to `out_path` as they finish (resumable)."""
     log = RecordLog(out_path)
     done = log.done_keys("source_id")
-    if cur.mode == "generate":
-        # all pairs: chunks and seeds must match an uninterrupted run; done pairs are skipped
-        if any(p.source_id not in done for p in pairs):
-            prompts = build_rating_prompts(engine, pairs, cur.shots, max_response_tokens)
-            try:
-                _rate_generate(engine, pairs, prompts, cur, seed, log, done)
-            finally:
-                log.close()
-        else:
-            log.close()
-        by_id = {r["source_id"]: r for r in log.records}
-        return [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
-    todo = [p for p in pairs if p.source_id not in done]
-    prompts = build_rating_prompts(engine, todo, cur.shots, max_response_tokens)
     try:
-        if todo:
-            suffix, cands = _score_suffix(engine.tokenizer)
-            probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
-            for p, pr in zip(todo, probs, strict=True):
-                total = sum(pr)
-                score = sum((i + 1) * x for i, x in enumerate(pr)) / total if total > 0 else None
-                dist = ", ".join(f"{i + 1}:{x / total:.2f}" for i, x in enumerate(pr)) if total else ""
-                rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                                f"next-token probabilities {dist}", [score] if score else [], [], 0)
-                log.append(asdict(rec))
+        if cur.mode == "generate":
+            # all pairs: chunks and seeds must match an uninterrupted run; done pairs are skipped
+            if any(p.source_id not in done for p in pairs):
+                prompts = build_rating_prompts(engine, pairs, cur.shots, max_response_tokens)
+                _rate_generate(engine, pairs, prompts, cur, seed, log, done)
+        else:
+            todo = [p for p in pairs if p.source_id not in done]
+            if todo:
+                _rate_logprob(engine, todo, cur, max_response_tokens, log)
     finally:
         log.close()
     by_id = {r["source_id"]: r for r in log.records}
     return [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
+
+
+def _rate_logprob(
+    engine: Engine, todo: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, log: RecordLog
+) -> None:
+    """Expected score from the next-token probabilities of 1..5 after "Score:" (one pass)."""
+    prompts = build_rating_prompts(engine, todo, cur.shots, max_response_tokens)
+    suffix, cands = _score_suffix(engine.tokenizer)
+    probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
+    for p, pr in zip(todo, probs, strict=True):
+        total = sum(pr)
+        score = sum((i + 1) * x for i, x in enumerate(pr)) / total if total > 0 else None
+        dist = ", ".join(f"{i + 1}:{x / total:.2f}" for i, x in enumerate(pr)) if total else ""
+        rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
+                        f"next-token probabilities {dist}", [score] if score else [], [], 0)
+        log.append(asdict(rec))
 
 
 def _rate_generate(

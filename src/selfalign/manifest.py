@@ -78,11 +78,6 @@ class Manifest:
         st.update(status="done", finished=time.time(), seconds=round(time.time() - st["started"], 1), **info)
         self.save()
 
-    def fail(self, name: str, error: str) -> None:
-        st = self.data["stages"].setdefault(name, {})
-        st.update(status="failed", error=error)
-        self.save()
-
     def count(self, **counts: Any) -> None:
         self.data["counts"].update(counts)
         self.save()

@@ -245,7 +245,7 @@ class Run:
             engine = load_engine(c, spec, adapter=adapter, name=rater_name)
             rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
             self.manifest.finish(name, rater=rater_name)
-        rated = [RatedPair(**json.loads(x)) for x in rated_path.read_text().splitlines()]
+        rated = load_rated(rated_path)
         # Selection is cheap: always redone, so a new threshold needs no re-rating.
         from selfalign.curate import curation_stats, select, write_curated
 
@@ -354,9 +354,7 @@ def run_pipeline(cfg: Config, until: str = "responses") -> Run:
     else:
         report.print_augmented(run.augment())
         run.final_forward()
-        rated = [RatedPair(**json.loads(x)) for x in
-                 run.path(f"curate_{cfg.curation.iterations}", "rated.jsonl").read_text().splitlines()]
-        report.print_rated(rated, cfg.curation.threshold)
+        report.print_rated(run.curate(cfg.curation.iterations), cfg.curation.threshold)  # memoized
         report.print_responses(run.responses())
         run.finalize()
         run.manifest.data["total_seconds"] = round(time.perf_counter() - t0, 1)

@@ -198,7 +198,7 @@ def train_lora(
 
     steps = trainer.state.global_step
     epochs_done = (steps * train.batch_size * train.grad_accum) / max(len(data.rows), 1)
-    tokens_seen = int(data.n_tokens * min(epochs_done, max(train.epochs, epochs_done)))
+    tokens_seen = int(data.n_tokens * epochs_done)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     result = TrainResult(
         adapter_dir=out_dir,
