@@ -122,6 +122,28 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _crash_callbacks() -> list[Any]:
+    """Fault injection for the crash tests: SELFALIGN_CRASH_AFTER_STEPS=N makes the process
+    SIGKILL itself at the end of its N-th optimizer step, before that step's checkpoint is
+    written (no cleanup runs, as in a real crash)."""
+    limit = os.environ.get("SELFALIGN_CRASH_AFTER_STEPS")
+    if limit is None:
+        return []
+    import signal
+
+    from transformers import TrainerCallback
+
+    class _Crash(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.steps += 1
+            if self.steps >= int(limit):
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    return [_Crash()]
+
+
 def train_lora(
     examples: list[TrainExample],
     out_dir: Path,
@@ -190,7 +212,8 @@ def train_lora(
         dataloader_num_workers=0,
         optim="adamw_torch",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id))
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id),
+                      callbacks=_crash_callbacks())
     resume = any(work.glob("checkpoint-*")) if work.exists() else False
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
