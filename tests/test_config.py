@@ -32,6 +32,17 @@ def test_llama2_config_names_the_real_models() -> None:
     assert cfg.models.rater == "meta-llama/Llama-2-7b-chat-hf"
     assert cfg.data.seed == "timdettmers/openassistant-guanaco"
     assert cfg.data.unlabelled == "GAIR/lima"
+    for t in (cfg.train_backward, cfg.train_forward):  # LoRA rates, not the paper's full-finetune 1e-5
+        assert 1e-4 <= t.learning_rate <= 3e-4 and t.max_seq_len == 2048 and t.gradient_checkpointing
+    assert set(cfg.lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert cfg.models.dtype in ("auto", "bfloat16") and not cfg.models.load_in_4bit
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "dup.yaml"
+    p.write_text("run:\n  seed: 1\nmodels:\n  base: x\nrun:\n  seed: 2\n")
+    with pytest.raises(ConfigError, match="key 'run' is given twice \\(line 5\\)"):
+        load_config(p)
 
 
 def test_overrides_are_typed() -> None:

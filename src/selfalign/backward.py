@@ -42,4 +42,5 @@ def train_backward(cfg: Config, pairs: list[SeedPair], out_dir: Path) -> TrainRe
         seed=cfg.run.seed,
         device=cfg.run.device,
         name="backward",
+        run_cfg=cfg,
     )

@@ -166,5 +166,29 @@ def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: st
                  judge_max_new_tokens=judge_tokens)
 
 
+@main.command("plan")
+@_config_opt
+@click.option("--device-memory-gb", default=None, type=float,
+              help="plan for a device with this much memory (default: the visible device)")
+@_overrides
+@_guard
+def plan_cmd(config: str | None, device_memory_gb: float | None, overrides: tuple[str, ...]) -> None:
+    """Estimate the memory of every stage from the config, without loading a model."""
+    from selfalign.memory import plan_run, suggestion
+
+    extra = (f"run.device_memory_gb={device_memory_gb}",) if device_memory_gb is not None else ()
+    cfg = _load(config, overrides + extra)
+    too_big = []
+    for stage, plan in plan_run(cfg):
+        if plan is None:
+            click.echo(f"{stage}: unknown (cannot read the model's config.json)")
+            continue
+        click.echo(f"{stage}: {'fits' if plan.fits else 'DOES NOT FIT'}: {plan.format()}")
+        if not plan.fits:
+            too_big.append((stage, plan))
+    if too_big:
+        _fail(f"{', '.join(s for s, _ in too_big)} will not fit; {suggestion(cfg, too_big[0][1])}")
+
+
 if __name__ == "__main__":
     main()

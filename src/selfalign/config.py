@@ -29,6 +29,8 @@ class RunConfig(_Section):
     force: bool = False  # allow reusing an out_dir that holds a run with another config
     threads: int = 0  # torch CPU threads; 0 = all cores
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    memory_check: bool = True  # estimate memory before loading a model; refuse if it can't fit
+    device_memory_gb: float | None = None  # plan for this much device memory instead of the visible one
 
 
 class ModelsConfig(_Section):
@@ -90,6 +92,7 @@ class TrainConfig(_Section):
     logging_steps: int = 1
     save_steps: int = 50  # checkpoint interval for resume
     group_by_length: bool = True  # batch similar lengths together: less padding
+    gradient_checkpointing: bool = False  # recompute activations: far less memory, ~30% slower (GPU)
 
     @field_validator("max_seq_len", "batch_size", "grad_accum")
     @classmethod
@@ -221,6 +224,19 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
     data: dict[str, Any] = {}
@@ -231,7 +247,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
+        except ConfigError as e:
+            raise ConfigError(f"config file {p}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
         if loaded is None:

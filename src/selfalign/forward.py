@@ -34,7 +34,7 @@ def train_forward(
         raise DataError("forward model: no training example (no seed and nothing curated)")
     return train_lora(
         examples, out_dir, cfg.models, cfg.lora, cfg.train_forward,
-        base=cfg.models.base, seed=cfg.run.seed, device=cfg.run.device, name=name,
+        base=cfg.models.base, seed=cfg.run.seed, device=cfg.run.device, name=name, run_cfg=cfg,
     )
 
 

@@ -56,8 +56,11 @@ class Engine:
         return next(self.model.parameters()).device
 
 
-def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "") -> Any:
-    """An Engine for the configured backend (`hf` by default, or the optional `vllm`)."""
+def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "",
+                stage: str | None = None) -> Any:
+    """An Engine for the configured backend (`hf` by default, or the optional `vllm`).
+
+    `stage` (augment, curate, responses) sizes the memory check; None plans for the longest."""
     from selfalign.models import load_model
 
     if cfg.generation.backend == "vllm":
@@ -67,6 +70,12 @@ def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name:
         tok = load_tokenizer(resolve_model(spec, cfg.models.cache_dir), cfg.models.trust_remote_code)
         return load_vllm_engine(cfg, spec, adapter, name or spec, tok)
 
+    from selfalign import memory
+    from selfalign.models import pick_device, resolve_model
+
+    lora = cfg.lora if adapter is not None else None
+    memory.check(cfg, spec, resolve_model(spec, cfg.models.cache_dir), pick_device(cfg.run.device), lora=lora,
+                 stage=stage)
     model, tok = load_model(spec, cfg.models, device=cfg.run.device, adapter=adapter)
     return Engine(model, tok, cfg.generation.batch_size, name or spec)
 

@@ -118,11 +118,33 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
 
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
+    except (OSError, ValueError) as e:  # missing files; no usable tokenizer class for the folder
         raise ModelError(f"cannot load tokenizer '{path}': {e}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
+
+
+def quantization_kwargs(models: ModelsConfig, device: str) -> dict[str, Any]:
+    """from_pretrained kwargs for 4-bit NF4 QLoRA (bitsandbytes, CUDA only)."""
+    if device != "cuda":
+        raise ModelError(f"models.load_in_4bit=true needs a CUDA GPU (device is {device}); "
+                         "set models.load_in_4bit=false on this machine")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("models.load_in_4bit=true needs bitsandbytes: pip install 'selfalign[qlora]'")
+    from transformers import BitsAndBytesConfig
+
+    compute = pick_dtype(models.dtype, device)
+    if compute == torch.float32:
+        compute = torch.float16
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))  # one full copy per process under DDP
+    return {
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute),
+        "device_map": {"": local_rank},
+        "dtype": compute,
+    }
 
 
 def load_model(
@@ -143,11 +165,7 @@ def load_model(
         "use_safetensors": True,  # never unpickle weights
     }
     if models.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float16
-        )
+        kwargs.update(quantization_kwargs(models, dev))
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as e:

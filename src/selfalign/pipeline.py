@@ -187,7 +187,7 @@ class Run:
             from selfalign.augment import augment
             from selfalign.generation import GenParams, load_engine
 
-            engine = load_engine(c, c.models.base, adapter=backward, name="backward")
+            engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
             pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
                             c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
             status = {s: sum(p.status == s for p in pairs) for s in ("ok", "empty", "too_long", "echo")}
@@ -242,7 +242,7 @@ class Run:
             from selfalign.curate import rate_pairs
             from selfalign.generation import load_engine
 
-            engine = load_engine(c, spec, adapter=adapter, name=rater_name)
+            engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
             rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
             self.manifest.finish(name, rater=rater_name)
         rated = load_rated(rated_path)
@@ -307,7 +307,7 @@ class Run:
             from selfalign.generation import GenParams, load_engine
 
             prompts = load_prompts(src, c.forward.n_responses, c.data.eval_split)
-            engine = load_engine(c, c.models.base, adapter=fwd, name="forward")
+            engine = load_engine(c, c.models.base, adapter=fwd, name="forward", stage="responses")
             texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
                                      c.forward.seed_tag)
             write_jsonl(out, [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)])

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from selfalign.config import LoraConfig, ModelsConfig, TrainConfig
+from selfalign.config import Config, LoraConfig, ModelsConfig, TrainConfig
 from selfalign.io import write_json, write_jsonl
 from selfalign.prompts import Messages, render_prompt, render_target
 
@@ -118,6 +118,14 @@ class TrainResult:
     steps: int
 
 
+def _compute_dtype(model: Any) -> torch.dtype:
+    """The dtype the frozen weights compute in (4-bit: the bitsandbytes compute dtype)."""
+    qc = getattr(model.config, "quantization_config", None)
+    if qc is not None and getattr(qc, "bnb_4bit_compute_dtype", None) is not None:
+        return qc.bnb_4bit_compute_dtype
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
 def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
@@ -154,6 +162,7 @@ def train_lora(
     seed: int = 0,
     device: str = "auto",
     name: str = "lora",
+    run_cfg: Config | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter on `examples` and save a standard PEFT folder at `out_dir`.
 
@@ -169,6 +178,12 @@ def train_lora(
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")
     set_seed(seed)
+    from selfalign import memory
+    from selfalign.models import pick_device, resolve_model
+
+    dev = pick_device(device)
+    memory.check(run_cfg or Config(models=models, lora=lora), base, resolve_model(base, models.cache_dir), dev,
+                 train=train, lora=lora)
     model, tok = load_model(base, models, device=device, trainable=True)
     data = tokenize_examples(tok, examples, train.max_seq_len)
     if not data.rows:
@@ -182,6 +197,12 @@ def train_lora(
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
     )
+    if models.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=train.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     model = get_peft_model(model, peft_cfg)
     model.config.use_cache = False
 
@@ -208,12 +229,20 @@ def train_lora(
         train_sampling_strategy="group_by_length" if train.group_by_length else "random",
         remove_unused_columns=False,
         use_cpu=on_cpu,
-        bf16=False if on_cpu else (next(model.parameters()).dtype == torch.bfloat16),
+        bf16=not on_cpu and _compute_dtype(model) == torch.bfloat16,
+        fp16=not on_cpu and _compute_dtype(model) == torch.float16,
+        gradient_checkpointing=train.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if train.gradient_checkpointing else None,
         dataloader_num_workers=0,
         optim="adamw_torch",
     )
     trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id),
                       callbacks=_crash_callbacks())
+    fsdp = getattr(trainer.accelerator.state, "fsdp_plugin", None)
+    if fsdp is not None:  # PEFT under FSDP: wrap trainable and frozen parameters separately
+        from peft.utils.other import fsdp_auto_wrap_policy
+
+        fsdp.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
     resume = any(work.glob("checkpoint-*")) if work.exists() else False
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
@@ -236,10 +265,14 @@ def train_lora(
         tokens_per_second=round(tokens_seen / seconds, 1) if seconds > 0 else math.nan,
         steps=steps,
     )
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    if fsdp is not None:  # every rank takes part in gathering the sharded adapter
+        fsdp.set_state_dict_type("FULL_STATE_DICT")
+        trainer.save_model(str(tmp))
     if _is_main_process():
-        tmp = out_dir.with_name(out_dir.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp))
+        if fsdp is None:
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(str(tmp))
         tok.save_pretrained(str(tmp))
         write_jsonl(tmp / "train_log.jsonl", trainer.state.log_history)
         info = {k: v for k, v in result.__dict__.items() if k != "adapter_dir"}
