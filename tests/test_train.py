@@ -77,11 +77,51 @@ def test_truncation_keeps_target_and_drops_hopeless(tiny_model: Path) -> None:
     check_mask(tok, bex, brow)
 
 
-def test_collator_pads_labels_with_ignore_index() -> None:
-    batch = PadCollator(0)([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
-    assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
-    assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
-    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+def test_collator_left_pads_and_keeps_only_target_logits() -> None:
+    batch = PadCollator(0)([{"input_ids": [5, 6, 7, 8], "labels": [-100, -100, 7, 8]},
+                            {"input_ids": [5, 9], "labels": [-100, 9]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8], [0, 0, 5, 9]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3], [0, 0, 0, 1]]
+    assert batch["logits_to_keep"] == 3  # longest target (2) + 1
+    assert batch["labels"].tolist() == [[-100, 7, 8], [-100, -100, 9]]
+    full = PadCollator(0, keep_logits=False)([{"input_ids": [5, 6], "labels": [-100, 6]}, {"input_ids": [5], "labels": [5]}])
+    # a label on a first token can't be predicted (in the right-padded form the shift drops it)
+    assert full["labels"].tolist() == [[-100, 6], [-100, -100]] and "logits_to_keep" not in full
+
+
+def test_collator_loss_and_gradients_equal_right_padding_with_full_logits(tiny_model: Path) -> None:
+    """Left padding + position_ids + logits for the targets only: the same loss and gradients as
+    the plain right-padded batch with logits everywhere (so the speed-up changes nothing)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    g = torch.Generator().manual_seed(0)
+    feats = []
+    for length, target in [(30, 5), (12, 7), (25, 3), (9, 9)]:
+        ids = torch.randint(5, 200, (length,), generator=g).tolist()
+        feats.append({"input_ids": ids, "labels": [IGNORE_INDEX] * (length - target) + ids[length - target:]})
+    n = max(len(f["input_ids"]) for f in feats)
+    right = {"input_ids": torch.zeros(4, n, dtype=torch.long), "labels": torch.full((4, n), IGNORE_INDEX),
+             "attention_mask": torch.zeros(4, n, dtype=torch.long)}
+    for i, f in enumerate(feats):
+        k = len(f["input_ids"])
+        right["input_ids"][i, :k] = torch.tensor(f["input_ids"])
+        right["labels"][i, :k] = torch.tensor(f["labels"])
+        right["attention_mask"][i, :k] = 1
+    results = []
+    for batch in (right, PadCollator(0)(feats)):
+        model.zero_grad()
+        out = model(**batch)
+        out.loss.backward()
+        results.append((out.loss.detach(), [p.grad.clone() for p in model.parameters() if p.grad is not None],
+                        out.logits.shape[1]))
+    (loss_r, grads_r, pos_r), (loss_l, grads_l, pos_l) = results
+    assert pos_l == 9 < pos_r == 30  # logits for 9 positions (8 targets + 1) instead of 30
+    assert torch.allclose(loss_r, loss_l, atol=1e-5)
+    assert len(grads_r) == len(grads_l) > 0
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_r, grads_l, strict=True))
 
 
 def test_training_lowers_loss_and_adapter_loads_with_stock_peft(tiny_model: Path, tmp_path: Path) -> None:

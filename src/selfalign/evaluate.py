@@ -375,8 +375,11 @@ def target_nll(model: Any, rows: Sequence[dict[str, list[int]]], pad_id: int, ba
     with torch.inference_mode():
         for start in range(0, len(rows), batch_size):
             batch = collate([{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows[start : start + batch_size]])
+            # left padded; logits of the last (longest target + 1) positions only, labels sliced alike
             logits = model(input_ids=batch["input_ids"].to(device),
-                           attention_mask=batch["attention_mask"].to(device)).logits.float()
+                           attention_mask=batch["attention_mask"].to(device),
+                           position_ids=batch["position_ids"].to(device),
+                           logits_to_keep=batch["logits_to_keep"]).logits.float()
             labels = batch["labels"][:, 1:].to(device)
             nll = torch.nn.functional.cross_entropy(
                 logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1),

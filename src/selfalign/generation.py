@@ -113,9 +113,17 @@ def _shared_prefix(engine: Engine, encoded: list[list[int]]) -> tuple[int, Any]:
     if shared < MIN_SHARED_PREFIX:
         return 0, None
     ids = encoded[0][:shared]
-    cache = engine.model(input_ids=torch.tensor([ids], device=engine.device), use_cache=True).past_key_values
+    cache = engine.model(input_ids=torch.tensor([ids], device=engine.device), use_cache=True,
+                         **_last_logits_only(engine.model)).past_key_values
     engine._prefix = (ids, cache)
     return shared, cache
+
+
+def _last_logits_only(model: Any) -> dict[str, Any]:
+    """Only the last position's logits are used: skip the lm_head (hidden x vocab) everywhere else."""
+    from selfalign.models import accepts_logits_to_keep
+
+    return {"logits_to_keep": 1} if accepts_logits_to_keep(model) else {}
 
 
 def _batch(
@@ -244,6 +252,7 @@ def next_token_probs(
             attention_mask=mask.to(engine.device),
             position_ids=pos.to(engine.device),
             use_cache=prefix_cache is not None,
+            **_last_logits_only(model),
             **kwargs,
         ).logits[:, -1, :]
         probs = torch.softmax(logits.float(), dim=-1)[:, cand_ids]

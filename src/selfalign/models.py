@@ -113,6 +113,14 @@ def resolve_model(spec: str, cache_dir: str) -> str:
     return spec  # a Hub id
 
 
+def accepts_logits_to_keep(model: Any) -> bool:
+    """Whether the model's forward can return logits for the last positions only."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 

@@ -85,22 +85,39 @@ def tokenize_examples(tokenizer: Any, examples: list[TrainExample], max_len: int
 
 
 class PadCollator:
-    """Right-pads a batch; labels padded with -100 so padding never counts in the loss."""
+    """Left-pads a batch so that every example ends at the last position, and asks the model for
+    logits only where the loss needs them (`logits_to_keep`): the last (longest target + 1)
+    positions. The prompt's logits are never computed: for the backward model, whose prompt is a
+    whole response and whose target a short instruction, that skips most of the lm_head and of the
+    softmax over the vocabulary. position_ids count real tokens only, so the result is the same as
+    with right padding and full logits (tested); labels are -100 on prompt and padding.
 
-    def __init__(self, pad_token_id: int) -> None:
+    `keep_logits=False` (a model whose forward has no `logits_to_keep`) returns full labels.
+    """
+
+    def __init__(self, pad_token_id: int, keep_logits: bool = True) -> None:
         self.pad = pad_token_id
+        self.keep_logits = keep_logits
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         n = max(len(f["input_ids"]) for f in features)
         ids = torch.full((len(features), n), self.pad, dtype=torch.long)
         labels = torch.full((len(features), n), IGNORE_INDEX, dtype=torch.long)
         mask = torch.zeros((len(features), n), dtype=torch.long)
         for i, f in enumerate(features):
             k = len(f["input_ids"])
-            ids[i, :k] = torch.tensor(f["input_ids"])
-            labels[i, :k] = torch.tensor(f["labels"])
-            mask[i, :k] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+            ids[i, n - k:] = torch.tensor(f["input_ids"])
+            labels[i, n - k:] = torch.tensor(f["labels"])
+            mask[i, n - k:] = 1
+            labels[i, n - k] = IGNORE_INDEX  # a first token is never predicted (not from padding either)
+        batch: dict[str, Any] = {"input_ids": ids, "attention_mask": mask,
+                                 "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+        if not self.keep_logits:
+            return {**batch, "labels": labels}
+        # the model shifts labels by one: logits at positions n-K .. n-2 predict tokens n-K+1 .. n-1
+        targets = (labels != IGNORE_INDEX).sum(1)
+        keep = min(n, int(targets.max()) + 1)
+        return {**batch, "labels": labels[:, n - keep:], "logits_to_keep": keep}
 
 
 @dataclass
@@ -173,7 +190,7 @@ def train_lora(
     from peft import get_peft_model
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from selfalign.models import load_model
+    from selfalign.models import accepts_logits_to_keep, load_model
 
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")
@@ -236,7 +253,7 @@ def train_lora(
         dataloader_num_workers=0,
         optim="adamw_torch",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id),
+    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id, accepts_logits_to_keep(model)),
                       callbacks=_crash_callbacks())
     fsdp = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     if fsdp is not None:  # PEFT under FSDP: wrap trainable and frozen parameters separately
