@@ -45,7 +45,7 @@ def _guard(fn):  # noqa: ANN001, ANN202
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
-        from selfalign.io import DataError
+        from selfalign.io import DataError, describe_os_error
         from selfalign.models import ModelError
         from selfalign.pipeline import RunDirError
 
@@ -53,8 +53,8 @@ def _guard(fn):  # noqa: ANN001, ANN202
             return fn(*args, **kwargs)
         except (ConfigError, DataError, ModelError, RunDirError) as e:
             _fail(str(e))
-        except OSError as e:
-            _fail(f"{e.strerror or e}: {e.filename or ''}".strip())
+        except OSError as e:  # disk full, permission denied, ...: the cause and the file
+            _fail(describe_os_error(e))
         except KeyboardInterrupt:
             _fail("interrupted; re-run the same command to resume")
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +18,63 @@ class DataError(ValueError):
     """A data file that cannot be used at all (missing, empty, wrong format)."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+# Failures of the output location, not of selfalign: the CLI names the cause and the file.
+STORAGE_ERRORS = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+
+
+class WriteError(OSError):
+    """Writing one of the run's files failed (disk full, no permission, ...); `filename` names it."""
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """Re-raise an OSError of the block as a WriteError naming `path` (a bare ENOSPC from
+    write() or fsync() carries no file name)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        yield
+    except WriteError:
         raise
+    except OSError as e:
+        raise WriteError(e.errno, e.strerror or str(e), str(path)) from e
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for the CLI: the cause, the file, and what to do."""
+    cause = STORAGE_ERRORS.get(e.errno) or e.strerror or str(e)
+    if not isinstance(e, WriteError):
+        return f"{cause}: {e.filename}" if e.filename else cause
+    msg = f"{cause} writing {e.filename}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return msg + "; free some space and re-run the same command (finished work is kept and resumed)"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return msg + "; make the output directory writable or use another run.out_dir"
+    return msg
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder + rename: readers never see half a file.
+
+    On failure (disk full, no permission) the old file is untouched, the temp file is removed,
+    and a WriteError names `path`."""
+    path = Path(path)
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
 
 
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -49,9 +94,10 @@ class RecordLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.records: list[dict[str, Any]] = self._recover()
-        self._f = open(self.path, "a", encoding="utf-8")
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.records: list[dict[str, Any]] = self._recover()
+            self._f = open(self.path, "a", encoding="utf-8")
 
     def _recover(self) -> list[dict[str, Any]]:
         if not self.path.exists():
@@ -76,14 +122,17 @@ class RecordLog:
         return {str(r[key]) for r in self.records if key in r}
 
     def append(self, record: dict[str, Any]) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        # A failed write may leave a torn last line: it is cut when the log is reopened.
+        with writing(self.path):
+            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.flush()
+            os.fsync(self._f.fileno())
         self.records.append(record)
         _maybe_crash()
 
     def close(self) -> None:
-        self._f.close()
+        with writing(self.path):
+            self._f.close()
 
     def __enter__(self) -> RecordLog:
         return self

@@ -9,16 +9,27 @@ generation stages append records as they go and resume where they stopped.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config
-from selfalign.io import DataError, write_jsonl
+from selfalign.io import (
+    STORAGE_ERRORS,
+    DataError,
+    WriteError,
+    atomic_write_text,
+    write_jsonl,
+    writing,
+)
 from selfalign.manifest import Manifest, fingerprint, stage_key, versions
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, UnlabelledResponse
 
@@ -52,6 +63,51 @@ def _file_fp(path: str) -> str:
     return fingerprint(p) if p.exists() else path  # Hub id: the id itself
 
 
+def _storage_errno(err: Exception, where: Path) -> int | None:
+    """The errno behind a failed save that torch or safetensors report as RuntimeError /
+    SafetensorError instead of OSError, or None if it is something else."""
+    text = str(err)
+    m = re.search(r"os error (\d+)", text)  # safetensors: "... No space left on device (os error 28)"
+    if m:
+        return int(m.group(1))
+    m = re.search(r"strerror: (.+)$", text)  # torch, opening the file: "open file failed with strerror: ..."
+    if m:
+        return next((code for code in STORAGE_ERRORS if os.strerror(code) == m.group(1).strip()), errno.EIO)
+    if "PytorchStreamWriter failed" in text or "unexpected pos" in text:  # torch: a short write, no reason given
+        probe = next((p for p in (where, *where.parents) if p.exists()), Path("."))
+        return errno.ENOSPC if shutil.disk_usage(probe).free < 64 << 20 else errno.EIO
+    return None
+
+
+@contextmanager
+def _saving(out: Path) -> Iterator[None]:
+    """Around training: a failed checkpoint or adapter save becomes a WriteError naming `out`,
+    and the half-written `<out>.tmp` folder is removed (the checkpoints in `<out>.work` stay)."""
+    try:
+        yield
+    except Exception as e:
+        shutil.rmtree(out.with_name(out.name + ".tmp"), ignore_errors=True)
+        if isinstance(e, OSError):  # a bare ENOSPC from write(): name the folder
+            code = e.errno if e.errno in STORAGE_ERRORS and not e.filename else None
+        else:
+            code = _storage_errno(e, out)
+        if code is None:
+            raise
+        raise WriteError(code, os.strerror(code), str(out)) from e
+
+
+def _copy_dir(src: Path, dst: Path) -> None:
+    """shutil.copytree without its error aggregation, which loses the errno (disk full, ...)."""
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.rglob("*")):
+        target = dst / f.relative_to(src)
+        if f.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(f, target)
+
+
 def _once(method):  # noqa: ANN001, ANN202
     """Stages call their prerequisites; each stage runs (or is checked) once per process."""
     import functools
@@ -74,11 +130,12 @@ class Run:
         self._memo: dict[tuple[str, tuple[Any, ...]], Any] = {}
         self.dir = Path(cfg.run.out_dir)
         self._check_dir()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        with writing(self.dir):
+            self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.dir)
         self.manifest.data.update(config=cfg.to_dict(), versions=versions(), seed=cfg.run.seed)
         self.manifest.save()
-        (self.dir / "config.yaml").write_text(cfg.to_yaml())
+        atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
 
     def _check_dir(self) -> None:
         d = self.dir
@@ -142,7 +199,8 @@ class Run:
         if self._stage("train-backward", key, [out / "adapter_model.safetensors"]):
             from selfalign.backward import train_backward
 
-            r = train_backward(c, pairs, out)
+            with _saving(out):
+                r = train_backward(c, pairs, out)
             say(f"train-backward: {r.n_examples} examples, loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
                 f"{r.tokens_per_second} tokens/s, {r.seconds}s; dropped {r.dropped}, truncated {r.truncated}")
             self.manifest.count(backward_examples=r.n_examples, backward_dropped=sum(r.dropped.values()))
@@ -209,7 +267,8 @@ class Run:
         if self._stage("train-m0", key, [out / "adapter_model.safetensors"]):
             from selfalign.forward import train_forward
 
-            r = train_forward(c, pairs, [], out, name="m0")
+            with _saving(out):
+                r = train_forward(c, pairs, [], out, name="m0")
             self.manifest.finish("train-m0", loss_first=r.first_loss, loss_last=r.last_loss)
         return out
 
@@ -278,7 +337,8 @@ class Run:
         if self._stage(name, key, [out / "adapter_model.safetensors"]):
             from selfalign.forward import train_forward
 
-            r = train_forward(c, pairs, kept, out, name=f"forward (M{iteration})")
+            with _saving(out):
+                r = train_forward(c, pairs, kept, out, name=f"forward (M{iteration})")
             say(f"train-forward (M{iteration}): {r.n_examples} examples ({len(pairs) if c.forward.use_seed else 0} "
                 f"seed + {len(kept)} curated), loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
                 f"{r.tokens_per_second} tokens/s, {r.seconds}s")
@@ -320,9 +380,13 @@ class Run:
         for src, dst in ((self.path(f"curated_{n}"), self.path("curated")), (self.path(f"forward_{n}"), self.path("forward"))):
             tmp = dst.with_name(dst.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            shutil.copytree(src, tmp)
-            shutil.rmtree(dst, ignore_errors=True)
-            tmp.rename(dst)
+            try:
+                with writing(dst):
+                    _copy_dir(src, tmp)
+                    shutil.rmtree(dst, ignore_errors=True)
+                    tmp.rename(dst)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
         from selfalign.report import write_report
 
         write_report(self)
