@@ -148,6 +148,54 @@ def test_foreign_output_dir_is_refused(smoke_cfg) -> None:
     assert (d / "precious.txt").read_text() == "not a run"
 
 
+def test_out_dir_with_another_config_is_refused(smoke_cfg, tiny_model: Path) -> None:
+    """Another run's artifacts are kept: a changed setting that would redo or mix them is refused
+    (unless run.force=true); runtime settings, the threshold, hub and response settings are not."""
+    run_pipeline(smoke_cfg, until="seed")
+    d = Path(smoke_cfg.run.out_dir)
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != "manifest.json"}
+
+    other = smoke_cfg.model_copy(deep=True)
+    other.lora.r, other.run.seed = 8, 1
+    with pytest.raises(RunDirError) as ei:
+        run_pipeline(other, until="seed")
+    msg = str(ei.value)
+    assert "\n" not in msg and "another config (run.seed: 0 -> 1; lora.r: 16 -> 8)" in msg
+    assert "run.force=true" in msg and str(d / "config.yaml") in msg
+    assert {p: p.read_bytes() for p in before} == before
+
+    many = smoke_cfg.model_copy(deep=True)
+    many.lora.r, many.lora.alpha, many.lora.dropout, many.train_backward.epochs = 8, 4, 0.0, 3.0
+    many.curation.shots, many.curation.mode = 1, "generate"
+    with pytest.raises(RunDirError, match=r"\(.*; .*; .*; .*; .* and 1 more\)"):
+        run_pipeline(many, until="seed")
+
+    # a resume with other runtime settings, threshold, hub and response settings is fine
+    same = smoke_cfg.model_copy(deep=True)
+    same.run.threads, same.curation.threshold, same.forward.n_responses = 1, 4.5, 2
+    same.hub.name, same.generation.response.temperature = "x", 0.1
+    run_pipeline(same, until="seed")
+    forced = other.model_copy(deep=True)
+    forced.run.force = True
+    run_pipeline(forced, until="seed")
+    assert json.loads((d / "manifest.json").read_text())["config"]["lora"]["r"] == 8
+
+    r = cli("seed", "--config", "configs/smoke.yaml", f"run.out_dir={d}", f"models.base={tiny_model}",
+            "data.seed_limit=3")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"error: {d} holds a run with another config (")
+
+
+def test_config_written_by_an_older_version_counts_its_missing_keys_as_defaults(smoke_cfg) -> None:
+    from selfalign.pipeline import config_changes
+
+    old = smoke_cfg.to_dict()
+    del old["run"]["memory_check"], old["train_forward"]["gradient_checkpointing"]
+    assert config_changes(old, smoke_cfg) == []
+    old["train_forward"]["gradient_checkpointing"] = True
+    assert config_changes(old, smoke_cfg) == [("train_forward.gradient_checkpointing", True, False)]
+
+
 def cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "selfalign.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=300)
@@ -224,7 +272,7 @@ def test_training_under_torchrun_two_cpu_ranks(tmp_path: Path, tiny_model: Path)
     # generation stages refuse to run once per rank
     g = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "-m", "selfalign.cli", "augment", "--config", "configs/smoke.yaml",
-         f"run.out_dir={tmp_path}/run", f"models.base={tiny_model}", "run.threads=1"],
+         f"run.out_dir={tmp_path}/run", f"models.base={tiny_model}", "train_backward.max_steps=3", "run.threads=1"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert g.returncode != 0 and "runs in a single process" in g.stderr
     assert not (tmp_path / "run" / "augment" / "augmented.jsonl").exists()

@@ -108,6 +108,40 @@ def _copy_dir(src: Path, dst: Path) -> None:
             shutil.copy2(f, target)
 
 
+# Config keys that may differ from those of the run already in run.out_dir. They change nothing
+# stored (runtime settings, publishing), or the stage keys redo exactly what they affect and that
+# is cheap: a new threshold re-selects from the stored ratings (no re-rating) and retrains the
+# forward model; the final responses are re-sampled; iterations 1 -> 2 adds the second round.
+RESUMABLE_KEYS = (
+    "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
+    "models.cache_dir", "curation.threshold", "curation.iterations",
+    "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
+)
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_changes(old: dict[str, Any], new: Config) -> list[tuple[str, Any, Any]]:
+    """(key, old, new) for each setting that differs from a stored run config, except
+    RESUMABLE_KEYS. Keys the stored config lacks (written by an older selfalign) count as defaults."""
+    was = {**_flat(Config().to_dict()), **_flat(old)}
+    now = _flat(new.to_dict())
+    return [(k, was.get(k), v) for k, v in now.items() if was.get(k) != v and not k.startswith(RESUMABLE_KEYS)]
+
+
+def _short(value: Any, n: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
 def _once(method):  # noqa: ANN001, ANN202
     """Stages call their prerequisites; each stage runs (or is checked) once per process."""
     import functools
@@ -138,17 +172,26 @@ class Run:
         atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
 
     def _check_dir(self) -> None:
+        """Refuse an out_dir that holds something else than this run (or a resume of it)."""
         d = self.dir
         if not d.exists() or not any(d.iterdir()) or self.cfg.run.force:
             return
         m = d / "manifest.json"
         if not m.exists():
             raise RunDirError(f"{d} is not empty and holds no selfalign run: use another run.out_dir or run.force=true")
-        old = json.loads(m.read_text()).get("config", {})
-        if old.get("models", {}).get("base") != self.cfg.models.base:
+        try:
+            old = json.loads(m.read_text(encoding="utf-8")).get("config")
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+            old = None
+        if not isinstance(old, dict):
+            raise RunDirError(f"{m} holds no readable run config: use another run.out_dir or run.force=true")
+        changed = config_changes(old, self.cfg)
+        if changed:
+            shown = "; ".join(f"{k}: {_short(a)} -> {_short(b)}" for k, a, b in changed[:5])
+            more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
             raise RunDirError(
-                f"{d} holds a run of another base model ({old.get('models', {}).get('base')}): "
-                "use another run.out_dir or run.force=true"
+                f"{d} holds a run with another config ({shown}{more}): resume it with its config "
+                f"({d / 'config.yaml'}), or use run.force=true or another run.out_dir"
             )
 
     # --- helpers -------------------------------------------------------------------------
@@ -330,8 +373,10 @@ class Run:
 
         kept = select(rated, c.curation.threshold)
         out = self.path(f"forward_{iteration}")
-        key = stage_key(c.models.base, c.lora.model_dump(), c.train_forward.model_dump(), c.forward.model_dump(),
-                        c.run.seed, fingerprint(self.path("seed", "pairs.jsonl")),
+        # forward.n_responses only sizes the final responses: not part of the model's key
+        key = stage_key(c.models.base, c.lora.model_dump(), c.train_forward.model_dump(),
+                        c.forward.model_dump(exclude={"n_responses"}), c.run.seed,
+                        fingerprint(self.path("seed", "pairs.jsonl")),
                         fingerprint(self.path(f"curated_{iteration}", "data.jsonl")))
         name = f"train-forward-{iteration}"
         if self._stage(name, key, [out / "adapter_model.safetensors"]):
