@@ -20,10 +20,11 @@ def make_adapter(tmp_path: Path, name: str, r: int) -> Path:
 
 
 def test_engine_options_from_config(tmp_path: Path) -> None:
-    cfg = load_config(None, ["train_forward.max_seq_len=2048", "run.seed=7"])
+    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "llama2-7b.yaml", ["run.seed=7"])
     opts = engine_options(cfg, "/models/base", [make_adapter(tmp_path, "a", 16), make_adapter(tmp_path, "b", 64)])
     assert opts["enable_lora"] is True and opts["max_lora_rank"] == 64 and opts["max_loras"] == 2
-    assert opts["max_model_len"] == 2048 and opts["seed"] == 7 and opts["trust_remote_code"] is False
+    # the 3-shot rating prompt (1536-token response + worked examples + 256 new) is longer than 2048
+    assert opts["max_model_len"] == 3292 and opts["seed"] == 7 and opts["trust_remote_code"] is False
     assert "enable_lora" not in engine_options(cfg, "/m", [])
 
 

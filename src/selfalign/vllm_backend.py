@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config
+from selfalign.memory import generation_context
 
 
 def adapter_rank(adapter: str | Path) -> int:
@@ -31,7 +32,10 @@ def engine_options(cfg: Config, base_path: str, adapters: list[str | Path]) -> d
         "model": base_path,
         "seed": cfg.run.seed,
         "trust_remote_code": cfg.models.trust_remote_code,
-        "max_model_len": max(cfg.train_forward.max_seq_len, cfg.train_backward.max_seq_len),
+        # room for the longest prompt + output of any stage (rating prompts with worked examples
+        # are longer than the training length)
+        "max_model_len": max(cfg.train_forward.max_seq_len, cfg.train_backward.max_seq_len,
+                             generation_context(cfg, None)),
         "dtype": "auto" if cfg.models.dtype == "auto" else cfg.models.dtype,
     }
     if adapters:
