@@ -38,6 +38,14 @@ def clean_instruction(raw: str, response: str, max_chars: int) -> tuple[str, str
     return text, "ok"
 
 
+STATUSES = ("ok", "empty", "too_long", "echo")
+
+
+def status_counts(pairs: list[AugmentedPair]) -> dict[str, int]:
+    """How many generated instructions have each status (only `ok` ones go on to curation)."""
+    return {s: sum(p.status == s for p in pairs) for s in STATUSES}
+
+
 def augment(
     engine: Engine,
     responses: list[UnlabelledResponse],
@@ -57,15 +65,16 @@ def augment(
     skip = {i for i, r in enumerate(todo) if r.source_id in done}
     settings = {"temperature": params.temperature, "top_p": params.top_p,
                 "max_new_tokens": params.max_new_tokens, "seed": params.seed, "model": engine.name}
-    prompts = []
-    for r in todo:
-        cut, _ = truncate_tokens(engine.tokenizer, r.response, max_prompt_tokens)
+    prompts, was_cut = [], []
+    for r in todo:  # a long response is cut to fit the prompt budget; the record says so
+        cut, c = truncate_tokens(engine.tokenizer, r.response, max_prompt_tokens)
         prompts.append(render_prompt(engine.tokenizer, backward_messages(cut)))
+        was_cut.append(c)
 
     def save(i: int, text: str) -> None:
         r = todo[i]
         instruction, status = clean_instruction(text, r.response, max_instruction_chars)
-        rec = AugmentedPair(instruction, r.response, r.source_id, r.source, text, status, settings)
+        rec = AugmentedPair(instruction, r.response, r.source_id, r.source, text, status, settings, was_cut[i])
         log.append(asdict(rec))
 
     try:

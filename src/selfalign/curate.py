@@ -72,14 +72,22 @@ def reasoning_of(text: str) -> str:
     return "\n".join(lines).strip()
 
 
+def rating_prompts(
+    engine: Engine, pairs: list[AugmentedPair], shots: int, max_response_tokens: int
+) -> tuple[list[str], list[bool]]:
+    """The rating prompt of each pair, and whether its response was cut to `max_response_tokens`."""
+    out, cut = [], []
+    for p in pairs:
+        resp, c = truncate_tokens(engine.tokenizer, p.response, max_response_tokens)
+        out.append(render_prompt(engine.tokenizer, rating_messages(p.instruction, resp, shots)))
+        cut.append(c)
+    return out, cut
+
+
 def build_rating_prompts(
     engine: Engine, pairs: list[AugmentedPair], shots: int, max_response_tokens: int
 ) -> list[str]:
-    out = []
-    for p in pairs:
-        resp, _ = truncate_tokens(engine.tokenizer, p.response, max_response_tokens)
-        out.append(render_prompt(engine.tokenizer, rating_messages(p.instruction, resp, shots)))
-    return out
+    return rating_prompts(engine, pairs, shots, max_response_tokens)[0]
 
 
 def _score_suffix(tokenizer: Any) -> tuple[str, list[str]]:
@@ -106,8 +114,8 @@ def rate_pairs(
         if cur.mode == "generate":
             # all pairs: chunks and seeds must match an uninterrupted run; done pairs are skipped
             if any(p.source_id not in done for p in pairs):
-                prompts = build_rating_prompts(engine, pairs, cur.shots, max_response_tokens)
-                _rate_generate(engine, pairs, prompts, cur, seed, log, done)
+                prompts, cut = rating_prompts(engine, pairs, cur.shots, max_response_tokens)
+                _rate_generate(engine, pairs, prompts, cut, cur, seed, log, done)
         else:
             todo = [p for p in pairs if p.source_id not in done]
             if todo:
@@ -122,21 +130,21 @@ def _rate_logprob(
     engine: Engine, todo: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, log: RecordLog
 ) -> None:
     """Expected score from the next-token probabilities of 1..5 after "Score:" (one pass)."""
-    prompts = build_rating_prompts(engine, todo, cur.shots, max_response_tokens)
+    prompts, cut = rating_prompts(engine, todo, cur.shots, max_response_tokens)
     suffix, cands = _score_suffix(engine.tokenizer)
     probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
-    for p, pr in zip(todo, probs, strict=True):
+    for p, pr, c in zip(todo, probs, cut, strict=True):
         total = sum(pr)
         score = sum((i + 1) * x for i, x in enumerate(pr)) / total if total > 0 else None
         dist = ", ".join(f"{i + 1}:{x / total:.2f}" for i, x in enumerate(pr)) if total else ""
         rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                        f"next-token probabilities {dist}", [score] if score else [], [], 0)
+                        f"next-token probabilities {dist}", [score] if score else [], [], 0, c)
         log.append(asdict(rec))
 
 
 def _rate_generate(
-    engine: Engine, pairs: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog,
-    done: set[str],
+    engine: Engine, pairs: list[AugmentedPair], prompts: list[str], cut: list[bool], cur: CurationConfig, seed: int,
+    log: RecordLog, done: set[str],
 ) -> None:
     """Rate in chunks of a few batches; each chunk's records are logged when it is done, so an
     interruption loses at most one chunk of work. Chunks are formed over all pairs, so a resumed
@@ -147,13 +155,13 @@ def _rate_generate(
         idx = order[start : start + chunk]
         if all(pairs[i].source_id in done for i in idx):
             continue
-        _rate_chunk(engine, [pairs[i] for i in idx], [prompts[i] for i in idx], cur, seed + start, log,
-                    f"{start + 1}-{min(start + chunk, len(pairs))}/{len(pairs)}", done)
+        _rate_chunk(engine, [pairs[i] for i in idx], [prompts[i] for i in idx], [cut[i] for i in idx], cur,
+                    seed + start, log, f"{start + 1}-{min(start + chunk, len(pairs))}/{len(pairs)}", done)
 
 
 def _rate_chunk(
-    engine: Engine, todo: list[AugmentedPair], prompts: list[str], cur: CurationConfig, seed: int, log: RecordLog,
-    where: str, done: set[str],
+    engine: Engine, todo: list[AugmentedPair], prompts: list[str], cut: list[bool], cur: CurationConfig, seed: int,
+    log: RecordLog, where: str, done: set[str],
 ) -> None:
     n = len(todo)
     outputs: list[list[str]] = [[] for _ in range(n)]
@@ -187,7 +195,7 @@ def _rate_chunk(
         score = sum(scores[i]) / len(scores[i]) if scores[i] else None
         explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
         rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                        reasoning_of(explained), scores[i], outputs[i], failures[i])
+                        reasoning_of(explained), scores[i], outputs[i], failures[i], cut[i])
         log.append(asdict(rec))
 
 
@@ -210,6 +218,7 @@ def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
         "mean_score": round(sum(scored) / len(scored), 3) if scored else None,
         "histogram": hist,
         "parse_failure_rate": round(n_fail / n_out, 3) if n_out else 0.0,
+        "response_cut": sum(r.response_cut for r in rated),  # cut to fit the rating prompt
     }
 
 

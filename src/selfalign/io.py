@@ -178,20 +178,27 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
         for i, row in enumerate(table.to_pylist(), start=1):
             yield i, row
         return
-    if suffix == ".txt":  # plain text: one response per non-empty line
-        for i, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-            if line.strip():
-                yield i, {"text": line}
-        return
     raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
+    if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (Windows editors)
         raw = raw[3:]
+    if suffix == ".txt":  # plain text: one response per non-empty line
+        for i, line in enumerate(raw.split(b"\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield i, {"text": line.decode("utf-8").rstrip("\r")}
+            except UnicodeDecodeError:
+                rejects.add(path, i, "invalid_utf8")
+        return
     stripped = raw.lstrip()
     if stripped.startswith(b"["):
         try:
             items = json.loads(raw.decode("utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{path}: looks like a JSON array but does not parse ({e})") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: looks like a JSON array but does not parse ({e.msg})") from None
+        except UnicodeDecodeError as e:
+            line = raw[: e.start].count(b"\n") + 1
+            raise DataError(f"{path}:{line}: looks like a JSON array but is not valid UTF-8") from None
         for i, item in enumerate(items, start=1):
             if not isinstance(item, dict):
                 rejects.add(path, i, "not_an_object", repr(item))

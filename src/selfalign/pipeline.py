@@ -246,7 +246,8 @@ class Run:
                 r = train_backward(c, pairs, out)
             say(f"train-backward: {r.n_examples} examples, loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
                 f"{r.tokens_per_second} tokens/s, {r.seconds}s; dropped {r.dropped}, truncated {r.truncated}")
-            self.manifest.count(backward_examples=r.n_examples, backward_dropped=sum(r.dropped.values()))
+            self.manifest.count(backward_examples=r.n_examples, backward_dropped=sum(r.dropped.values()),
+                                backward_truncated=r.truncated)
             self.manifest.finish("train-backward", loss_first=r.first_loss, loss_last=r.last_loss,
                                  tokens_per_second=r.tokens_per_second)
         return out
@@ -275,8 +276,8 @@ class Run:
 
     @_once
     def augment(self) -> list[AugmentedPair]:
+        responses = self.sample()  # first: a bad unlabelled file fails before hours of training
         backward = self.train_backward()
-        responses = self.sample()
         c = self.cfg
         out = self.path("augment", "augmented.jsonl")
         key = stage_key(fingerprint(backward / "adapter_model.safetensors"), c.generation.instruction.model_dump(),
@@ -285,15 +286,18 @@ class Run:
         if self.manifest.previous_key("augment") != key and out.exists():
             out.unlink()  # inputs changed: the old records are stale
         if self._stage("augment", key, [out]):
-            from selfalign.augment import augment
+            from selfalign.augment import augment, status_counts
             from selfalign.generation import GenParams, load_engine
 
             engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
             pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
                             c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
-            status = {s: sum(p.status == s for p in pairs) for s in ("ok", "empty", "too_long", "echo")}
-            say(f"augment: {len(pairs)} instructions generated; {status}")
-            self.manifest.count(generated=len(pairs), generated_ok=status["ok"], generated_status=status)
+            status = status_counts(pairs)
+            n_cut = sum(p.response_cut for p in pairs)
+            say(f"augment: {len(pairs)} instructions generated; {status}; {n_cut} responses cut to "
+                f"{c.generation.max_prompt_tokens} tokens in the prompt")
+            self.manifest.count(generated=len(pairs), generated_ok=status["ok"], generated_status=status,
+                                generated_response_cut=n_cut)
             self.manifest.finish("augment")
         rows = [AugmentedPair(**json.loads(x)) for x in out.read_text().splitlines()]
         order = {r.source_id: i for i, r in enumerate(responses)}
@@ -360,7 +364,8 @@ class Run:
         write_curated(kept, curated_dir, prov)
         say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
             f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
-            f"parse-failure rate {stats['parse_failure_rate']}")
+            f"parse-failure rate {stats['parse_failure_rate']}; {stats['response_cut']} responses cut to "
+            f"{c.curation.max_response_tokens} tokens in the prompt")
         self.manifest.count(**{f"curation_{iteration}": stats})
         return rated
 
@@ -387,7 +392,8 @@ class Run:
             say(f"train-forward (M{iteration}): {r.n_examples} examples ({len(pairs) if c.forward.use_seed else 0} "
                 f"seed + {len(kept)} curated), loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
                 f"{r.tokens_per_second} tokens/s, {r.seconds}s")
-            self.manifest.count(**{f"forward_{iteration}_examples": r.n_examples})
+            self.manifest.count(**{f"forward_{iteration}_examples": r.n_examples,
+                                   f"forward_{iteration}_truncated": r.truncated})
             self.manifest.finish(name, loss_first=r.first_loss, loss_last=r.last_loss,
                                  tokens_per_second=r.tokens_per_second)
         return out

@@ -39,6 +39,7 @@ class AugmentedPair:
     raw_generation: str
     status: str = "ok"  # ok | empty | too_long | echo
     generation: dict[str, Any] = field(default_factory=dict)
+    response_cut: bool = False  # the response was cut to generation.max_prompt_tokens in the prompt
 
 
 @dataclass
@@ -52,6 +53,7 @@ class RatedPair:
     ratings: list[float] = field(default_factory=list)
     raw_outputs: list[str] = field(default_factory=list)
     parse_failures: int = 0
+    response_cut: bool = False  # the response was cut to curation.max_response_tokens in the prompt
 
 
 def to_dict(rec: Any) -> dict[str, Any]:
@@ -83,6 +85,13 @@ class RejectLog:
 
     def counts(self) -> dict[str, int]:
         return dict(Counter(r.reason.split(":")[0] for r in self.items))
+
+    def first(self) -> str:
+        """The earliest reject in file order and why, for an error message: "file:line (reason)"."""
+        if not self.items:
+            return ""
+        r = min(self.items, key=lambda r: (r.file, r.line))
+        return f"{r.where()} ({r.reason})"
 
     def summary(self) -> str:
         if not self.items:

@@ -63,6 +63,8 @@ def first_turn(row: dict[str, Any]) -> tuple[str, str, int] | str:
     if "text" in row:
         if not isinstance(row["text"], str):
             return "wrong_type: text is not a string"
+        if not row["text"].strip():
+            return "empty: empty text"
         turns = split_guanaco(row["text"])
         if not turns:
             return "no_markers: no '### Human:'/'### Assistant:' marker"
@@ -145,5 +147,6 @@ def load_seed(
         if limit is not None and len(pairs) >= limit:
             break
     if not pairs:
-        raise DataError(f"{source}: no usable seed pair ({rejects.summary()})")
+        first = f"; first: {rejects.first()}" if len(rejects) else ""
+        raise DataError(f"{source}: no usable seed pair ({rejects.summary()}{first})")
     return pairs

@@ -61,7 +61,8 @@ def load_unlabelled(
         name = str(row.get("source", "")) if isinstance(row.get("source", ""), str) else ""
         out.append(UnlabelledResponse(text, source_id=f"{_short(file)}:{line}", source=name))
     if not out:
-        raise DataError(f"{source}: no usable unlabelled response ({rejects.summary()})")
+        first = f"; first: {rejects.first()}" if len(rejects) else ""
+        raise DataError(f"{source}: no usable unlabelled response ({rejects.summary()}{first})")
     return out
 
 
