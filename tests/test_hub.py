@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from conftest import REPO  # noqa: E402
 from hub_server import FakeHub  # noqa: E402
 
 from selfalign import hub as hubmod  # noqa: E402
@@ -372,8 +375,11 @@ def test_base_model_info() -> None:
 
 
 def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: FakeHub, default_endpoint: str,
-                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """`hub.push: true` publishes the artifacts of an actual (tiny) pipeline run at its end."""
+                                                          monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                          capfd: pytest.CaptureFixture[str], tiny_model: Path) -> None:
+    """`hub.push: true` publishes the artifacts of an actual (tiny) pipeline run at its end; then
+    `selfalign push` re-publishes them with the token from HF_TOKEN and from the stored login. The
+    tokens are in no file of the run, no uploaded file and no output."""
     import datasets
     from huggingface_hub import snapshot_download
     from peft import PeftConfig
@@ -384,6 +390,8 @@ def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: Fa
     cfg = smoke_cfg.model_copy(deep=True)
     cfg.hub.push, cfg.hub.endpoint, cfg.hub.name = True, fake_hub.url, "smoke"
     run = run_pipeline(cfg)
+    out = capfd.readouterr()
+    assert TOKEN not in out.out + out.err
     pushed = json.loads((run.dir / "hub.json").read_text())
     assert "alice/smoke-forward" in json.dumps(pushed)
     got = Path(snapshot_download("alice/smoke-forward", endpoint=fake_hub.url, token=TOKEN, cache_dir=tmp_path / "dl"))
@@ -393,3 +401,23 @@ def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: Fa
     assert ds.num_rows == len((run.dir / "curated" / "data.jsonl").read_text().splitlines())
     assert "## Hub repositories" in (run.dir / "report.md").read_text()
     assert not _files_containing(run.dir, TOKEN)
+
+    # the CLI, in a process of its own: the token from HF_TOKEN, then from the stored login
+    login = tmp_path / "hf-home"
+    login.mkdir()
+    (login / "token").write_text(OTHER_TOKEN)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+    push = ["push", "--config", "configs/smoke.yaml", f"run.out_dir={run.dir}", f"models.base={tiny_model}",
+            f"hub.endpoint={fake_hub.url}", "hub.name=smoke"]
+    for extra_env, token, user in (({"HF_TOKEN": TOKEN}, TOKEN, "alice"), ({"HF_HOME": str(login)}, OTHER_TOKEN, "bob")):
+        r = subprocess.run([sys.executable, "-m", "selfalign.cli", *push], cwd=REPO, env={**env, **extra_env},
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert f"{user}/smoke-forward" in r.stdout and token not in r.stdout + r.stderr
+    # a token given as a config key is refused, without echoing it
+    r = subprocess.run([sys.executable, "-m", "selfalign.cli", *push, f"hub.token={TOKEN}"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unknown key 'hub.token'" in r.stderr and TOKEN not in r.stdout + r.stderr
+    for token in (TOKEN, OTHER_TOKEN):
+        assert _files_containing(run.dir, token) == []
+        assert _files_containing(fake_hub.root, token) == []
