@@ -209,14 +209,15 @@ def test_disk_full_while_training_saves_a_checkpoint(writer: str, tmp_path: Path
     import torch
 
     run = tmp_path / "run"
-    assert smoke("seed", run, tiny_model) == (0, "")
+    steps = ("train_backward.max_steps=3", "train_backward.save_steps=2")
+    assert smoke("seed", run, tiny_model, *steps) == (0, "")
     before = digest(run / "seed")
     if writer == "torch.save":  # a short write gives no reason: the free space tells
         monkeypatch.setattr(torch, "save", _torch_short_write(torch.save))
         monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(1 << 30, 1 << 30, 0))
     else:
         monkeypatch.setattr(peft.peft_model, "safe_save_file", _safetensors_full(peft.peft_model.safe_save_file))
-    code, err = smoke("train-backward", run, tiny_model, "train_backward.max_steps=3", "train_backward.save_steps=2")
+    code, err = smoke("train-backward", run, tiny_model, *steps)
     assert code == 2
     assert err == (f"error: {ENOSPC.lower()} writing {run / 'backward'}; free some space and re-run the same "
                    "command (finished work is kept and resumed)")
