@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ROWS = {"augmentation", "curation_generate", "curation_logprob", "curation_shots", "training"}
+ROWS = {"augmentation", "curation_generate", "curation_logprob", "curation_shots", "training_backward",
+        "training_forward"}
 
 
 def _positive(x: object) -> bool:
@@ -46,7 +47,12 @@ def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
         assert rows["augmentation"]["ours"]["work_units"] == rows["augmentation"]["baseline"]["work_units"]
     assert "outputs_identical" in rows["curation_generate"]["extra"]
     # same examples and steps for both training variants: the same non-pad tokens
-    assert rows["training"]["ours"]["work_units"] == rows["training"]["baseline"]["work_units"]
+    for kind in ("training_backward", "training_forward"):
+        assert rows[kind]["ours"]["work_units"] == rows[kind]["baseline"]["work_units"]
+    # the shots row excludes the prefix, which is measured and reported next to it
+    shots = rows["curation_shots"]
+    assert all(p > 0 for p in shots["extra"]["prefix_seconds_kshot"])
+    assert all(v < t for v, t in zip(shots["ours"]["values"], shots["ours"]["seconds"], strict=True))
     assert _positive(report["meta"]["peak_flops"]) and _positive(report["meta"]["n_params"])
     # the table is printed with a ratio column
     assert "ratio" in proc.stdout and "curation_shots" in proc.stdout

@@ -75,3 +75,49 @@ def test_prefix_cache_is_reused_across_calls(tiny_model: Path) -> None:
     engine.prefix_cache = False
     plain = next_token_probs(engine, prompts[2:], cands, progress=False)
     assert again[0] == pytest.approx(plain[0], rel=1e-3, abs=1e-7)
+
+
+def test_growing_cache_matches_dynamic_cache_and_writes_in_place(tiny_model: Path) -> None:
+    """The KV cache with reserved room returns exactly what DynamicCache returns, step after step,
+    without reallocating while it has room; it reallocates (copying) when keys are replaced."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from transformers.cache_utils import DynamicCache
+
+    from selfalign.generation import growing_cache
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    n_layers = model.config.num_hidden_layers
+    grow, ref = growing_cache(model, reserve=4), DynamicCache()
+    g = torch.Generator().manual_seed(0)
+    ptrs = []
+    for n in [5, 1, 1, 1, 1, 1]:  # prefill, then decoding; 5 + 4 fits the reserve, the 5th step not
+        for layer in range(n_layers):
+            k, v = torch.randn(2, 2, n, 8, generator=g), torch.randn(2, 2, n, 8, generator=g)
+            gk, gv = grow.update(k, v, layer)
+            rk, rv = ref.update(k, v, layer)
+            assert torch.equal(gk, rk) and torch.equal(gv, rv)
+        ptrs.append(grow.layers[0]._kbuf.data_ptr())
+        assert grow.get_seq_length() == ref.get_seq_length()
+    assert len(set(ptrs[:5])) == 1 and ptrs[5] != ptrs[4]  # in place while there is room
+    grow.batch_repeat_interleave(2)  # replaces the keys: the next update must copy them
+    ref.batch_repeat_interleave(2)
+    k, v = torch.randn(4, 2, 1, 8, generator=g), torch.randn(4, 2, 1, 8, generator=g)
+    for layer in range(n_layers):
+        assert torch.equal(grow.update(k, v, layer)[0], ref.update(k, v, layer)[0])
+
+
+def test_auto_batch_size_follows_the_memory_budget(tiny_model: Path) -> None:
+    from selfalign.memory import auto_batch_size
+
+    cfg = load_config(None, ["generation.batch_size=0", "generation.max_batch_size=32"])
+    big, why = auto_batch_size(cfg, str(tiny_model), str(tiny_model), "cpu", "augment")
+    assert big == 32 and "per prompt" in why  # a tiny model: capped by max_batch_size
+    smollm2_like = load_config(None, ["generation.batch_size=0", "generation.memory_budget_gb=0.001"])
+    one, _ = auto_batch_size(smollm2_like, str(tiny_model), str(tiny_model), "cpu", "curate")
+    assert one == 1  # never 0
+    mid = load_config(None, ["generation.batch_size=0", "generation.memory_budget_gb=0.05"])
+    b, _ = auto_batch_size(mid, str(tiny_model), str(tiny_model), "cpu", "curate")
+    assert 1 < b < 32
+    with pytest.raises(Exception, match="batch_size"):
+        load_config(None, ["generation.batch_size=-1"])

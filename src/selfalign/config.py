@@ -110,7 +110,11 @@ class SamplingConfig(_Section):
 
 class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
+    # prompts per batch; 0 = auto: the largest batch (<= max_batch_size) whose KV cache and
+    # activations fit memory_budget_gb (default: half of what the device has left after the weights)
     batch_size: int = 8
+    max_batch_size: int = 32
+    memory_budget_gb: float | None = None
     max_prompt_tokens: int = 768  # long responses are cut to fit this in prompts
     instruction: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=64)
@@ -119,6 +123,20 @@ class GenerationConfig(_Section):
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=128)
     )
     max_instruction_chars: int = 1000  # longer generated instructions are marked, not kept
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 1, or 0 for auto")
+        return v
+
+    @field_validator("max_batch_size")
+    @classmethod
+    def _max_batch(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
 
 
 class CurationConfig(_Section):

@@ -149,7 +149,7 @@ def _rate_generate(
     """Rate in chunks of a few batches; each chunk's records are logged when it is done, so an
     interruption loses at most one chunk of work. Chunks are formed over all pairs, so a resumed
     run rates exactly as an uninterrupted one; chunks already logged are skipped."""
-    chunk = max(1, getattr(engine, "batch_size", 8)) * 4
+    chunk = max(8, getattr(engine, "batch_size", 8))  # one batch (a few for small batches)
     order = sorted(range(len(pairs)), key=lambda i: (len(prompts[i]), i))  # similar lengths batch together
     for start in range(0, len(order), chunk):
         idx = order[start : start + chunk]

@@ -424,7 +424,7 @@ def evaluate_backward(cfg: Config, run_dir: Path, heldout: Sequence[SeedPair], n
             dropped[got] = dropped.get(got, 0) + 1
         else:
             rows.append(got)
-    bs = cfg.generation.batch_size
+    bs = cfg.generation.batch_size or 8  # 0 = auto, for generation
     adapted = target_nll(model, rows, tok.pad_token_id, bs)
     with model.disable_adapter():
         base = target_nll(model, rows, tok.pad_token_id, bs)

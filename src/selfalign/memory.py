@@ -160,7 +160,7 @@ def plan_generation(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: b
                     lora: LoraConfig | None, stage: str | None = None) -> Plan:
     ctx = generation_context(cfg, stage)
     g = cfg.generation
-    b = g.batch_size
+    b = g.batch_size or g.max_batch_size  # auto (0) never goes above max_batch_size
     kv = 2 * shape.layers * b * ctx * shape.kv_heads * shape.head_dim * dtype_bytes
     parts = {
         "weights": weight_bytes(shape, dtype_bytes, load_in_4bit),
@@ -254,6 +254,30 @@ def check(cfg: Config, spec: str, path: str, device: str, train: TrainConfig | N
     if plan is not None and not plan.fits:
         raise MemoryPlanError(f"{plan.format()}: it will not fit; {suggestion(cfg, plan)}")
     return plan
+
+
+def auto_batch_size(cfg: Config, spec: str, path: str, device: str, stage: str | None,
+                    lora: LoraConfig | None = None) -> tuple[int, str]:
+    """(batch size, why) for generation.batch_size=0: the largest batch, up to
+    generation.max_batch_size, whose KV cache and activations fit the budget (generation.memory_budget_gb,
+    default: half of the device memory left after the weights). On a CPU, larger batches read the
+    weights once for more rows per decoding step (measured: 32 prompts, batch 8 -> 16 -> 32 took
+    34 -> 28 -> 27 s); the cap keeps the cost of one interrupted batch small."""
+    g = cfg.generation
+    single = cfg.model_copy(update={"generation": g.model_copy(update={"batch_size": 1})})
+    plan = make_plan(single, spec, path, device, lora=lora, stage=stage)
+    if plan is None:
+        return min(8, g.max_batch_size), "model shape unknown: 8"
+    per_row = plan.parts["kv_cache"] + plan.parts["prefill"]
+    if g.memory_budget_gb is not None:
+        budget, src = int(g.memory_budget_gb * GiB), f"generation.memory_budget_gb={g.memory_budget_gb}"
+    elif plan.available is not None:
+        fixed = plan.total - per_row
+        budget, src = max(0, (plan.available - fixed) // 2), f"half of {plan.device} left after the weights"
+    else:
+        return min(8, g.max_batch_size), "device memory unknown: 8"
+    batch = max(1, min(g.max_batch_size, budget // max(per_row, 1)))
+    return int(batch), f"{per_row / 2**20:.0f} MiB per prompt, budget {budget / GiB:.1f} GiB ({src})"
 
 
 def plan_run(cfg: Config) -> list[tuple[str, Plan | None]]:

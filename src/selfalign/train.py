@@ -120,6 +120,41 @@ class PadCollator:
         return {**batch, "labels": labels[:, n - keep:], "logits_to_keep": keep}
 
 
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of similar length, so that little of each batch is padding.
+
+    Per epoch: a seeded random permutation is cut into groups of `group` batches; each group is
+    sorted by length and cut into batches; the order of the full batches is shuffled. Unlike the Trainer's
+    `group_by_length` sampler, whose groups shrink to a single batch on small data sets (fewer
+    than 16 x batch examples: no grouping at all), the groups here are always `group` batches.
+    The order depends only on (seed, epoch), so a resumed run sees the same batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 16) -> None:
+        self.lengths, self.batch_size, self.seed, self.group = lengths, batch_size, seed, group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):  # noqa: ANN204
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(len(self.lengths), generator=g).tolist()
+        size = self.batch_size * self.group
+        batches = []
+        for k in range(0, len(perm), size):
+            chunk = sorted(perm[k : k + size], key=lambda i: self.lengths[i])  # stable: random ties
+            batches += [chunk[j : j + self.batch_size] for j in range(0, len(chunk), self.batch_size)]
+        # only the last group can end in a short batch: it goes last, or it would shift every
+        # following batch boundary of the DataLoader
+        tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        order = torch.randperm(len(batches), generator=g).tolist()
+        return iter([i for b in [*(batches[j] for j in order), *tail] for i in b])
+
+
 @dataclass
 class TrainResult:
     adapter_dir: Path
@@ -141,6 +176,23 @@ def _compute_dtype(model: Any) -> torch.dtype:
     if qc is not None and getattr(qc, "bnb_4bit_compute_dtype", None) is not None:
         return qc.bnb_4bit_compute_dtype
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def _trainer_class() -> type:
+    from transformers import Trainer
+
+    class BucketTrainer(Trainer):
+        """The stock Trainer, with LengthBucketSampler when train.group_by_length is on."""
+
+        bucket: tuple[list[int], int] | None = None  # (lengths, seed)
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.bucket is None:
+                return super()._get_train_sampler(train_dataset)
+            lengths, seed = self.bucket
+            return LengthBucketSampler(lengths, self.args.per_device_train_batch_size, seed)
+
+    return BucketTrainer
 
 
 def _is_main_process() -> bool:
@@ -188,7 +240,7 @@ def train_lora(
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     from selfalign.models import accepts_logits_to_keep, load_model
 
@@ -243,7 +295,7 @@ def train_lora(
         seed=seed,
         data_seed=seed,
         report_to="none",
-        train_sampling_strategy="group_by_length" if train.group_by_length else "random",
+        train_sampling_strategy="random",  # group_by_length: LengthBucketSampler, below
         remove_unused_columns=False,
         use_cpu=on_cpu,
         bf16=not on_cpu and _compute_dtype(model) == torch.bfloat16,
@@ -253,8 +305,10 @@ def train_lora(
         dataloader_num_workers=0,
         optim="adamw_torch",
     )
-    trainer = Trainer(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id, accepts_logits_to_keep(model)),
+    trainer = _trainer_class()(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id, accepts_logits_to_keep(model)),
                       callbacks=_crash_callbacks())
+    if train.group_by_length:
+        trainer.bucket = ([len(r["input_ids"]) for r in data.rows], seed)
     fsdp = getattr(trainer.accelerator.state, "fsdp_plugin", None)
     if fsdp is not None:  # PEFT under FSDP: wrap trainable and frozen parameters separately
         from peft.utils.other import fsdp_auto_wrap_policy
