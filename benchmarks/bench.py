@@ -541,9 +541,11 @@ def stage_training(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
 
 
 def _simulated_padding(lengths: list[int], batch_size: int, seeds: int = 10) -> dict[str, Any]:
-    """Padding fraction each sampler gives on a whole seed set (no training; context only)."""
+    """Padding fraction each sampler gives on a whole seed set (no training; context only):
+    random order (the baseline) vs selfalign's LengthBucketSampler."""
     import torch
-    from transformers.trainer_pt_utils import get_length_grouped_indices
+
+    from selfalign.train import LengthBucketSampler
 
     def padded(order: list[int]) -> int:
         return sum(max(lengths[i] for i in order[k:k + batch_size]) * len(order[k:k + batch_size])
@@ -554,8 +556,7 @@ def _simulated_padding(lengths: list[int], batch_size: int, seeds: int = 10) -> 
     for sd in range(seeds):
         g = torch.Generator().manual_seed(sd)
         rnd.append(padded(torch.randperm(len(lengths), generator=g).tolist()))
-        g = torch.Generator().manual_seed(sd)
-        grp.append(padded(get_length_grouped_indices(lengths, batch_size, generator=g)))
+        grp.append(padded(list(LengthBucketSampler(lengths, batch_size, seed=sd))))
     return {"examples": len(lengths), "batch_size": batch_size,
             "random_padding_fraction": round(1 - real / statistics.mean(rnd), 4),
             "grouped_padding_fraction": round(1 - real / statistics.mean(grp), 4)}
