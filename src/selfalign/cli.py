@@ -4,6 +4,8 @@
     selfalign train-backward | augment | curate | train-forward [--config FILE] [key=value ...]
     selfalign generate --adapter DIR [--prompts FILE] [key=value ...]
     selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
+    selfalign evaluate [--n-heldout N] [--n-prompts N] [key=value ...]
+    selfalign plan [--device-memory-gb GB] [key=value ...]
 
 Every command prints the resolved config first. Errors in config, data or models are one line.
 """

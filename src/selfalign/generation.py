@@ -9,7 +9,6 @@ A LoRA adapter is applied by path. The vLLM backend lives in `selfalign.vllm_bac
 
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -214,12 +213,8 @@ def _batch(
         ids[r, shared + width - len(t) :] = torch.tensor(t)
         mask[r, shared + width - len(t) :] = 1
     kwargs: dict[str, Any] = {}
-    if model is not None:
+    if model is not None:  # None: no cache given (the model makes its own, or none is needed)
         kwargs["past_key_values"] = growing_cache(model, width + new_tokens + 1, prefix_cache, len(idx))
-    elif prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(len(idx))
-        kwargs["past_key_values"] = cache
     return ids, mask, kwargs
 
 

@@ -242,17 +242,14 @@ def train_lora(
     from peft import get_peft_model
     from transformers import TrainingArguments, set_seed
 
-    from selfalign.models import accepts_logits_to_keep, load_model
+    from selfalign import memory
+    from selfalign.models import accepts_logits_to_keep, load_model, pick_device, resolve_model
 
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")
     set_seed(seed)
-    from selfalign import memory
-    from selfalign.models import pick_device, resolve_model
-
-    dev = pick_device(device)
-    memory.check(run_cfg or Config(models=models, lora=lora), base, resolve_model(base, models.cache_dir), dev,
-                 train=train, lora=lora)
+    memory.check(run_cfg or Config(models=models, lora=lora), base, resolve_model(base, models.cache_dir),
+                 pick_device(device), train=train, lora=lora)  # before loading: refuse what can't fit
     model, tok = load_model(base, models, device=device, trainable=True)
     data = tokenize_examples(tok, examples, train.max_seq_len)
     if not data.rows:
@@ -305,8 +302,9 @@ def train_lora(
         dataloader_num_workers=0,
         optim="adamw_torch",
     )
-    trainer = _trainer_class()(model=model, args=args, train_dataset=ds, data_collator=PadCollator(tok.pad_token_id, accepts_logits_to_keep(model)),
-                      callbacks=_crash_callbacks())
+    collator = PadCollator(tok.pad_token_id, accepts_logits_to_keep(model))
+    trainer = _trainer_class()(model=model, args=args, train_dataset=ds, data_collator=collator,
+                               callbacks=_crash_callbacks())
     if train.group_by_length:
         trainer.bucket = ([len(r["input_ids"]) for r in data.rows], seed)
     fsdp = getattr(trainer.accelerator.state, "fsdp_plugin", None)
