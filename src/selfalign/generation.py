@@ -9,6 +9,7 @@ A LoRA adapter is applied by path. The vLLM backend lives in `selfalign.vllm_bac
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -122,7 +123,9 @@ def _shared_prefix(engine: Engine, encoded: list[list[int]]) -> tuple[int, Any]:
     return shared, cache
 
 
-def _growing_cache_classes() -> tuple[type, type]:
+@functools.cache
+def _growing_cache_class() -> type:
+    """GrowingCache, defined on first use (transformers is imported lazily)."""
     from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
     class GrowingLayer(DynamicLayer):
@@ -164,20 +167,14 @@ def _growing_cache_classes() -> tuple[type, type]:
         def __init__(self, n_layers: int, reserve: int) -> None:
             Cache.__init__(self, layers=[GrowingLayer(reserve) for _ in range(n_layers)])
 
-    return GrowingLayer, GrowingCache
-
-
-_GROWING: tuple[type, type] | None = None
+    return GrowingCache
 
 
 def growing_cache(model: Any, reserve: int, prefix: Any = None, batch: int = 1) -> Any:
     """An empty KV cache with `reserve` tokens of room per layer, or one holding `prefix` (a
     cache of one row) repeated for `batch` rows plus `reserve` tokens of room."""
-    global _GROWING
-    if _GROWING is None:
-        _GROWING = _growing_cache_classes()
     n_layers = model.config.get_text_config(decoder=True).num_hidden_layers
-    cache = _GROWING[1](n_layers, reserve)
+    cache = _growing_cache_class()(n_layers, reserve)
     if prefix is not None:
         for layer, src in zip(cache.layers, prefix.layers, strict=True):
             layer.update(src.keys.expand(batch, -1, -1, -1), src.values.expand(batch, -1, -1, -1))
@@ -307,6 +304,7 @@ def next_token_probs(
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
     results: list[list[float]] = [[] for _ in prompts]
+    last_only = _last_logits_only(model)  # once, not per batch (it inspects the forward signature)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(order), engine.batch_size):
         idx = order[start : start + engine.batch_size]
@@ -318,7 +316,7 @@ def next_token_probs(
             attention_mask=mask.to(engine.device),
             position_ids=pos.to(engine.device),
             use_cache=prefix_cache is not None,
-            **_last_logits_only(model),
+            **last_only,
             **kwargs,
         ).logits[:, -1, :]
         probs = torch.softmax(logits.float(), dim=-1)[:, cand_ids]
