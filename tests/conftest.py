@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from selfalign.config import load_config
+from selfalign.config import load_config, packaged_config_path
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "data"
@@ -42,7 +42,7 @@ def tiny_plain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smoke_cfg(tmp_path: Path, tiny_model: Path):
     """The shipped smoke config, pointed at a fresh run dir and the tiny model."""
     return load_config(
-        REPO / "configs" / "smoke.yaml",
+        packaged_config_path("smoke"),
         [f"run.out_dir={tmp_path / 'run'}", f"models.base={tiny_model}", f"models.rater={tiny_model}",
          "run.threads=2"],
     )

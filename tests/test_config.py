@@ -2,10 +2,17 @@ from pathlib import Path
 
 import pytest
 
-from selfalign.config import Config, ConfigError, load_config, parse_override
+from selfalign.config import (
+    Config,
+    ConfigError,
+    load_config,
+    packaged_config_path,
+    packaged_configs,
+    parse_override,
+)
 
 REPO = Path(__file__).resolve().parent.parent
-CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+CONFIGS = [packaged_config_path(n) for n in packaged_configs() if not n.startswith("accelerate/")]
 
 
 def test_configs_are_shipped() -> None:
@@ -21,13 +28,13 @@ def test_every_shipped_config_loads(path: Path) -> None:
 
 
 def test_default_config_is_offline_smollm2() -> None:
-    cfg = load_config(REPO / "configs" / "default.yaml")
+    cfg = load_config(packaged_config_path("default"))
     assert cfg.models.base == "smollm2" and cfg.models.rater == "smollm2"
     assert cfg.data.unlabelled_n == 150
 
 
 def test_llama2_config_names_the_real_models() -> None:
-    cfg = load_config(REPO / "configs" / "llama2-7b.yaml")
+    cfg = load_config(packaged_config_path("llama2-7b"))
     assert cfg.models.base == "meta-llama/Llama-2-7b-hf"
     assert cfg.models.rater == "meta-llama/Llama-2-7b-chat-hf"
     assert cfg.data.seed == "timdettmers/openassistant-guanaco"
@@ -87,3 +94,57 @@ def test_missing_or_invalid_file(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_class_defaults_and_shipped_default_yaml_agree() -> None:
+    """One source of defaults: every key of the shipped default.yaml equals the class default,
+    and the YAML spells out every key (so the documented file is the whole default)."""
+    import yaml
+
+    written = _flat(yaml.safe_load(packaged_config_path("default").read_text()))
+    classes = _flat(Config().to_dict())
+    assert sorted(written) == sorted(classes)
+    assert {k: v for k, v in written.items() if classes[k] != v} == {}
+
+
+def test_find_config_takes_files_and_shipped_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfalign.config import find_config
+
+    monkeypatch.chdir(tmp_path)  # from any directory
+    assert find_config(None) == packaged_config_path("default")
+    assert find_config("smoke") == find_config("smoke.yaml") == find_config("configs/smoke.yaml")
+    assert find_config("smoke").is_file() and find_config("smoke").parent.name == "configs"
+    mine = tmp_path / "smoke"  # a file of that name in the working directory wins
+    mine.write_text("run: {seed: 3}\n")
+    assert find_config("smoke") == mine
+    with pytest.raises(ConfigError, match="config file not found: nope.yaml; shipped configs: default, "):
+        find_config("nope.yaml")
+
+
+def test_config_command_writes_an_editable_copy(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*a: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "selfalign.cli", *a], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120)
+
+    listed = cli("config", "list")
+    assert listed.returncode == 0 and {ln.split("\t")[0] for ln in listed.stdout.splitlines()} == set(packaged_configs())
+    assert cli("config", "show", "smoke").stdout == packaged_config_path("smoke").read_text()
+    assert cli("config", "path", "accelerate/ddp").stdout.strip() == str(packaged_config_path("accelerate/ddp"))
+    w = cli("config", "write", "my.yaml", "--from", "smoke")
+    assert w.returncode == 0 and (tmp_path / "my.yaml").read_text() == packaged_config_path("smoke").read_text()
+    again = cli("config", "write", "my.yaml")
+    assert again.returncode == 2 and again.stderr.strip() == "error: my.yaml exists: use --force to overwrite it"
+    assert load_config(tmp_path / "my.yaml") == load_config(packaged_config_path("smoke"))

@@ -27,7 +27,7 @@ def records(path: Path, key: str = "source_id") -> list[dict]:
 @pytest.mark.parametrize("stage,log", [("augment", "augment/augmented.jsonl"), ("curate", "curate_1/rated.jsonl")])
 def test_sigkill_and_rerun_gives_the_uninterrupted_result(stage: str, log: str, tmp_path: Path,
                                                           tiny_model: Path) -> None:
-    common = ["--config", "configs/smoke.yaml", f"models.base={tiny_model}", f"models.rater={tiny_model}",
+    common = ["--config", "smoke", f"models.base={tiny_model}", f"models.rater={tiny_model}",
               "curation.mode=generate", "generation.batch_size=2", "run.threads=1"]
     run = tmp_path / "killed"
     if stage == "curate":  # kill inside curation, not inside the augmentation it depends on
@@ -62,7 +62,7 @@ def test_training_killed_twice_resumes_to_the_uninterrupted_adapter(tmp_path: Pa
     """SIGKILL train-backward at 2 random optimizer steps (SELFALIGN_CRASH_AFTER_STEPS: the end of
     a step, before its checkpoint); re-running resumes from `backward.work/` to the same bytes."""
     save_steps, max_steps = 2, 8
-    common = ["train-backward", "--config", "configs/smoke.yaml", f"models.base={tiny_model}", "run.threads=1",
+    common = ["train-backward", "--config", "smoke", f"models.base={tiny_model}", "run.threads=1",
               f"train_backward.save_steps={save_steps}", f"train_backward.max_steps={max_steps}",
               "train_backward.batch_size=2"]
     adapter = "backward/adapter_model.safetensors"

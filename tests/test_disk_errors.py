@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
 
 from selfalign.cli import main
 from selfalign.io import RecordLog, WriteError, atomic_write_text
@@ -89,7 +88,7 @@ def cli(*args: str) -> tuple[int, str]:
 
 
 def smoke(cmd: str, run: Path, tiny_model: Path, *extra: str) -> tuple[int, str]:
-    return cli(cmd, "--config", str(REPO / "configs" / "smoke.yaml"), f"run.out_dir={run}", f"models.base={tiny_model}",
+    return cli(cmd, "--config", "smoke", f"run.out_dir={run}", f"models.base={tiny_model}",
                f"models.rater={tiny_model}", "run.threads=2", *extra)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 
-from selfalign.config import load_config
+from selfalign.config import load_config, packaged_config_path
 from selfalign.memory import (
     KNOWN_SHAPES,
     GiB,
@@ -37,7 +37,7 @@ def test_parameter_count_is_exact_on_a_real_model_and_llama2_7b(tiny_model: Path
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
 
-    cfg = load_config(REPO / "configs" / "smoke.yaml")
+    cfg = load_config(packaged_config_path("smoke"))
     model, _ = load_model(str(tiny_model), cfg.models, device="cpu")
     shape = Shape.from_config(json.loads((tiny_model / "config.json").read_text()))
     assert shape.n_params == sum(p.numel() for p in model.parameters())
@@ -57,7 +57,7 @@ def test_weight_bytes_bf16_and_nf4() -> None:
 
 
 def test_gradient_checkpointing_cuts_activation_memory() -> None:
-    cfg = load_config(REPO / "configs" / "llama2-7b.yaml")
+    cfg = load_config(packaged_config_path("llama2-7b"))
     shape = Shape.from_config(LLAMA7B)
     on = plan_training(shape, cfg.lora, cfg.train_forward, 2, False, True)
     off = plan_training(shape, cfg.lora, cfg.train_forward.model_copy(update={"gradient_checkpointing": False}),
@@ -67,24 +67,24 @@ def test_gradient_checkpointing_cuts_activation_memory() -> None:
 
 
 def test_llama2_7b_config_is_refused_on_a_16gb_gpu_with_the_qlora_suggestion() -> None:
-    r = cli("plan", "--config", "configs/llama2-7b.yaml", "--device-memory-gb", "16")
+    r = cli("plan", "--config", "llama2-7b", "--device-memory-gb", "16")
     assert r.returncode == 2
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ")
     assert "configs/llama2-7b-qlora-t4.yaml" in err[0]
     assert "curate: DOES NOT FIT" in r.stdout and "6.74B parameters" in r.stdout
-    ok = cli("plan", "--config", "configs/llama2-7b.yaml", "--device-memory-gb", "40")
+    ok = cli("plan", "--config", "llama2-7b", "--device-memory-gb", "40")
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.count(": fits: ") == 5
 
 
 def test_qlora_t4_config_fits_a_t4_and_not_without_4bit() -> None:
-    cfg = load_config(REPO / "configs" / "llama2-7b-qlora-t4.yaml", ["run.device_memory_gb=15"])
+    cfg = load_config(packaged_config_path("llama2-7b-qlora-t4"), ["run.device_memory_gb=15"])
     assert cfg.models.load_in_4bit and cfg.models.dtype == "float16"
     assert cfg.train_forward.gradient_checkpointing and cfg.train_forward.batch_size == 1
     plans = dict(plan_run(cfg))
     assert all(p is not None and p.fits for p in plans.values()), {k: p.format() for k, p in plans.items()}
-    full = load_config(REPO / "configs" / "llama2-7b-qlora-t4.yaml",
+    full = load_config(packaged_config_path("llama2-7b-qlora-t4"),
                        ["run.device_memory_gb=15", "models.load_in_4bit=false"])
     assert not dict(plan_run(full))["train-forward"].fits
 
@@ -94,13 +94,13 @@ def test_check_refuses_before_loading_and_can_be_turned_off(tmp_path: Path, tiny
     folder = tmp_path / "llama7b"
     shutil.copytree(tiny_model, folder, ignore=shutil.ignore_patterns("*.safetensors"))
     (folder / "config.json").write_text(json.dumps({**LLAMA7B, "model_type": "llama"}))
-    cfg = load_config(REPO / "configs" / "llama2-7b.yaml", [f"models.base={folder}", "run.device_memory_gb=8"])
+    cfg = load_config(packaged_config_path("llama2-7b"), [f"models.base={folder}", "run.device_memory_gb=8"])
     with pytest.raises(MemoryPlanError, match="will not fit; try 4-bit QLoRA"):
         check(cfg, str(folder), str(folder), "cuda", train=cfg.train_forward)
     off = cfg.model_copy(update={"run": cfg.run.model_copy(update={"memory_check": False})})
     assert check(off, str(folder), str(folder), "cuda", train=cfg.train_forward) is None
     # through the real stage: one error line, no traceback, nothing written
-    r = cli("train-backward", "--config", "configs/smoke.yaml", f"run.out_dir={tmp_path / 'run'}",
+    r = cli("train-backward", "--config", "smoke", f"run.out_dir={tmp_path / 'run'}",
             f"models.base={folder}", "run.device_memory_gb=8", "run.device=cpu")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: training (batch") and "will not fit" in r.stderr
@@ -108,7 +108,7 @@ def test_check_refuses_before_loading_and_can_be_turned_off(tmp_path: Path, tiny
 
 
 def test_load_in_4bit_on_cpu_is_one_clear_error(tiny_model: Path) -> None:
-    cfg = load_config(REPO / "configs" / "smoke.yaml", ["models.load_in_4bit=true"])
+    cfg = load_config(packaged_config_path("smoke"), ["models.load_in_4bit=true"])
     with pytest.raises(ModelError, match="needs a CUDA GPU"):
         load_model(str(tiny_model), cfg.models, device="cpu")
 
@@ -117,9 +117,9 @@ def test_accelerate_configs_parse_with_peft_fsdp_settings() -> None:
     from accelerate.commands.config.config_args import load_config_from_file
     from accelerate.utils import DistributedType
 
-    ddp = load_config_from_file(str(REPO / "configs" / "accelerate" / "ddp.yaml"))
+    ddp = load_config_from_file(str(packaged_config_path("accelerate/ddp")))
     assert ddp.distributed_type == DistributedType.MULTI_GPU
-    fsdp = load_config_from_file(str(REPO / "configs" / "accelerate" / "fsdp.yaml"))
+    fsdp = load_config_from_file(str(packaged_config_path("accelerate/fsdp")))
     assert fsdp.distributed_type == DistributedType.FSDP
     # PEFT + FSDP needs use_orig_params false and a transformer-layer wrap policy
     assert fsdp.fsdp_config["fsdp_use_orig_params"] is False
@@ -135,8 +135,8 @@ def test_accelerate_launch_line_with_the_ddp_config(tmp_path: Path, tiny_model: 
     if accelerate is None:
         pytest.skip("accelerate CLI not on PATH")
     r = subprocess.run(
-        [accelerate, "launch", "--config_file", "configs/accelerate/ddp.yaml", "--cpu", "--num_processes", "1",
-         "-m", "selfalign.cli", "train-backward", "--config", "configs/smoke.yaml", f"run.out_dir={tmp_path}/run",
+        [accelerate, "launch", "--config_file", str(packaged_config_path("accelerate/ddp")), "--cpu", "--num_processes", "1",
+         "-m", "selfalign.cli", "train-backward", "--config", "smoke", f"run.out_dir={tmp_path}/run",
          f"models.base={tiny_model}", "train_backward.max_steps=2", "run.threads=1"],
         cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]

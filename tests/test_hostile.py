@@ -22,7 +22,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from conftest import REPO
 
 GOOD_SEED = [
     {"text": "### Human: How do I boil an egg for breakfast?### Assistant: Put the egg in boiling water for eight minutes."},
@@ -189,7 +188,7 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
     elif isinstance(exp, Error):
         cmd = "seed" if case.stage == "seed" else "augment"  # augment reads its data before training
         key = "data.seed" if case.stage == "seed" else "data.unlabelled"
-        code, err = cli(cmd, "--config", str(REPO / "configs" / "smoke.yaml"), f"run.out_dir={tmp_path / 'run'}",
+        code, err = cli(cmd, "--config", "smoke", f"run.out_dir={tmp_path / 'run'}",
                         f"models.base={tiny_model}", "data.fallback_to_samples=false", f"{key}={src}")
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
         assert exp.says in err

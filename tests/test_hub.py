@@ -407,7 +407,7 @@ def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: Fa
     login.mkdir()
     (login / "token").write_text(OTHER_TOKEN)
     env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
-    push = ["push", "--config", "configs/smoke.yaml", f"run.out_dir={run.dir}", f"models.base={tiny_model}",
+    push = ["push", "--config", "smoke", f"run.out_dir={run.dir}", f"models.base={tiny_model}",
             f"hub.endpoint={fake_hub.url}", "hub.name=smoke"]
     for extra_env, token, user in (({"HF_TOKEN": TOKEN}, TOKEN, "alice"), ({"HF_HOME": str(login)}, OTHER_TOKEN, "bob")):
         r = subprocess.run([sys.executable, "-m", "selfalign.cli", *push], cwd=REPO, env={**env, **extra_env},

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from selfalign.config import load_config
+from selfalign.config import load_config, packaged_config_path
 from selfalign.generation import GenParams, generate
 from selfalign.vllm_backend import VllmEngine, engine_options, lora_request_args, sampling_options
 
@@ -20,7 +20,7 @@ def make_adapter(tmp_path: Path, name: str, r: int) -> Path:
 
 
 def test_engine_options_from_config(tmp_path: Path) -> None:
-    cfg = load_config(Path(__file__).resolve().parent.parent / "configs" / "llama2-7b.yaml", ["run.seed=7"])
+    cfg = load_config(packaged_config_path("llama2-7b"), ["run.seed=7"])
     opts = engine_options(cfg, "/models/base", [make_adapter(tmp_path, "a", 16), make_adapter(tmp_path, "b", 64)])
     assert opts["enable_lora"] is True and opts["max_lora_rank"] == 64 and opts["max_loras"] == 2
     # the 3-shot rating prompt (1536-token response + worked examples + 256 new) is longer than 2048

@@ -1,13 +1,16 @@
 """Thin command line over the pipeline stages.
 
-    selfalign run [--config FILE] [key=value ...]
-    selfalign train-backward | augment | curate | train-forward [--config FILE] [key=value ...]
+    selfalign run [--config FILE|NAME] [key=value ...]
+    selfalign train-backward | augment | curate | train-forward [--config FILE|NAME] [key=value ...]
     selfalign generate --adapter DIR [--prompts FILE] [key=value ...]
     selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
     selfalign evaluate [--n-heldout N] [--n-prompts N] [key=value ...]
     selfalign plan [--device-memory-gb GB] [key=value ...]
+    selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
 
-Every command prints the resolved config first. Errors in config, data or models are one line.
+--config takes a YAML file or the name of a config shipped inside the package (`default`,
+`smoke`, `llama2-7b`, `llama2-7b-qlora-t4`); without it the shipped `default` is used, from any
+directory. Every command prints the resolved config first. Errors in config, data or models are one line.
 """
 
 from __future__ import annotations
@@ -18,20 +21,27 @@ from pathlib import Path
 
 import click
 
-from selfalign.config import Config, ConfigError, format_config, load_config
-
-DEFAULT_CONFIG = Path("configs/default.yaml")
+from selfalign.config import (
+    Config,
+    ConfigError,
+    find_config,
+    format_config,
+    load_config,
+    packaged_config_path,
+    packaged_configs,
+)
 
 # Library deprecation notices (transformers 5.x renames) are noise for a pipeline user.
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
-    path = config
-    if path is None and DEFAULT_CONFIG.is_file():
-        path = str(DEFAULT_CONFIG)
+    """The config named by --config (a file, or a shipped config's name; default: the shipped
+    `default`), with the overrides applied, printed first so the run can be reproduced."""
+    path = find_config(config)
     cfg = load_config(path, list(overrides))
-    print(f"# config: {path or 'built-in defaults'}")
+    shipped = path.parent.name == "configs" and path.parent.parent.name == "selfalign" and config != str(path)
+    print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
     print(format_config(cfg), flush=True)
     return cfg
 
@@ -63,7 +73,9 @@ def _guard(fn):  # noqa: ANN001, ANN202
     return wrapper
 
 
-_config_opt = click.option("--config", "-c", default=None, help="YAML config (default: configs/default.yaml)")
+_config_opt = click.option("--config", "-c", default=None,
+                           help="YAML config file, or a shipped config's name (default, smoke, llama2-7b, ...; "
+                                "default: the shipped `default`)")
 _overrides = click.argument("overrides", nargs=-1)
 
 
@@ -166,6 +178,54 @@ def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: st
     cfg = _load(config, overrides)
     evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
                  judge_max_new_tokens=judge_tokens)
+
+
+@main.group("config")
+def config_group() -> None:
+    """The shipped configs: list them, print one, or write a copy to edit."""
+
+
+@config_group.command("list")
+def config_list() -> None:
+    """Names of the shipped configs (use them with --config NAME)."""
+    for name in packaged_configs():
+        click.echo(f"{name}\t{packaged_config_path(name)}")
+
+
+@config_group.command("show")
+@click.argument("name", default="default")
+@_guard
+def config_show(name: str) -> None:
+    """Print a shipped config (or a config file), comments included."""
+    click.echo(find_config(name).read_text(encoding="utf-8"), nl=False)
+
+
+@config_group.command("path")
+@click.argument("name", default="default")
+@_guard
+def config_path(name: str) -> None:
+    """Print the file of a shipped config, e.g. for `accelerate launch --config_file`."""
+    click.echo(str(find_config(name)))
+
+
+@config_group.command("write")
+@click.argument("path")
+@click.option("--from", "name", default="default", show_default=True, help="shipped config to copy")
+@click.option("--force", is_flag=True, help="overwrite an existing file")
+@_guard
+def config_write(path: str, name: str, force: bool) -> None:
+    """Write a copy of a shipped config to PATH, to edit and pass back with --config PATH."""
+    dst = Path(path)
+    if dst.exists() and not force:
+        _fail(f"{dst} exists: use --force to overwrite it")
+    text = find_config(name).read_text(encoding="utf-8")
+    if not name.startswith("accelerate/"):  # accelerate's own files are not selfalign configs
+        load_config(find_config(name))  # one that does not load is a bug: fail before writing
+    from selfalign.io import atomic_write_text
+
+    atomic_write_text(dst, text)
+    click.echo(f"wrote {dst} (from the shipped config '{find_config(name).stem}'); run it with "
+               f"`selfalign run --config {dst}`")
 
 
 @main.command("plan")

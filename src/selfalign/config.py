@@ -51,7 +51,7 @@ class DataConfig(_Section):
     # file or folder, or a Hub dataset id.
     seed: str = "../shared/data/guanaco/guanaco_llama2_1k.jsonl"
     seed_split: str = "train"
-    seed_limit: int | None = 64  # keep the first N usable pairs (None = all)
+    seed_limit: int | None = 48  # keep the first N usable pairs (None = all)
     seed_english_only: bool = True  # the paper's seed is English only
     # Unlabelled responses: LIMA format (`conversations`, `source`) or plain `text` rows.
     unlabelled: str = "../shared/data/lima/train.jsonl"
@@ -83,14 +83,14 @@ class LoraConfig(_Section):
 class TrainConfig(_Section):
     epochs: float = 1.0
     max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 2e-4
+    learning_rate: float = 3e-4
     batch_size: int = 4
     grad_accum: int = 1
-    max_seq_len: int = 512  # prompt + target, truncated so the target keeps >= 1 token
+    max_seq_len: int = 320  # prompt + target, truncated so the target keeps >= 1 token
     warmup_ratio: float = 0.03
     weight_decay: float = 0.0
     logging_steps: int = 1
-    save_steps: int = 50  # checkpoint interval for resume
+    save_steps: int = 10  # checkpoint interval for resume
     group_by_length: bool = True  # batch similar lengths together: less padding
     gradient_checkpointing: bool = False  # recompute activations: far less memory, ~30% slower (GPU)
 
@@ -112,12 +112,12 @@ class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     # prompts per batch; 0 = auto: the largest batch (<= max_batch_size) whose KV cache and
     # activations fit memory_budget_gb (default: half of what the device has left after the weights)
-    batch_size: int = 8
+    batch_size: int = 0
     max_batch_size: int = 32
     memory_budget_gb: float | None = None
-    max_prompt_tokens: int = 768  # long responses are cut to fit this in prompts
+    max_prompt_tokens: int = 320  # long responses are cut to fit this in prompts
     instruction: SamplingConfig = Field(
-        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=64)
+        default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=48)
     )
     response: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=128)
@@ -144,10 +144,10 @@ class CurationConfig(_Section):
     shots: int = 3  # few-shot worked examples prepended to the rating prompt
     threshold: float = 4.0  # keep pairs with score >= threshold
     n_samples: int = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)
-    retries: int = 2  # re-sample a rating whose score cannot be parsed
+    retries: int = 1  # re-sample a rating whose score cannot be parsed
     temperature: float = 0.7  # used for retries and n_samples > 1
-    max_new_tokens: int = 96
-    max_response_tokens: int = 512  # responses are cut to this many tokens in the rating prompt
+    max_new_tokens: int = 64
+    max_response_tokens: int = 256  # responses are cut to this many tokens in the rating prompt
     iterations: int = 1  # 2: the forward model M1 re-rates the candidates, M2 is trained
 
     @field_validator("threshold")
@@ -188,7 +188,7 @@ class Config(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
     train_backward: TrainConfig = Field(default_factory=TrainConfig)
-    train_forward: TrainConfig = Field(default_factory=TrainConfig)
+    train_forward: TrainConfig = Field(default_factory=lambda: TrainConfig(max_seq_len=256))
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     curation: CurationConfig = Field(default_factory=CurationConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
@@ -286,3 +286,47 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 
 def format_config(cfg: Config) -> str:
     return "# resolved config\n" + cfg.to_yaml()
+
+
+# --- shipped configs -----------------------------------------------------------------------
+# The configs live inside the package (src/selfalign/configs/), so an installed selfalign finds
+# them from any directory: `--config smoke` names one, `--config my.yaml` is a file.
+DEFAULT_CONFIG_NAME = "default"
+
+
+def _config_root() -> Any:
+    from importlib import resources
+
+    return resources.files("selfalign").joinpath("configs")
+
+
+def packaged_configs() -> list[str]:
+    """Names of the shipped configs: 'default', 'smoke', 'llama2-7b', ..., 'accelerate/ddp'."""
+    root = _config_root()
+    names = [f.name[: -len(".yaml")] for f in root.iterdir() if f.name.endswith(".yaml")]
+    sub = root.joinpath("accelerate")
+    if sub.is_dir():
+        names += [f"accelerate/{f.name[: -len('.yaml')]}" for f in sub.iterdir() if f.name.endswith(".yaml")]
+    return sorted(names)
+
+
+def packaged_config_path(name: str) -> Path:
+    """The file of a shipped config by name (with or without `.yaml`, or as `configs/NAME.yaml`)."""
+    stem = name.removeprefix("configs/").removesuffix(".yaml")
+    if stem not in packaged_configs():
+        raise ConfigError(f"no shipped config named {name!r}; shipped: {', '.join(packaged_configs())}")
+    return Path(str(_config_root().joinpath(f"{stem}.yaml")))
+
+
+def find_config(arg: str | None) -> Path:
+    """`--config` to a file: an existing file wins, then a shipped config's name; None = the shipped default."""
+    if arg is None:
+        return packaged_config_path(DEFAULT_CONFIG_NAME)
+    p = Path(arg).expanduser()
+    if p.is_file():
+        return p.resolve()
+    stem = arg.removeprefix("configs/").removesuffix(".yaml")
+    if stem in packaged_configs():
+        return packaged_config_path(stem)
+    hint = f"; shipped configs: {', '.join(n for n in packaged_configs() if '/' not in n)}"
+    raise ConfigError(f"config file not found: {arg}{hint}")
