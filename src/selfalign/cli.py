@@ -40,6 +40,9 @@ def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
     `default`), with the overrides applied, printed first so the run can be reproduced."""
     path = find_config(config)
     cfg = load_config(path, list(overrides))
+    from selfalign.prompts import use_templates
+
+    use_templates(cfg.run.templates_dir)
     shipped = path.parent.name == "configs" and path.parent.parent.name == "selfalign" and config != str(path)
     print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
     print(format_config(cfg), flush=True)

@@ -31,6 +31,9 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     memory_check: bool = True  # estimate memory before loading a model; refuse if it can't fit
     device_memory_gb: float | None = None  # plan for this much device memory instead of the visible one
+    # A folder of template files (same names as selfalign/templates/) that replace the shipped
+    # ones; stages whose templates change are redone (their keys hash the templates they read).
+    templates_dir: str | None = None
 
 
 class ModelsConfig(_Section):

@@ -7,6 +7,7 @@ tag is used, to ask for answers in the assistant style.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,13 @@ def train_forward(
         examples, out_dir, cfg.models, cfg.lora, cfg.train_forward,
         base=cfg.models.base, seed=cfg.run.seed, device=cfg.run.device, name=name, run_cfg=cfg,
     )
+
+
+def load_curated(folder: Path) -> list[RatedPair]:
+    """The curated dataset folder's rows (`data.jsonl`), as the forward model trains on them."""
+    rows = [json.loads(x) for x in (Path(folder) / "data.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    return [RatedPair(r["instruction"], r["response"], r["source_id"], r.get("source", ""), r.get("score"),
+                      r.get("reasoning", ""), r.get("ratings") or []) for r in rows]
 
 
 def load_prompts(path: str, limit: int | None = None, split: str = "test") -> list[str]:

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,55 @@ from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, Unl
 SINGLE_PROCESS_STAGES = {"augment", "curate-1", "curate-2", "responses"}
 STAGES = ["seed", "train-backward", "augment", "curate", "train-forward", "responses"]
 SAMPLES = Path(__file__).parent / "sample_data"
-TEMPLATES = Path(__file__).parent / "templates"
+
+
+@dataclass(frozen=True)
+class Reads:
+    """What a stage reads. Its key is the hash of exactly these, plus the data files it is given
+    (and, for curation, the rater's adapter): a change to any of them redoes the stage, a change
+    to anything else does not."""
+
+    config: tuple[str, ...] = ()  # dotted config keys or whole sections
+    templates: tuple[str, ...] = ()  # template files, or `file.json:section`
+    artifacts: tuple[str, ...] = ()  # files of earlier stages in the run directory ({i}: iteration)
+
+
+_PLAIN = "templates.json:plain"  # the chat template of tokenizers without one (LLaMA-2 base)
+_MODEL = ("models.base", "models.dtype", "models.load_in_4bit")
+STAGE_READS: dict[str, Reads] = {
+    "seed": Reads(config=("data.seed", "data.seed_split", "data.seed_limit", "data.seed_english_only")),
+    "train-backward": Reads(config=(*_MODEL, "lora", "train_backward", "run.seed"),
+                            templates=("templates.json:backward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
+    "sample": Reads(config=("data.unlabelled", "data.unlabelled_split", "data.unlabelled_n", "run.seed")),
+    "augment": Reads(config=(*_MODEL, "generation.instruction", "generation.max_prompt_tokens",
+                             "generation.max_instruction_chars", "run.seed"),
+                     templates=("templates.json:backward", _PLAIN),
+                     artifacts=("backward/adapter_model.safetensors", "augment/sample.jsonl")),
+    "train-m0": Reads(config=(*_MODEL, "lora", "train_forward", "forward.seed_tag", "run.seed"),
+                      templates=("templates.json:forward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
+    # curation.threshold is not read: selection from the stored ratings is redone on every run
+    "curate": Reads(config=("models.rater", "models.dtype", "models.load_in_4bit", "curation.mode",
+                            "curation.shots", "curation.n_samples", "curation.retries", "curation.temperature",
+                            "curation.max_new_tokens", "curation.max_response_tokens", "run.seed"),
+                    templates=("rating_prompt.txt", "rating_fewshot.json", _PLAIN),
+                    artifacts=("augment/augmented.jsonl",)),
+    "train-forward": Reads(config=(*_MODEL, "lora", "train_forward", "forward.seed_tag", "forward.augmented_tag",
+                                   "forward.use_seed", "run.seed"),
+                           templates=("templates.json:forward", _PLAIN),
+                           artifacts=("seed/pairs.jsonl", "curated_{i}/data.jsonl")),
+    "responses": Reads(config=(*_MODEL, "generation.response", "forward.n_responses", "forward.seed_tag",
+                               "data.eval_prompts", "data.eval_split", "run.seed"),
+                       templates=("templates.json:forward", _PLAIN),
+                       artifacts=("forward_{i}/adapter_model.safetensors",)),
+}
+# Config keys no stage reads: where and how things run, not what they compute (or, for the
+# threshold and iterations, handled outside the keys: see above and `final_forward`).
+NOT_READ_BY_STAGES = (
+    "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
+    "run.templates_dir", "models.cache_dir", "models.trust_remote_code", "data.fallback_to_samples",
+    "generation.backend", "generation.batch_size", "generation.max_batch_size", "generation.memory_budget_gb",
+    "curation.threshold", "curation.iterations", "hub.",
+)
 
 
 class RunDirError(RuntimeError):
@@ -114,7 +162,7 @@ def _copy_dir(src: Path, dst: Path) -> None:
 # forward model; the final responses are re-sampled; iterations 1 -> 2 adds the second round.
 RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
-    "models.cache_dir", "curation.threshold", "curation.iterations",
+    "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
 )
 
@@ -162,6 +210,10 @@ class Run:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._memo: dict[tuple[str, tuple[Any, ...]], Any] = {}
+        self.ran: list[str] = []  # the stages this process ran (not skipped as up to date)
+        from selfalign.prompts import use_templates
+
+        use_templates(cfg.run.templates_dir)
         self.dir = Path(cfg.run.out_dir)
         self._check_dir()
         with writing(self.dir):
@@ -203,6 +255,7 @@ class Run:
         if self.manifest.is_done(name, key, outputs):
             say(f"{name}: up to date, skipped")
             return False
+        self.ran.append(name)
         if name in SINGLE_PROCESS_STAGES and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             # several ranks would each generate every record into the same log
             raise RunDirError(
@@ -213,14 +266,30 @@ class Run:
         self.manifest.start(name, key)
         return True
 
+    def key(self, stage: str, iteration: int = 1, **given: Any) -> str:
+        """The stage's key: the hash of what it declares it reads (STAGE_READS) and of what it is
+        `given` besides (data files, the rater's adapter)."""
+        from selfalign.prompts import template_fingerprint
+
+        reads = STAGE_READS[stage]
+        conf = self.cfg.to_dict()
+        values = {}
+        for dotted in reads.config:
+            node: Any = conf
+            for part in dotted.split("."):
+                node = node[part]
+            values[dotted] = node
+        temps = {t: template_fingerprint(t) for t in reads.templates}
+        arts = {a.format(i=iteration): fingerprint(self.path(a.format(i=iteration))) for a in reads.artifacts}
+        return stage_key(stage, values, temps, arts, given)
+
     # --- stages --------------------------------------------------------------------------
     @_once
     def seed(self) -> list[SeedPair]:
         d = self.cfg.data
         src = resolve_data(d.seed, "seed.jsonl", self.cfg)
         out = self.path("seed", "pairs.jsonl")
-        key = stage_key(src, _file_fp(src), d.seed_split, d.seed_limit, d.seed_english_only)
-        if self._stage("seed", key, [out]):
+        if self._stage("seed", self.key("seed", source=[src, _file_fp(src)]), [out]):
             from selfalign.seed import load_seed
 
             rejects = RejectLog()
@@ -230,16 +299,15 @@ class Run:
             say(f"seed: {len(pairs)} pairs from {src}; {rejects.summary()}")
             self.manifest.count(seed_pairs=len(pairs), seed_rejected=len(rejects))
             self.manifest.finish("seed", source=src)
-        return [SeedPair(**json.loads(x)) for x in out.read_text().splitlines()]
+            return pairs
+        return [SeedPair(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()]
 
     @_once
     def train_backward(self) -> Path:
         pairs = self.seed()
         out = self.path("backward")
         c = self.cfg
-        key = stage_key(c.models.base, c.lora.model_dump(), c.train_backward.model_dump(), c.run.seed,
-                        fingerprint(self.path("seed", "pairs.jsonl")))
-        if self._stage("train-backward", key, [out / "adapter_model.safetensors"]):
+        if self._stage("train-backward", self.key("train-backward"), [out / "adapter_model.safetensors"]):
             from selfalign.backward import train_backward
 
             with _saving(out):
@@ -257,8 +325,7 @@ class Run:
         d = self.cfg.data
         src = resolve_data(d.unlabelled, "unlabelled.jsonl", self.cfg)
         out = self.path("augment", "sample.jsonl")
-        key = stage_key(src, _file_fp(src), d.unlabelled_split, d.unlabelled_n, self.cfg.run.seed)
-        if self._stage("sample", key, [out]):
+        if self._stage("sample", self.key("sample", source=[src, _file_fp(src)]), [out]):
             from selfalign.unlabelled import load_unlabelled, sample_single_turn
 
             rejects = RejectLog()
@@ -272,7 +339,8 @@ class Run:
             self.manifest.count(unlabelled_single_turn=len(pool), unlabelled_multi_turn=n_multi,
                                 unlabelled_rejected=len(rejects), sampled=len(picked))
             self.manifest.finish("sample", source=src)
-        return [UnlabelledResponse(**json.loads(x)) for x in out.read_text().splitlines()]
+            return picked
+        return [UnlabelledResponse(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()]
 
     @_once
     def augment(self) -> list[AugmentedPair]:
@@ -280,9 +348,7 @@ class Run:
         backward = self.train_backward()
         c = self.cfg
         out = self.path("augment", "augmented.jsonl")
-        key = stage_key(fingerprint(backward / "adapter_model.safetensors"), c.generation.instruction.model_dump(),
-                        c.generation.max_prompt_tokens, c.generation.max_instruction_chars, c.run.seed,
-                        fingerprint(self.path("augment", "sample.jsonl")))
+        key = self.key("augment")
         if self.manifest.previous_key("augment") != key and out.exists():
             out.unlink()  # inputs changed: the old records are stale
         if self._stage("augment", key, [out]):
@@ -299,7 +365,8 @@ class Run:
             self.manifest.count(generated=len(pairs), generated_ok=status["ok"], generated_status=status,
                                 generated_response_cut=n_cut)
             self.manifest.finish("augment")
-        rows = [AugmentedPair(**json.loads(x)) for x in out.read_text().splitlines()]
+            return pairs  # in the order of `responses`
+        rows = [AugmentedPair(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()]
         order = {r.source_id: i for i, r in enumerate(responses)}
         return sorted(rows, key=lambda r: order.get(r.source_id, 1 << 30))
 
@@ -309,9 +376,7 @@ class Run:
         pairs = self.seed()
         out = self.path("m0")
         c = self.cfg
-        key = stage_key(c.models.base, c.lora.model_dump(), c.train_forward.model_dump(), c.forward.seed_tag,
-                        c.run.seed, fingerprint(self.path("seed", "pairs.jsonl")))
-        if self._stage("train-m0", key, [out / "adapter_model.safetensors"]):
+        if self._stage("train-m0", self.key("train-m0"), [out / "adapter_model.safetensors"]):
             from selfalign.forward import train_forward
 
             with _saving(out):
@@ -322,7 +387,7 @@ class Run:
     def _rater(self, iteration: int) -> tuple[str, Path | None, str]:
         c = self.cfg
         if iteration == 2:
-            return c.models.base, self.path("forward_1"), "M1 (forward model of iteration 1)"
+            return c.models.base, self.train_forward(1), "M1 (forward model of iteration 1)"
         if c.models.rater == "m0":
             return c.models.base, self.train_m0(), "M0 (forward model trained on seed only)"
         return c.models.rater, None, c.models.rater
@@ -332,15 +397,10 @@ class Run:
         pairs = self.augment()
         usable = [p for p in pairs if p.status == "ok"]
         spec, adapter, rater_name = self._rater(iteration)
-        if iteration == 2:
-            self.train_forward(1)
         c = self.cfg
         rated_path = self.path(f"curate_{iteration}", "rated.jsonl")
         curated_dir = self.path(f"curated_{iteration}")
-        cur = c.curation.model_dump(exclude={"iterations", "threshold"})
-        key = stage_key(spec, fingerprint(adapter) if adapter else None, cur, c.run.seed,
-                        fingerprint(self.path("augment", "augmented.jsonl")),
-                        [fingerprint(TEMPLATES / f) for f in ("rating_prompt.txt", "rating_fewshot.json", "templates.json")])
+        key = self.key("curate", iteration, rater=[spec, fingerprint(adapter) if adapter else None])
         name = f"curate-{iteration}"
         if self.manifest.previous_key(name) != key and rated_path.exists():
             rated_path.unlink()
@@ -349,9 +409,10 @@ class Run:
             from selfalign.generation import load_engine
 
             engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
-            rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
+            rated = rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
             self.manifest.finish(name, rater=rater_name)
-        rated = load_rated(rated_path)
+        else:
+            rated = load_rated(rated_path)
         # Selection is cheap: always redone, so a new threshold needs no re-rating.
         from selfalign.curate import curation_stats, select, write_curated
 
@@ -372,21 +433,14 @@ class Run:
     @_once
     def train_forward(self, iteration: int = 1) -> Path:
         pairs = self.seed()
-        rated = self.curate(iteration)
+        self.curate(iteration)  # writes curated_{iteration}/data.jsonl: the data trained on, and hashed
         c = self.cfg
-        from selfalign.curate import select
-
-        kept = select(rated, c.curation.threshold)
         out = self.path(f"forward_{iteration}")
-        # forward.n_responses only sizes the final responses: not part of the model's key
-        key = stage_key(c.models.base, c.lora.model_dump(), c.train_forward.model_dump(),
-                        c.forward.model_dump(exclude={"n_responses"}), c.run.seed,
-                        fingerprint(self.path("seed", "pairs.jsonl")),
-                        fingerprint(self.path(f"curated_{iteration}", "data.jsonl")))
         name = f"train-forward-{iteration}"
-        if self._stage(name, key, [out / "adapter_model.safetensors"]):
-            from selfalign.forward import train_forward
+        if self._stage(name, self.key("train-forward", iteration), [out / "adapter_model.safetensors"]):
+            from selfalign.forward import load_curated, train_forward
 
+            kept = load_curated(self.path(f"curated_{iteration}"))
             with _saving(out):
                 r = train_forward(c, pairs, kept, out, name=f"forward (M{iteration})")
             say(f"train-forward (M{iteration}): {r.n_examples} examples ({len(pairs) if c.forward.use_seed else 0} "
@@ -411,8 +465,7 @@ class Run:
         c = self.cfg
         src = resolve_data(c.data.eval_prompts, "prompts.jsonl", c)
         out = self.path("responses.jsonl")
-        key = stage_key(fingerprint(fwd / "adapter_model.safetensors"), c.generation.response.model_dump(), src,
-                        _file_fp(src), c.forward.n_responses, c.forward.seed_tag, c.run.seed)
+        key = self.key("responses", c.curation.iterations, source=[src, _file_fp(src)])
         if self._stage("responses", key, [out]):
             from selfalign.forward import load_prompts, sample_responses
             from selfalign.generation import GenParams, load_engine
@@ -421,9 +474,11 @@ class Run:
             engine = load_engine(c, c.models.base, adapter=fwd, name="forward", stage="responses")
             texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
                                      c.forward.seed_tag)
-            write_jsonl(out, [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)])
+            rows = [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)]
+            write_jsonl(out, rows)
             self.manifest.finish("responses")
-        return [json.loads(x) for x in out.read_text().splitlines()]
+            return rows
+        return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
 
     def finalize(self) -> None:
         """Copy the final curated data and forward model to `curated/` and `forward/`; write the report."""
@@ -440,7 +495,7 @@ class Run:
                 shutil.rmtree(tmp, ignore_errors=True)
         from selfalign.report import write_report
 
-        write_report(self)
+        write_report(self.path("report.md"), self.manifest.data, self.augment(), self.curate(n), self.responses())
 
 
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:
@@ -486,12 +541,3 @@ def load_rated(path: Path) -> list[RatedPair]:
     if not path.exists():
         raise DataError(f"{path}: not found (run `selfalign curate` first)")
     return [RatedPair(**json.loads(x)) for x in path.read_text().splitlines()]
-
-
-def deliverables(run: Run) -> dict[str, Any]:
-    """The three printed deliverables, as data (for the report)."""
-    n = run.cfg.curation.iterations
-    aug = [AugmentedPair(**json.loads(x)) for x in run.path("augment", "augmented.jsonl").read_text().splitlines()]
-    rated = load_rated(run.path(f"curate_{n}", "rated.jsonl"))
-    responses = [json.loads(x) for x in run.path("responses.jsonl").read_text().splitlines()]
-    return {"augmented": aug, "rated": rated, "responses": responses}

@@ -10,13 +10,45 @@ from __future__ import annotations
 import json
 from functools import cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 Messages = list[dict[str, str]]
 
 
+# Template files that replace the shipped ones (run.templates_dir); None = the shipped files only.
+_override_dir: Path | None = None
+
+
+def use_templates(folder: str | Path | None) -> None:
+    """Read templates from `folder` first (files of the same names as the shipped ones), then
+    from the shipped `selfalign/templates/`. Called with `run.templates_dir` by every command."""
+    global _override_dir
+    new = Path(folder).expanduser() if folder else None
+    if new is not None and not new.is_dir():
+        raise FileNotFoundError(2, "run.templates_dir is not a folder", str(new))
+    if new != _override_dir:
+        _override_dir = new
+        for f in (templates, rating_prompt, rating_fewshot):
+            f.cache_clear()
+
+
 def prompt_file(name: str) -> str:
+    if _override_dir is not None and (_override_dir / name).is_file():
+        return (_override_dir / name).read_text(encoding="utf-8")
     return resources.files("selfalign").joinpath("templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def template_fingerprint(ref: str) -> str:
+    """sha256 of a template file (`rating_prompt.txt`) or of one section of a JSON template file
+    (`templates.json:backward`): what a stage's key hashes for the templates it reads."""
+    import hashlib
+
+    name, _, section = ref.partition(":")
+    text = prompt_file(name)
+    if section:
+        text = json.dumps(json.loads(text)[section], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 @cache

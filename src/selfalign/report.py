@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from selfalign.io import atomic_write_text
 from selfalign.records import AugmentedPair, RatedPair
-
-if TYPE_CHECKING:
-    from selfalign.pipeline import Run
 
 N_SHOW = 5
 
@@ -61,13 +59,12 @@ def _md(text: str, n: int = 400) -> str:
     return _short(text, n).replace("|", "\\|")
 
 
-def write_report(run: Run) -> None:
-    from selfalign.pipeline import deliverables
-
-    d = deliverables(run)
-    m = run.manifest.data
+def write_report(path: Path, manifest: dict[str, Any], augmented: list[AugmentedPair], rated: list[RatedPair],
+                 responses: list[dict[str, str]]) -> None:
+    """report.md of a finished run: counts, stages, and the three deliverables as the run printed them."""
+    m = manifest
     c = m.get("counts", {})
-    lines = ["# selfalign run report", "", f"Run directory: `{run.dir}`", "",
+    lines = ["# selfalign run report", "", f"Run directory: `{path.parent}`", "",
              "## Counts", "", "| stage | count |", "|---|---|"]
     for k, v in c.items():
         if not isinstance(v, dict):
@@ -80,15 +77,15 @@ def write_report(run: Run) -> None:
         notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_first", "loss_last", "tokens_per_second", "rater"))
         lines.append(f"| {name} | {st.get('status')} | {st.get('seconds', '')} | {notes} |")
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]
-    for p in augmented_examples(d["augmented"]):
+    for p in augmented_examples(augmented):
         lines += [f"- **instruction:** {_md(p.instruction, 300)}", f"  **response:** {_md(p.response)}"]
-    high, low = high_low(d["rated"])
+    high, low = high_low(rated)
     for title, rows in (("High-scored pairs", high), ("Low-scored pairs", low)):
         lines += ["", f"## {title}", ""]
         for r in rows:
             lines += [f"- **score {r.score:.2f}** — **instruction:** {_md(r.instruction, 300)}",
                       f"  **response:** {_md(r.response, 300)}", f"  **reasoning:** {_md(r.reasoning, 300)}"]
     lines += ["", "## Responses of the forward model", ""]
-    for r in d["responses"]:
+    for r in responses:
         lines += [f"- **prompt:** {_md(r['prompt'], 300)}", f"  **response:** {_md(r['response'], 800)}"]
-    atomic_write_text(run.path("report.md"), "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
