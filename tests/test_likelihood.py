@@ -1,0 +1,63 @@
+"""Likelihood scores (IFD, end of turn, worst segment) on the tiny model: exact against a
+direct computation, and independent of batching."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from selfalign.config import ModelsConfig
+from selfalign.likelihood import _segment_ratio, pair_likelihoods, token_logprobs
+from selfalign.models import load_model
+
+PAIRS = [("Name a colour.", "Blue is a colour of the sky."),
+         ("Add two and two.", "Two and two make four, which is an even number."),
+         ("Say hi.", "Hi!")]
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    return load_model(str(tiny_model), ModelsConfig(), device="cpu")
+
+
+def _direct(model, ids: list[int], start: int) -> list[float]:
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits[:-1], -1).gather(-1, torch.tensor(ids[1:]).unsqueeze(-1)).squeeze(-1)
+    return lp[start - 1 :].tolist()
+
+
+def test_token_logprobs_match_a_direct_pass_and_do_not_depend_on_batching(tiny) -> None:
+    model, tok = tiny
+    seqs = [tok(t)["input_ids"] for t in ("a b c d e f", "hello there", "one two three four five six seven")]
+    starts = [2, 1, 3]
+    one = token_logprobs(model, seqs, starts, tok.pad_token_id or 0, batch_size=1, progress=False)
+    many = token_logprobs(model, seqs, starts, tok.pad_token_id or 0, batch_size=3, progress=False)
+    for s, st, a, b in zip(seqs, starts, one, many, strict=True):
+        assert len(a) == len(s) - st
+        assert a == pytest.approx(_direct(model, s, st), abs=1e-4)
+        assert b == pytest.approx(a, abs=1e-4)
+
+
+def test_pair_likelihood_parts(tiny) -> None:
+    model, tok = tiny
+    res = pair_likelihoods(model, tok, PAIRS, batch_size=2, progress=False)
+    again = pair_likelihoods(model, tok, PAIRS, batch_size=1, progress=False)
+    for r, a in zip(res, again, strict=True):
+        assert r.ifd == pytest.approx(r.nll_conditional / r.nll_unconditional)
+        assert r.ifd == pytest.approx(a.ifd, rel=1e-4)
+        assert math.isfinite(r.end_logprob) and r.end_logprob < 0
+        assert r.n_tokens > 0 and r.nll_conditional > 0
+    # the response cut to fewer tokens: fewer scored, no end-of-turn score (it was cut by us)
+    cut = pair_likelihoods(model, tok, PAIRS[1:2], max_response_tokens=3, progress=False)[0]
+    assert cut.n_tokens <= 3 and math.isnan(cut.end_logprob)
+
+
+def test_worst_segment_is_the_segment_the_instruction_explains_least() -> None:
+    cond = [-1.0] * 6 + [-3.0] * 3  # last third: the instruction does not help
+    uncond = [-3.0] * 9
+    assert _segment_ratio(cond, uncond, 3) == pytest.approx(1.0)
+    assert _segment_ratio(cond[:6], uncond[:6], 3) == pytest.approx(1 / 3)
+    assert math.isnan(_segment_ratio([], [], 3))
