@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from selfalign import evaluate as ev
 from selfalign.evaluate import (
     CORRUPTION_KINDS,
     first_sentence,
@@ -22,6 +21,7 @@ from selfalign.evaluate import (
     roc_auc,
     wilson_interval,
 )
+from selfalign.evaluate import judge as ev  # judge_pairwise calls generate from there
 from selfalign.generation import Engine
 from selfalign.records import SeedPair
 

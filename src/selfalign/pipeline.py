@@ -320,12 +320,12 @@ class Run:
         return out
 
     def _rater(self, iteration: int) -> tuple[str, Path | None, str]:
-        c = self.cfg
-        if iteration == 2:
-            return c.models.base, self.path("forward_1"), "M1 (forward model of iteration 1)"
-        if c.models.rater == "m0":
-            return c.models.base, self.train_m0(), "M0 (forward model trained on seed only)"
-        return c.models.rater, None, c.models.rater
+        from selfalign.curate import choose_rater
+
+        spec, adapter, name = choose_rater(self.cfg.models, self.dir, iteration)
+        if adapter == self.path("m0"):
+            self.train_m0()
+        return spec, adapter, name
 
     @_once
     def curate(self, iteration: int = 1) -> list[RatedPair]:
@@ -440,7 +440,7 @@ class Run:
                 shutil.rmtree(tmp, ignore_errors=True)
         from selfalign.report import write_report
 
-        write_report(self)
+        write_report(self.path("report.md"), self.dir, self.manifest.data, **deliverables(self))
 
 
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:
