@@ -117,7 +117,12 @@ def run_dir(template_run: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fake_hub(tmp_path: Path):
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
+    # the test Hub has no xet storage: binary files go through the LFS batch API and a PUT
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # for the CLI subprocesses
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice", OTHER_TOKEN: "bob"}) as hub:
         yield hub
 
@@ -199,6 +204,14 @@ def test_push_and_load_back(run_dir: Path, fake_hub: FakeHub, default_endpoint: 
         assert (got[kind] / "tokenizer.json").is_file() and (got[kind] / "adapter_config.json").is_file()
     assert (got["curated"] / "data.jsonl").read_bytes() == (run_dir / "curated" / "data.jsonl").read_bytes()
     assert (got["forward"] / "merged" / "model.safetensors").is_file()
+    # binary files took huggingface_hub's LFS path (batch API, PUT, verify), text files went inline
+    for kind in ("backward", "forward"):
+        assert fake_hub.is_lfs("model", f"alice/demo-{kind}", "adapter_model.safetensors")
+        assert not fake_hub.is_lfs("model", f"alice/demo-{kind}", "adapter_config.json")
+    assert fake_hub.is_lfs("model", "alice/demo-forward", "merged/model.safetensors")
+    assert not fake_hub.is_lfs("dataset", "alice/demo-curated", "data.jsonl")
+    assert fake_hub.count("POST", r"\.git/info/lfs/objects/batch$", 200) == 2
+    assert fake_hub.count("PUT", r"^/lfs-upload/", 200) == 3 == fake_hub.count("POST", r"/objects/verify$", 200)
 
     # --- cards: metadata and links
     bcard = ModelCard.load(got["backward"] / "README.md")
