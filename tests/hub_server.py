@@ -1,28 +1,36 @@
 """A small Hugging Face Hub API server for tests: stdlib only, loopback only, files on disk.
 
 No self-hostable Hub exists in the package registries, so this implements the part of the Hub
-HTTP API that huggingface_hub 2.4 really calls for `whoami`, `create_repo`, `upload_folder`
-(both the xet pipeline and the legacy `create_commit` path, with every file answered as a
-`regular` upload), `repo_info`, `list_repo_tree`, `get_paths_info`, `hf_hub_download`,
-`snapshot_download`, `HfFileSystem` reads, `PeftModel.from_pretrained` and
-`datasets.load_dataset` (routes and response fields read from the installed huggingface_hub):
+HTTP API that the integration tests reach through huggingface_hub 2.4: `whoami`, `create_repo`,
+`upload_folder` (the `create_commit` path), `hf_hub_download`, `snapshot_download`,
+`PeftModel.from_pretrained`, `from_pretrained(subfolder=...)` and `datasets.load_dataset` (routes
+and response fields read from the installed huggingface_hub's `_commit_api.py`, `lfs.py`,
+`hf_api.py` and `file_download.py`):
 
     GET  /api/whoami-v2
     POST /api/repos/create                      (409 when the repo exists)
-    DELETE /api/repos/delete
     POST /api/validate-yaml
     GET  /api/{models,datasets}/<ns>/<name>[/revision/<rev>]     (siblings, sha, cardData)
-    POST /api/{models,datasets}/<ns>/<name>/preupload/<rev>      (uploadMode: regular)
-    POST /api/{models,datasets}/<ns>/<name>/commit/<rev>         (NDJSON, base64 file entries)
+    POST /api/{models,datasets}/<ns>/<name>/preupload/<rev>      (uploadMode lfs | regular)
+    POST /[datasets/]<ns>/<name>.git/info/lfs/objects/batch      (git LFS batch API: upload actions)
+    PUT  /lfs-upload/<sha256>                                    (the upload href; no token, like S3)
+    POST /[datasets/]<ns>/<name>.git/info/lfs/objects/verify
+    POST /api/{models,datasets}/<ns>/<name>/commit/<rev>         (NDJSON: file (base64) and lfsFile)
     GET  /api/{models,datasets}/<ns>/<name>/tree/<rev>[/<path>]
-    POST /api/{models,datasets}/<ns>/<name>/paths-info/<rev>
     GET|HEAD /<ns>/<name>/resolve/<rev>/<path>, /datasets/<ns>/<name>/resolve/<rev>/<path>
-                                                (ETag, X-Repo-Commit, Content-Length, Range)
+                                                (ETag, X-Linked-Etag for LFS, X-Repo-Commit, Range)
+
+As the real Hub, preupload answers `lfs` for binary files (*.safetensors, *.bin, *.parquet, or a
+NUL byte in the sample) and `regular` for the rest, so a push runs huggingface_hub's LFS upload
+(batch call, PUT of the bytes, verify, then an `lfsFile` commit entry) besides inline commits.
+Clients must set HF_HUB_DISABLE_XET=1 (`huggingface_hub.constants.HF_HUB_DISABLE_XET` in
+process): with hf_xet installed, huggingface_hub would send LFS files to xet storage, which this
+server does not have.
 
 Errors carry the headers huggingface_hub maps to its exception types (`X-Error-Code:
 RepoNotFound | RevisionNotFound | EntryNotFound`, `X-Error-Message`) and a JSON `{"error": ...}`
-body. A request with an unknown bearer token gets 401. Git LFS / xet uploads are not supported
-(the server never asks for them). Request headers, and so tokens, are never stored.
+body. A request with an unknown bearer token gets 401. Request headers, and so tokens, are never
+stored.
 
 Tests can make requests fail on purpose with `FakeHub.fail(method, path_regex, status, times)`,
 and see every request (method, path, status) in `FakeHub.requests`.
@@ -31,6 +39,7 @@ and see every request (method, path, status) in `FakeHub.requests`.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import hashlib
 import json
 import re
@@ -47,11 +56,8 @@ import yaml
 
 REPO_TYPES = {"models": "model", "datasets": "dataset"}
 URL_PREFIX = {"model": "", "dataset": "datasets/"}
-GITATTRIBUTES = (
-    "*.bin filter=lfs diff=lfs merge=lfs -text\n"
-    "*.safetensors filter=lfs diff=lfs merge=lfs -text\n"
-    "*.parquet filter=lfs diff=lfs merge=lfs -text\n"
-)
+LFS_PATTERNS = ("*.bin", "*.safetensors", "*.parquet")
+GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
 
 
 def git_blob_sha1(data: bytes) -> str:
@@ -72,6 +78,12 @@ def _front_matter(text: str) -> dict[str, Any] | None:
     if data is not None and not isinstance(data, dict):
         raise yaml.YAMLError("the metadata block must be a mapping")
     return data
+
+
+def _is_binary(path: str, sample: bytes) -> bool:
+    """Stored with LFS, as the Hub decides at preupload: a path .gitattributes sends to LFS
+    (*.safetensors, *.bin, *.parquet), or content with a NUL byte in its first 512 bytes."""
+    return any(fnmatch.fnmatch(path.rsplit("/", 1)[-1], pattern) for pattern in LFS_PATTERNS) or b"\0" in sample
 
 
 class HubHTTPError(Exception):
@@ -99,13 +111,16 @@ class FakeHub:
     def __init__(self, root: Path, tokens: dict[str, str], orgs: dict[str, list[str]] | None = None) -> None:
         self.root = Path(root)
         self.blobs = self.root / "blobs"
+        self.lfs = self.root / "lfs"
         self.meta = self.root / "repos"
         self.blobs.mkdir(parents=True, exist_ok=True)
+        self.lfs.mkdir(parents=True, exist_ok=True)
         self.meta.mkdir(parents=True, exist_ok=True)
         self._tokens = dict(tokens)
         self.orgs = orgs or {}
         self.repos: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[tuple[str, str, int]] = []
+        self._lfs_pending: dict[str, int] = {}  # sha256 -> size: announced by a batch call, not yet PUT
         self._failures: list[_Failure] = []
         self.lock = threading.RLock()
         self._httpd: ThreadingHTTPServer | None = None
@@ -156,7 +171,13 @@ class FakeHub:
         with self.lock:
             repo = self.repos[(repo_type, repo_id)]
             entry = repo["commits"][self._resolve_rev(repo, revision)]["tree"][path]
-            return (self.blobs / entry["oid"]).read_bytes()
+            return self.entry_path(entry).read_bytes()
+
+    def is_lfs(self, repo_type: str, repo_id: str, path: str, revision: str = "main") -> bool:
+        """Whether the file was committed as an LFS object (batch API + PUT), not inline."""
+        with self.lock:
+            repo = self.repos[(repo_type, repo_id)]
+            return bool(repo["commits"][self._resolve_rev(repo, revision)]["tree"][path].get("lfs"))
 
     def _take_failure(self, method: str, path: str) -> int | None:
         with self.lock:
@@ -192,6 +213,18 @@ class FakeHub:
         tmp = p.with_suffix(".tmp")
         tmp.write_text(json.dumps(repo, indent=1))
         tmp.replace(p)
+
+    def _lfs_path(self, sha256: str) -> Path:
+        return self.lfs / sha256
+
+    def entry_path(self, entry: dict[str, Any]) -> Path:
+        """Where a tree entry's content is: LFS objects by sha256, git blobs by their oid."""
+        return self._lfs_path(entry["lfs"]) if entry.get("lfs") else self.blobs / entry["oid"]
+
+    def _lfs_entry(self, sha256: str, size: int) -> dict[str, Any]:
+        """A tree entry for an uploaded LFS object: the oid is the git oid of its pointer file."""
+        pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {size}\n".encode()
+        return {"oid": git_blob_sha1(pointer), "size": size, "lfs": sha256, "pointerSize": len(pointer)}
 
     def _put_blob(self, data: bytes) -> str:
         oid = git_blob_sha1(data)
@@ -244,11 +277,14 @@ class FakeHub:
             s: dict[str, Any] = {"rfilename": path}
             if blobs:
                 s.update(size=tree[path]["size"], blobId=tree[path]["oid"])
+                if tree[path].get("lfs"):
+                    s["lfs"] = {"sha256": tree[path]["lfs"], "size": tree[path]["size"],
+                                "pointerSize": tree[path]["pointerSize"]}
             siblings.append(s)
         card = None
         if "README.md" in tree:
             try:
-                card = _front_matter((self.blobs / tree["README.md"]["oid"]).read_text(encoding="utf-8"))
+                card = _front_matter(self.entry_path(tree["README.md"]).read_text(encoding="utf-8"))
             except (yaml.YAMLError, UnicodeDecodeError):
                 card = None
         out: dict[str, Any] = {
@@ -266,6 +302,14 @@ class FakeHub:
         return out
 
     @staticmethod
+    def file_entry(path: str, e: dict[str, Any]) -> dict[str, Any]:
+        """A file as the tree and paths-info routes list it (with `lfs` for an LFS object)."""
+        out: dict[str, Any] = {"type": "file", "oid": e["oid"], "size": e["size"], "path": path}
+        if e.get("lfs"):
+            out["lfs"] = {"oid": e["lfs"], "size": e["size"], "pointerSize": e["pointerSize"]}
+        return out
+
+    @staticmethod
     def _entries(tree: dict[str, dict[str, Any]], base: str, recursive: bool) -> list[dict[str, Any]]:
         base = base.strip("/")
         prefix = base + "/" if base else ""
@@ -279,7 +323,7 @@ class FakeHub:
                 if recursive or i == 1:
                     dirs.add(prefix + "/".join(parts[:i]))
             if recursive or len(parts) == 1:
-                files.append({"type": "file", "oid": e["oid"], "size": e["size"], "path": path})
+                files.append(FakeHub.file_entry(path, e))
         out = [{"type": "directory", "oid": hashlib.sha1(d.encode()).hexdigest(), "size": 0, "path": d}
                for d in sorted(dirs)]
         return out + sorted(files, key=lambda f: f["path"])
@@ -361,8 +405,6 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._whoami(user)
             if rest == ["repos", "create"] and m == "POST":
                 return self._create(json.loads(body or b"{}"), user)
-            if rest == ["repos", "delete"] and m == "DELETE":
-                return self._delete(json.loads(body or b"{}"), user)
             if rest == ["validate-yaml"] and m == "POST":
                 return self._validate_yaml(json.loads(body or b"{}"))
             if len(rest) >= 3 and rest[0] in REPO_TYPES:
@@ -378,12 +420,20 @@ class _Handler(BaseHTTPRequestHandler):
                         return self._commit(repo_type, repo_id, tail[1], query, body, user)
                     if len(tail) >= 2 and tail[0] == "tree" and m == "GET":
                         return self._tree(repo_type, repo_id, tail[1], "/".join(tail[2:]), query, user)
-                    if len(tail) == 2 and tail[0] == "paths-info" and m == "POST":
-                        return self._paths_info(repo_type, repo_id, tail[1], body, user)
             raise HubHTTPError(404, f"no such API route: {m} /{'/'.join(segs)}")
+        if len(segs) == 2 and segs[0] == "lfs-upload" and m == "PUT":
+            with fake.lock:
+                return self._lfs_put(segs[1], body)
         repo_type = "model"
         if segs[:1] == ["datasets"]:
             repo_type, segs = "dataset", segs[1:]
+        if (len(segs) == 6 and segs[1].endswith(".git") and segs[2:5] == ["info", "lfs", "objects"]
+                and segs[5] in ("batch", "verify") and m == "POST"):
+            repo_id = f"{segs[0]}/{segs[1][: -len('.git')]}"
+            with fake.lock:
+                if segs[5] == "batch":
+                    return self._lfs_batch(repo_type, repo_id, json.loads(body or b"{}"), user)
+                return self._lfs_verify(repo_type, repo_id, json.loads(body or b"{}"), user)
         if len(segs) >= 5 and segs[2] == "resolve" and m in ("GET", "HEAD"):
             with fake.lock:
                 return self._resolve(repo_type, "/".join(segs[:2]), segs[3], "/".join(segs[4:]), user)
@@ -427,17 +477,6 @@ class _Handler(BaseHTTPRequestHandler):
             fake._commit(repo, {".gitattributes": {"oid": oid, "size": len(GITATTRIBUTES)}}, "initial commit")
         self._json({"url": url, "name": repo_id, "id": hashlib.sha1(repo_id.encode()).hexdigest()[:24]})
 
-    def _delete(self, payload: dict[str, Any], user: str | None) -> None:
-        fake = self.fake
-        repo_type = payload.get("type") or "model"
-        ns = payload.get("organization") or user or ""
-        repo_id = f"{ns}/{payload.get('name')}"
-        with fake.lock:
-            fake._repo(repo_type, repo_id, user, write=True)
-            del fake.repos[(repo_type, repo_id)]
-            fake._meta_path(repo_type, repo_id).unlink(missing_ok=True)
-        self._json({})
-
     def _validate_yaml(self, payload: dict[str, Any]) -> None:
         try:
             meta = _front_matter(payload.get("content", ""))
@@ -456,10 +495,59 @@ class _Handler(BaseHTTPRequestHandler):
         repo = self.fake._repo(repo_type, repo_id, user, write=True)
         head = self.fake._resolve_rev(repo, rev)
         tree = repo["commits"][head]["tree"]
-        files = [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                  "oid": tree[f["path"]]["oid"] if f["path"] in tree else None}
-                 for f in payload.get("files", [])]
+        files = []
+        for f in payload.get("files", []):
+            lfs = _is_binary(f["path"], base64.b64decode(f.get("sample", "")))
+            old = tree.get(f["path"])
+            # the oid the client compares with its own: sha256 for LFS files, git blob sha1 otherwise
+            oid = None if old is None else (old.get("lfs") or old["oid"]) if lfs else old["oid"]
+            files.append({"path": f["path"], "uploadMode": "lfs" if lfs else "regular",
+                          "shouldIgnore": False, "oid": oid})
         self._json({"files": files, "commitOid": head})
+
+    def _lfs_batch(self, repo_type: str, repo_id: str, payload: dict[str, Any], user: str | None) -> None:
+        """The git LFS batch API: an upload (PUT) and a verify action for each object not stored yet."""
+        fake = self.fake
+        fake._repo(repo_type, repo_id, user, write=True)
+        if payload.get("operation") != "upload":
+            raise HubHTTPError(400, "only the upload operation is supported by this test server")
+        base = f"{fake.repo_url(repo_type, repo_id)}.git/info/lfs/objects"
+        objects = []
+        for obj in payload.get("objects", []):
+            oid, size = obj["oid"], obj["size"]
+            if not re.fullmatch(r"[0-9a-f]{64}", oid):
+                objects.append({"oid": oid, "size": size, "error": {"code": 422, "message": "invalid oid"}})
+            elif fake._lfs_path(oid).is_file():
+                objects.append({"oid": oid, "size": size})  # stored already: no actions, no upload
+            else:
+                fake._lfs_pending[oid] = size
+                objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
+                    "upload": {"href": f"{fake.url}/lfs-upload/{oid}", "header": {}},
+                    "verify": {"href": f"{base}/verify", "header": {}}}})
+        self._send(200, json.dumps({"transfer": "basic", "objects": objects}).encode(),
+                   content_type="application/vnd.git-lfs+json")
+
+    def _lfs_put(self, oid: str, body: bytes) -> None:
+        """The storage upload a batch action points to (presigned: no token, like S3)."""
+        fake = self.fake
+        size = fake._lfs_pending.get(oid)
+        if size is None:
+            raise HubHTTPError(403, "no pending upload for this object (call the batch API first)")
+        if len(body) != size or hashlib.sha256(body).hexdigest() != oid:
+            raise HubHTTPError(400, "uploaded content does not match the announced oid and size")
+        tmp = fake._lfs_path(oid).with_name(f"{oid}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(body)
+        tmp.replace(fake._lfs_path(oid))
+        del fake._lfs_pending[oid]
+        self._send(200, b"", content_type="text/plain")
+
+    def _lfs_verify(self, repo_type: str, repo_id: str, payload: dict[str, Any], user: str | None) -> None:
+        fake = self.fake
+        fake._repo(repo_type, repo_id, user, write=True)
+        path = fake._lfs_path(str(payload.get("oid")))
+        if not path.is_file() or path.stat().st_size != payload.get("size"):
+            raise HubHTTPError(404, f"LFS object {payload.get('oid')} not found")
+        self._json({"message": "Verified"})
 
     def _commit(self, repo_type: str, repo_id: str, rev: str, query: dict[str, str], body: bytes,
                 user: str | None) -> None:
@@ -502,7 +590,10 @@ class _Handler(BaseHTTPRequestHandler):
                 for p in [p for p in tree if p.startswith(prefix)]:
                     del tree[p]
             elif key == "lfsFile":
-                raise HubHTTPError(400, "LFS / xet uploads are not supported by this test server")
+                sha = value.get("oid", "")
+                if value.get("algo") != "sha256" or not fake._lfs_path(sha).is_file():
+                    raise HubHTTPError(400, f"LFS object {sha} of {path} was not uploaded")
+                tree[path] = fake._lfs_entry(sha, fake._lfs_path(sha).stat().st_size)
             else:
                 raise HubHTTPError(400, f"unsupported commit operation: {key}")
         if not summary:
@@ -523,22 +614,6 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubHTTPError(404, f"{path} does not exist on {rev}", "EntryNotFound")
         self._json(entries)
 
-    def _paths_info(self, repo_type: str, repo_id: str, rev: str, body: bytes, user: str | None) -> None:
-        repo = self.fake._repo(repo_type, repo_id, user)
-        tree = repo["commits"][self.fake._resolve_rev(repo, rev)]["tree"]
-        if self.headers.get("Content-Type", "").startswith("application/json"):
-            paths = json.loads(body).get("paths", [])
-        else:
-            paths = parse_qs(body.decode()).get("paths", [])
-        out = []
-        for p in paths:
-            p = p.strip("/")
-            if p in tree:
-                out.append({"type": "file", "oid": tree[p]["oid"], "size": tree[p]["size"], "path": p})
-            elif any(k.startswith(p + "/") for k in tree):
-                out.append({"type": "directory", "oid": hashlib.sha1(p.encode()).hexdigest(), "size": 0, "path": p})
-        self._json(out)
-
     def _resolve(self, repo_type: str, repo_id: str, rev: str, path: str, user: str | None) -> None:
         fake = self.fake
         repo = fake._repo(repo_type, repo_id, user)
@@ -546,8 +621,11 @@ class _Handler(BaseHTTPRequestHandler):
         entry = repo["commits"][oid]["tree"].get(path)
         if entry is None:
             raise HubHTTPError(404, "Entry not found", "EntryNotFound", {"X-Repo-Commit": oid})
-        data = (fake.blobs / entry["oid"]).read_bytes()
+        data = fake.entry_path(entry).read_bytes()
         headers = {"ETag": f'"{entry["oid"]}"', "X-Repo-Commit": oid, "Accept-Ranges": "bytes"}
+        if entry.get("lfs"):  # as the Hub: an LFS file's etag is its sha256
+            headers.update({"ETag": f'"{entry["lfs"]}"', "X-Linked-Etag": f'"{entry["lfs"]}"',
+                            "X-Linked-Size": str(entry["size"])})
         status, size = 200, len(data)
         rng = self.headers.get("Range")
         if rng:

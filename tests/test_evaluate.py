@@ -4,12 +4,12 @@ and the reports of a finished tiny run (CPU, tiny random model)."""
 import itertools
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
 import pytest
 
-from selfalign import evaluate as ev
 from selfalign.evaluate import (
     CORRUPTION_KINDS,
     first_sentence,
@@ -22,6 +22,7 @@ from selfalign.evaluate import (
     roc_auc,
     wilson_interval,
 )
+from selfalign.evaluate import judge as ev  # judge_pairwise calls generate from there
 from selfalign.generation import Engine
 from selfalign.records import SeedPair
 
@@ -188,6 +189,31 @@ def test_replace_section_keeps_the_rest() -> None:
     new = replace_section(text, "## Evaluation\n\nnew\n")
     assert "old" not in new and "new" in new and "## Later\n\nkept" in new and new.count("## Evaluation") == 1
     assert replace_section("# r\n", "## Evaluation\n\nA\n") == "# r\n\n## Evaluation\n\nA\n"
+
+
+# --- held-out data: paths from options, not guessed ------------------------------------------
+def test_heldout_file_comes_from_the_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import selfalign
+    from selfalign.config import load_config
+    from selfalign.evaluate import DEFAULT_OASST1_VAL, load_heldout
+    from selfalign.io import DataError
+
+    assert not DEFAULT_OASST1_VAL.is_absolute()  # next to the working directory, no repo-root guess
+    sample = Path(selfalign.__file__).parent / "sample_data" / "seed.jsonl"
+    cfg = load_config(None, [f"data.seed={sample}", f"run.out_dir={tmp_path / 'run'}"])
+    run = tmp_path / "run"
+    missing = tmp_path / "nowhere" / "val.jsonl"
+    with pytest.raises(DataError, match=re.escape(str(missing)) + r": not found .*--heldout PATH"):
+        load_heldout(cfg, run, 4, "oasst1", oasst1_val=missing)
+    capsys.readouterr()
+    _, info = load_heldout(cfg, run, 4, "auto", oasst1_val=missing)  # falls back, and says so
+    assert info["source"] == "seed" and f"{missing} not found" in capsys.readouterr().out
+    val = tmp_path / "val.jsonl"
+    val.write_text("".join(sample.read_text().splitlines(keepends=True)[-6:]))
+    pairs, info = load_heldout(cfg, run, 4, "auto", oasst1_val=val)
+    assert (info["source"], info["path"], len(pairs)) == ("oasst1", str(val), 4)
+    with pytest.raises(DataError, match="file not found"):
+        load_heldout(cfg, run, 4, str(tmp_path / "other.jsonl"))
 
 
 # --- a finished tiny run ---------------------------------------------------------------------

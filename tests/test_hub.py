@@ -30,6 +30,7 @@ from hub_server import FakeHub  # noqa: E402
 from selfalign import hub as hubmod  # noqa: E402
 from selfalign.config import HubConfig, load_config  # noqa: E402
 from selfalign.hub import HubError, push_run  # noqa: E402
+from selfalign.prompts import rating_prompt  # noqa: E402
 
 TOKEN = "hf_test_secret_token_4f1c9b7e2a"
 OTHER_TOKEN = "hf_other_users_token_9d8c7b6a5e"
@@ -116,7 +117,12 @@ def run_dir(template_run: tuple[Path, Path], tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fake_hub(tmp_path: Path):
+def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from huggingface_hub import constants
+
+    # the test Hub has no xet storage: binary files go through the LFS batch API and a PUT
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # for the CLI subprocesses
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice", OTHER_TOKEN: "bob"}) as hub:
         yield hub
 
@@ -198,6 +204,14 @@ def test_push_and_load_back(run_dir: Path, fake_hub: FakeHub, default_endpoint: 
         assert (got[kind] / "tokenizer.json").is_file() and (got[kind] / "adapter_config.json").is_file()
     assert (got["curated"] / "data.jsonl").read_bytes() == (run_dir / "curated" / "data.jsonl").read_bytes()
     assert (got["forward"] / "merged" / "model.safetensors").is_file()
+    # binary files took huggingface_hub's LFS path (batch API, PUT, verify), text files went inline
+    for kind in ("backward", "forward"):
+        assert fake_hub.is_lfs("model", f"alice/demo-{kind}", "adapter_model.safetensors")
+        assert not fake_hub.is_lfs("model", f"alice/demo-{kind}", "adapter_config.json")
+    assert fake_hub.is_lfs("model", "alice/demo-forward", "merged/model.safetensors")
+    assert not fake_hub.is_lfs("dataset", "alice/demo-curated", "data.jsonl")
+    assert fake_hub.count("POST", r"\.git/info/lfs/objects/batch$", 200) == 2
+    assert fake_hub.count("PUT", r"^/lfs-upload/", 200) == 3 == fake_hub.count("POST", r"/objects/verify$", 200)
 
     # --- cards: metadata and links
     bcard = ModelCard.load(got["backward"] / "README.md")
@@ -210,7 +224,9 @@ def test_push_and_load_back(run_dir: Path, fake_hub: FakeHub, default_endpoint: 
     assert "alice/demo-backward" in dcard.text and "alice/demo-forward" in dcard.text
     assert "4.5" in fcard.text and "org/seed-data" in fcard.text and "lima/train.jsonl" in fcard.text
     assert "lora_alpha" not in fcard.text and "seed_pairs" in fcard.text
-    assert RATING_PROMPT in dcard.text and dcard.data.license == "other"
+    # the rating prompt comes from the templates, not from curate's local card (never read back)
+    assert rating_prompt().strip() in dcard.text and rating_prompt().strip() in fcard.text
+    assert RATING_PROMPT not in dcard.text and "Local card." not in dcard.text and dcard.data.license == "other"
     assert dcard.data.configs[0]["data_files"][0]["path"] == "data.jsonl"
     assert str(base_dir) not in bcard.text + fcard.text + dcard.text  # no local paths on public cards
 
@@ -366,7 +382,7 @@ def test_private_repos(run_dir: Path, fake_hub: FakeHub, tmp_path: Path) -> None
 
 
 def test_base_model_info() -> None:
-    from selfalign.hub import base_model_info
+    from selfalign.cards import base_model_info
 
     assert base_model_info("smollm2", "/cache/smollm2-135m-instruct") == \
         ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")

@@ -80,6 +80,7 @@ def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.Mo
     out_dir = tmp_path / "run"
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # the kernel inherits the environment
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's frozen-modules warning
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the test Hub takes binary files by LFS, not xet
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice"}) as hub:
         params.source = "\n".join([
             'CONFIG = "configs/default.yaml"',

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from selfalign.generation import Engine, GenParams, generate
 from selfalign.io import RecordLog
-from selfalign.prompts import backward_messages, render_prompt, truncate_tokens
+from selfalign.prompts import backward_prompt
 from selfalign.records import AugmentedPair, UnlabelledResponse
 
 # Template pieces a weak backward model sometimes echoes at the start of its output.
@@ -67,8 +67,8 @@ def augment(
                 "max_new_tokens": params.max_new_tokens, "seed": params.seed, "model": engine.name}
     prompts, was_cut = [], []
     for r in todo:  # a long response is cut to fit the prompt budget; the record says so
-        cut, c = truncate_tokens(engine.tokenizer, r.response, max_prompt_tokens)
-        prompts.append(render_prompt(engine.tokenizer, backward_messages(cut)))
+        prompt, c = backward_prompt(engine.tokenizer, r.response, max_prompt_tokens)
+        prompts.append(prompt)
         was_cut.append(c)
 
     def save(i: int, text: str) -> None:

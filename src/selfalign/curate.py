@@ -14,10 +14,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from selfalign.config import CurationConfig
+from selfalign.cards import dataset_card
+from selfalign.config import CurationConfig, ModelsConfig
 from selfalign.generation import Engine, GenParams, generate, next_token_probs
 from selfalign.io import RecordLog, atomic_write_text, write_jsonl
-from selfalign.prompts import rating_messages, rating_prompt, render_prompt, truncate_tokens
+from selfalign.prompts import rating_messages, render_prompt, truncate_tokens
 from selfalign.records import AugmentedPair, RatedPair
 
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -70,6 +71,19 @@ def reasoning_of(text: str) -> str:
     while lines and (_SCORE_RE.search(lines[-1]) or _TRAILING_RE.match(lines[-1].strip())):
         lines.pop()
     return "\n".join(lines).strip()
+
+
+def choose_rater(models: ModelsConfig, run_dir: Path, iteration: int = 1) -> tuple[str, Path | None, str]:
+    """(model spec, adapter folder or None, name) of the rater of curation iteration `iteration`.
+
+    Iteration 2 is rated by the forward model M1 (`forward_1/`); iteration 1 by `models.rater`,
+    where "m0" is the forward model trained on the seed data only (`m0/`).
+    """
+    if iteration == 2:
+        return models.base, Path(run_dir) / "forward_1", "M1 (forward model of iteration 1)"
+    if models.rater == "m0":
+        return models.base, Path(run_dir) / "m0", "M0 (forward model trained on seed only)"
+    return models.rater, None, models.rater
 
 
 def rating_prompts(
@@ -222,53 +236,9 @@ def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
     }
 
 
-DATASET_CARD = """---
-license: other
-task_categories:
-- text-generation
-language:
-- en
-tags:
-- instruction-backtranslation
-- selfalign
----
-
-# Curated instruction data (selfalign)
-
-Instructions were generated for unlabelled responses by a backward model and rated 1-5 by a
-rater model with the rating prompt of Li et al. 2023, "Self-Alignment with Instruction
-Backtranslation" (Table 1), with {shots} worked examples. Pairs scoring >= {threshold} are kept.
-
-| | |
-|---|---|
-| base model | `{base}` |
-| backward model | `{backward}` |
-| rater | `{rater}` |
-| unlabelled data | `{unlabelled}` |
-| seed data | `{seed}` |
-| rating mode | {mode} (samples per pair: {n_samples}) |
-| threshold | {threshold} |
-| rated / scored / kept | {rated} / {scored} / {kept} |
-| parse-failure rate | {parse_failure_rate} |
-| score histogram (rounded) | {histogram} |
-
-Fields: `instruction`, `response`, `score`, `reasoning`, `source`, `source_id`, `ratings`.
-The unlabelled responses keep their source's license (LIMA is CC BY-NC-SA: non-commercial).
-
-## Rating prompt
-
-```
-{prompt}
-```
-"""
-
-
 def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, Any]) -> Path:
-    """A dataset folder (data.jsonl + README.md card) that `datasets.load_dataset` reads.
-
-    The card has no `configs:` block on purpose: with one, datasets caches local folders by
-    name, and two runs' `curated/` folders would be served from the same cache entry.
-    """
+    """A dataset folder (data.jsonl + README.md card, `cards.dataset_card`) that
+    `datasets.load_dataset` reads."""
     out_dir = Path(out_dir)
     rows = [
         {"instruction": r.instruction, "response": r.response, "score": r.score,
@@ -276,10 +246,7 @@ def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, An
         for r in kept
     ]
     write_jsonl(out_dir / "data.jsonl", rows)
-    info = {k: provenance.get(k, "") for k in (
-        "base", "backward", "rater", "unlabelled", "seed", "mode", "n_samples", "shots",
-        "threshold", "rated", "scored", "kept", "parse_failure_rate", "histogram")}
-    atomic_write_text(out_dir / "README.md", DATASET_CARD.format(prompt=rating_prompt().strip(), **info))
+    atomic_write_text(out_dir / "README.md", dataset_card(provenance, len(rows)))
     # provenance.json sits beside the folder: a second JSON file inside would be read as data
     atomic_write_text(out_dir.with_name(out_dir.name + ".provenance.json"), json.dumps(provenance, indent=2))
     return out_dir

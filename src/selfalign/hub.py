@@ -7,7 +7,7 @@
 - `<ns>/<name>-forward` (model): the forward LoRA adapter, its tokenizer and a model card, and
   with `hub.merge` also the merged model (base + adapter) in `merged/`.
 
-The cards are written into a temporary staging folder: the run's artifacts are never modified,
+The cards (`cards.py`) are written into a temporary staging folder: the run's artifacts are never modified,
 except that the URLs are appended to `report.md` (under "## Hub repositories") and written to
 `hub.json`. The token is taken from the argument, else `HF_TOKEN`, else huggingface_hub's stored
 login; it is never printed, logged or written anywhere. Failures are a `HubError` with a one-line
@@ -18,31 +18,23 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import yaml
-from huggingface_hub import (
-    DatasetCard,
-    DatasetCardData,
-    HfApi,
-    ModelCard,
-    ModelCardData,
-    constants,
-    get_token,
-    try_to_load_from_cache,
-)
+from huggingface_hub import HfApi, constants, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, RepositoryNotFoundError
 
+from selfalign.cards import KINDS, Repos, RunInfo, dataset_card, model_card
 from selfalign.config import HubConfig
+from selfalign.io import atomic_write_text
+from selfalign.report import replace_section
 
 T = TypeVar("T")
 
@@ -50,17 +42,6 @@ RETRY_ATTEMPTS = 4  # tries per Hub call (1 + 3 retries) on transient errors
 RETRY_DELAY = 1.0  # seconds before the first retry; doubled each time
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
-KINDS = ("backward", "curated", "forward")
-
-# Base models whose Hub id / license are known without asking the Hub.
-KNOWN_BASES = {"smollm2": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
-KNOWN_LICENSES = (  # (Hub id prefix, license), first match wins
-    ("meta-llama/Llama-2-", "llama2"),
-    ("meta-llama/Meta-Llama-3-", "llama3"),
-    ("meta-llama/Llama-3.1-", "llama3.1"),
-    ("meta-llama/Llama-3.2-", "llama3.2"),
-    ("HuggingFaceTB/SmolLM", "apache-2.0"),
-)
 
 
 class HubError(RuntimeError):
@@ -164,387 +145,6 @@ def with_retries(what: str, fn: Callable[[], T], *, endpoint: str, token: str | 
     raise AssertionError("unreachable")
 
 
-# ---------------------------------------------------------------------------------- run info
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _dig(d: dict[str, Any], dotted: str, default: Any = None) -> Any:
-    node: Any = d
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
-
-
-def _public(spec: Any) -> Any:
-    """A model/data spec as shown on a public card: absolute local paths lose their directories."""
-    if not isinstance(spec, str) or _is_hub_id(spec):
-        return spec
-    if spec.startswith(("/", "~")) or Path(spec).is_absolute():
-        return f"local: {Path(spec).name}"
-    return spec
-
-
-def _is_hub_id(spec: Any) -> bool:
-    if not isinstance(spec, str) or spec.startswith((".", "/", "~")) or Path(spec).expanduser().exists():
-        return False
-    return re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec) is not None
-
-
-def _card_license(readme: Path | str | None) -> str | None:
-    if not readme or not Path(readme).is_file():
-        return None
-    try:
-        lic = ModelCard.load(readme, ignore_metadata_errors=True).data.license
-    except Exception:  # an unreadable card just means an unknown license
-        return None
-    return lic if isinstance(lic, str) and lic else None
-
-
-def base_model_info(base: str | None, adapter_base: str | None) -> tuple[str | None, str | None]:
-    """(Hub id, license) of the base model, each None where unknown. Offline: local cards,
-    the local Hub cache and a few known models; the Hub is never asked."""
-    hub_id, lic = None, None
-    if base in KNOWN_BASES:
-        hub_id, lic = KNOWN_BASES[base]
-    for spec in (base, adapter_base):
-        if hub_id is None and _is_hub_id(spec):
-            hub_id = spec
-    if lic is None:
-        for spec in (base, adapter_base):
-            if isinstance(spec, str) and Path(spec).expanduser().is_dir():
-                lic = _card_license(Path(spec).expanduser() / "README.md")
-                if lic:
-                    break
-    if lic is None and hub_id is not None:
-        try:
-            cached = try_to_load_from_cache(hub_id, "README.md")
-        except Exception:  # a malformed id: nothing cached
-            cached = None
-        lic = _card_license(cached) if isinstance(cached, str) else None
-        for prefix, known in KNOWN_LICENSES:
-            if lic is None and hub_id.startswith(prefix):
-                lic = known
-    return hub_id, lic
-
-
-@dataclass
-class RunInfo:
-    """What the cards say about a run, read once from its files (all optional)."""
-
-    run_dir: Path
-    config: dict[str, Any] = field(default_factory=dict)
-    manifest: dict[str, Any] = field(default_factory=dict)
-    provenance: dict[str, Any] = field(default_factory=dict)
-    training: dict[str, dict[str, Any]] = field(default_factory=dict)  # backward/forward
-    adapter_config: dict[str, dict[str, Any]] = field(default_factory=dict)
-    curated_meta: dict[str, Any] = field(default_factory=dict)
-    curated_body: str = ""
-    rating_prompt: str = ""
-    n_rows: int = 0
-
-    @property
-    def counts(self) -> dict[str, Any]:
-        c = self.manifest.get("counts")
-        return c if isinstance(c, dict) else {}
-
-    @property
-    def base(self) -> str | None:
-        return _dig(self.config, "models.base") or self.provenance.get("base")
-
-    @classmethod
-    def load(cls, run_dir: Path) -> RunInfo:
-        info = cls(run_dir=run_dir, config=_read_yaml(run_dir / "config.yaml"),
-                   manifest=_read_json(run_dir / "manifest.json"))
-        n = _dig(info.config, "curation.iterations", 1)
-        prov = run_dir / f"curated_{n}.provenance.json"
-        if not prov.is_file():
-            found = sorted(run_dir.glob("curated_*.provenance.json"))
-            prov = found[-1] if found else prov
-        info.provenance = _read_json(prov)
-        for kind in ("backward", "forward"):
-            info.training[kind] = _read_json(run_dir / kind / "training_info.json")
-            info.adapter_config[kind] = _read_json(run_dir / kind / "adapter_config.json")
-        readme = run_dir / "curated" / "README.md"
-        if readme.is_file():
-            try:
-                card = DatasetCard.load(readme, ignore_metadata_errors=True)
-                info.curated_meta, info.curated_body = card.data.to_dict(), card.text
-            except Exception:  # a broken local card: write ours from scratch
-                pass
-        m = re.search(r"## Rating prompt\s*```[^\n]*\n(.*?)```", info.curated_body, re.DOTALL)
-        if m:
-            info.rating_prompt = m.group(1).strip()
-        else:
-            try:
-                from selfalign.prompts import rating_prompt
-
-                info.rating_prompt = rating_prompt().strip()
-            except Exception:  # templates missing: the card just has no prompt
-                info.rating_prompt = ""
-        with open(run_dir / "curated" / "data.jsonl", "rb") as fh:
-            info.n_rows = sum(1 for line in fh if line.strip())
-        return info
-
-
-# ---------------------------------------------------------------------------------- cards
-
-
-def _md(value: Any) -> str:
-    if value is None or value == "":
-        return "—"
-    if isinstance(value, (dict, list)):
-        value = json.dumps(value, separators=(", ", ": "))
-    return str(value).replace("|", "\\|").replace("\n", " ")
-
-
-def _table(rows: list[tuple[str, Any]]) -> str:
-    lines = ["| | |", "|---|---|"]
-    lines += [f"| {k} | {_md(v)} |" for k, v in rows]
-    return "\n".join(lines)
-
-
-def _counts_rows(counts: dict[str, Any]) -> list[tuple[str, Any]]:
-    rows: list[tuple[str, Any]] = []
-    for k, v in counts.items():
-        if isinstance(v, dict):
-            rows += [(f"{k}.{sk}", sv) for sk, sv in v.items()]
-        else:
-            rows.append((k, v))
-    return rows
-
-
-def _code(text: str) -> str:
-    fence = "````" if "```" in text else "```"
-    return f"{fence}\n{text}\n{fence}"
-
-
-def _front(data: ModelCardData | DatasetCardData, body: str) -> str:
-    return f"---\n{data.to_yaml()}\n---\n\n{body.strip()}\n"
-
-
-@dataclass
-class Repos:
-    """Repo ids and URLs of the three repositories."""
-
-    ids: dict[str, str]
-    endpoint: str
-
-    @classmethod
-    def make(cls, namespace: str, name: str, endpoint: str) -> Repos:
-        return cls({k: f"{namespace}/{name}-{k}" for k in KINDS}, endpoint.rstrip("/"))
-
-    def repo_type(self, kind: str) -> str:
-        return "dataset" if kind == "curated" else "model"
-
-    def url(self, kind: str) -> str:
-        prefix = "datasets/" if kind == "curated" else ""
-        return f"{self.endpoint}/{prefix}{self.ids[kind]}"
-
-    def links(self, *kinds: str) -> str:
-        what = {"backward": "backward model (response -> instruction)",
-                "curated": "curated dataset", "forward": "forward model (instruction -> response)"}
-        return "\n".join(f"- {what[k]}: [{self.ids[k]}]({self.url(k)})" for k in kinds)
-
-
-def _settings_rows(info: RunInfo, kind: str) -> list[tuple[str, Any]]:
-    c, t = info.config, info.training.get(kind, {})
-    ac = info.adapter_config.get(kind, {})
-    train = _dig(c, f"train_{kind}", {}) or t.get("train", {}) or {}
-    lora = _dig(c, "lora", {}) or t.get("lora", {}) or {}
-    # the adapter's own config is the truth; the run config fills in what it lacks
-    r, alpha = ac.get("r", lora.get("r")), ac.get("lora_alpha", lora.get("alpha"))
-    dropout = ac.get("lora_dropout", lora.get("dropout"))
-    targets = ac.get("target_modules") or lora.get("target_modules")
-    if isinstance(targets, list):
-        targets = sorted(targets)
-    rows: list[tuple[str, Any]] = [
-        ("LoRA r / alpha / dropout", f"{r} / {alpha} / {dropout}"),
-        ("LoRA target modules", targets),
-    ]
-    for key in ("epochs", "max_steps", "learning_rate", "batch_size", "grad_accum", "max_seq_len",
-                "warmup_ratio", "weight_decay"):
-        if key in train:
-            rows.append((key, train[key]))
-    for key, label in (("n_examples", "training examples"), ("steps", "optimizer steps"),
-                       ("first_loss", "first loss"), ("last_loss", "last loss"),
-                       ("seconds", "training seconds")):
-        if t.get(key) is not None:
-            rows.append((label, t[key]))
-    rows.append(("seed", _dig(c, "run.seed")))
-    return rows
-
-
-def _usage(repo_id: str, base_ref: str, merged: bool = False) -> str:
-    lines = [
-        "```python",
-        "from peft import PeftModel",
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
-        "",
-        f'base = AutoModelForCausalLM.from_pretrained("{base_ref}")',
-        f'model = PeftModel.from_pretrained(base, "{repo_id}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
-        "```",
-    ]
-    if merged:
-        lines += ["", "The merged model (base + adapter, no peft needed) is in `merged/`. Pass "
-                  "`adapter_kwargs` too: without it transformers finds the adapter config at the "
-                  "repository root and loads the base model instead.", "",
-                  "```python",
-                  f'model = AutoModelForCausalLM.from_pretrained("{repo_id}", subfolder="merged",',
-                  '                                             adapter_kwargs={"subfolder": "merged"})',
-                  "```"]
-    return "\n".join(lines)
-
-
-def model_card(info: RunInfo, repos: Repos, kind: str, merged: bool = False) -> str:
-    """README.md of the backward or forward adapter repository."""
-    c = info.config
-    adapter_base = info.adapter_config.get(kind, {}).get("base_model_name_or_path")
-    hub_id, lic = base_model_info(info.base, adapter_base)
-    seed, unlabelled = _dig(c, "data.seed"), _dig(c, "data.unlabelled")
-    datasets = [repos.ids["curated"]] if kind == "forward" else []
-    datasets += [d for d in (seed,) if _is_hub_id(d)]
-    tags = ["selfalign", "instruction-backtranslation", "lora", "peft", f"{kind}-model"]
-    data = ModelCardData(base_model=hub_id, library_name="peft", license=lic, tags=tags,
-                         datasets=datasets or None, pipeline_tag="text-generation")
-    repo_id = repos.ids[kind]
-    threshold = _dig(c, "curation.threshold", info.provenance.get("threshold"))
-    if kind == "backward":
-        title = "Backward model (instruction backtranslation)"
-        what = ("A LoRA adapter trained on the seed data with the pairs reversed: given a response, it "
-                "writes the instruction the response answers. It generated the instructions for the "
-                "unlabelled responses of the run, which were then rated and curated into "
-                f"[{repos.ids['curated']}]({repos.url('curated')}).")
-        related = repos.links("curated", "forward")
-    else:
-        title = "Forward model (instruction backtranslation)"
-        fwd = _dig(c, "forward", {}) or {}
-        on = "the seed data plus" if fwd.get("use_seed", True) is not False else "only"
-        what = (f"A LoRA adapter trained to answer instructions, on {on} the "
-                f"self-curated pairs of [{repos.ids['curated']}]({repos.url('curated')}) (rating >= "
-                f"{threshold}). As in the paper, examples carry a system tag naming their origin: "
-                f"seed data \"{fwd.get('seed_tag', 'Answer in the style of an AI Assistant.')}\", "
-                f"curated data \"{fwd.get('augmented_tag', 'Answer with knowledge from web search.')}\".")
-        related = repos.links("backward", "curated")
-    rows: list[tuple[str, Any]] = [
-        ("base model", _base_desc(info.base or adapter_base, hub_id)),
-        ("license", lic or "unknown: see the base model's license"),
-        ("seed data", _public(seed)),
-        ("unlabelled data", _public(unlabelled)),
-        ("rater", _public(_dig(c, "models.rater", info.provenance.get("rater")))),
-        ("curation threshold", threshold),
-        ("curation iterations", _dig(c, "curation.iterations")),
-    ]
-    body = [
-        f"# {title}", "",
-        "Trained with selfalign following Li et al. 2023, *Self-Alignment with Instruction "
-        "Backtranslation* (arXiv:2308.06259), with LoRA.", "",
-        what, "",
-        "## Run", "", _table(rows), "",
-        "## Training settings", "", _table(_settings_rows(info, kind)), "",
-    ]
-    if info.counts:
-        body += ["## Counts", "", _table(_counts_rows(info.counts)), ""]
-    if kind == "forward" and info.rating_prompt:
-        body += ["## Rating prompt used for curation", "", _code(info.rating_prompt), ""]
-    body += ["## Related repositories", "", related, "",
-             "## Usage", "", _usage(repo_id, hub_id or "PATH/TO/BASE_MODEL", merged), ""]
-    if not hub_id:
-        body += [f"The base model ({_md(_public(info.base or adapter_base))}) is not a Hub model: load "
-                 "the same weights before applying the adapter.", ""]
-    return _front(data, "\n".join(body))
-
-
-def _base_desc(base: Any, hub_id: str | None) -> Any:
-    shown = _public(base)
-    return f"{shown} (= {hub_id})" if hub_id and hub_id != base else shown
-
-
-def _size_category(n: int) -> str:
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M")):
-        if n < limit:
-            return name
-    return "n>1M"
-
-
-def dataset_card(info: RunInfo, repos: Repos) -> str:
-    """README.md of the curated dataset repository."""
-    c = info.config
-    meta = {k: v for k, v in info.curated_meta.items() if k not in ("configs", "pretty_name")}
-    tags = list(meta.pop("tags", None) or [])
-    for t in ("selfalign", "instruction-backtranslation", "synthetic"):
-        if t not in tags:
-            tags.append(t)
-    meta.setdefault("license", "other")
-    meta.setdefault("task_categories", ["text-generation"])
-    meta.setdefault("language", ["en"])
-    meta["size_categories"] = [_size_category(info.n_rows)]
-    data = DatasetCardData(
-        pretty_name=f"{repos.ids['curated'].split('/')[-1]} (selfalign curated data)", tags=tags,
-        configs=[{"config_name": "default", "data_files": [{"split": "train", "path": "data.jsonl"}]}],
-        **meta,
-    )
-    p = info.provenance
-    cur = _dig(c, "curation", {}) or {}
-    hub_id, _ = base_model_info(info.base, info.adapter_config.get("backward", {}).get("base_model_name_or_path"))
-    rows: list[tuple[str, Any]] = [
-        ("rows", info.n_rows),
-        ("base model", _base_desc(info.base, hub_id)),
-        ("backward model", f"[{repos.ids['backward']}]({repos.url('backward')})"),
-        ("rater", _public(_dig(c, "models.rater", p.get("rater")))),
-        ("seed data", _public(_dig(c, "data.seed", p.get("seed")))),
-        ("unlabelled data", _public(_dig(c, "data.unlabelled", p.get("unlabelled")))),
-        ("rating mode", f"{cur.get('mode', p.get('mode'))} (samples per pair: "
-                        f"{cur.get('n_samples', p.get('n_samples'))}, shots: {cur.get('shots', p.get('shots'))})"),
-        ("threshold", cur.get("threshold", p.get("threshold"))),
-    ]
-    for key in ("generated", "generated_ok", "rated", "scored", "kept", "mean_score",
-                "parse_failure_rate", "histogram"):
-        if key in p:
-            rows.append((key.replace("_", " "), p[key]))
-    body = [
-        f"# {repos.ids['curated']}", "",
-        "Instruction-response pairs made by instruction backtranslation (Li et al. 2023, "
-        "arXiv:2308.06259) with selfalign: a backward model wrote an "
-        "instruction for each unlabelled response, a rater model scored each pair 1-5 with the "
-        "paper's rating prompt, and the pairs scoring at or above the threshold were kept.", "",
-        "Fields: `instruction`, `response`, `score` (the rating), `reasoning` (the rater's "
-        "explanation), `source`, `source_id` (where the response came from), and any extra "
-        "fields the run recorded.", "",
-        "```python", "from datasets import load_dataset", "",
-        f'ds = load_dataset("{repos.ids["curated"]}", split="train")', "```", "",
-        "## Provenance", "", _table(rows), "",
-    ]
-    if info.counts:
-        body += ["## Counts of the run", "", _table(_counts_rows(info.counts)), ""]
-    if info.rating_prompt:
-        body += ["## Rating prompt", "", _code(info.rating_prompt), ""]
-    body += ["## Related repositories", "", repos.links("backward", "forward"), "",
-             "## License", "",
-             "The responses keep the license of their source dataset (LIMA, for example, is "
-             "CC BY-NC-SA: non-commercial use only); the generated instructions and ratings are "
-             "outputs of the models named above.", ""]
-    return _front(data, "\n".join(body))
-
-
 # ---------------------------------------------------------------------------------- plan
 
 
@@ -591,8 +191,8 @@ def plan_run(run_dir: Path, info: RunInfo, repos: Repos, merge: bool) -> list[Re
     plans = []
     for kind in KINDS:
         if kind == "curated":
-            files: dict[str, Path | str] = {"data.jsonl": run_dir / "curated" / "data.jsonl",
-                                            "README.md": dataset_card(info, repos)}
+            card = dataset_card(info.provenance, info.n_rows, info.config, info.counts, repos)
+            files: dict[str, Path | str] = {"data.jsonl": run_dir / "curated" / "data.jsonl", "README.md": card}
         else:
             files = _adapter_files(run_dir / kind)
             files["README.md"] = model_card(info, repos, kind, merged=merge and kind == "forward")
@@ -640,8 +240,11 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, trust_remote_code: bool = Fa
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cfg = _read_json(adapter_dir / "adapter_config.json")
-    base = cfg.get("base_model_name_or_path")
+    try:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    base = cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
     if not base:
         raise HubError(f"{adapter_dir / 'adapter_config.json'} names no base_model_name_or_path: "
                        "cannot build the merged model (set hub.merge=false)")
@@ -663,8 +266,6 @@ def merge_adapter(adapter_dir: Path, out_dir: Path, trust_remote_code: bool = Fa
 def record_urls(run_dir: Path, repos: Repos, urls: dict[str, str], private: bool,
                 commits: dict[str, str]) -> None:
     """hub.json (never the token) and a "## Hub repositories" section in report.md."""
-    from selfalign.io import atomic_write_text
-
     record = {**urls, "repos": {k: {"id": repos.ids[k], "type": repos.repo_type(k), "url": urls[k],
                                     "commit": commits.get(k)} for k in KINDS},
               "endpoint": repos.endpoint, "private": private,
@@ -672,14 +273,12 @@ def record_urls(run_dir: Path, repos: Repos, urls: dict[str, str], private: bool
     atomic_write_text(run_dir / "hub.json", json.dumps(record, indent=2) + "\n")
     report = run_dir / "report.md"
     if report.is_file():
-        text = report.read_text(encoding="utf-8")
-        # a re-push replaces the section instead of appending a second one
-        text = re.sub(r"\n*## Hub repositories\n.*?(?=\n## |\Z)", "", text, flags=re.DOTALL)
         section = ["## Hub repositories", "",
                    f"- backward model: {urls['backward']}",
                    f"- curated dataset: {urls['curated']}",
                    f"- forward model: {urls['forward']}"]
-        atomic_write_text(report, text.rstrip("\n") + "\n\n" + "\n".join(section) + "\n")
+        # a re-push replaces the section instead of appending a second one
+        atomic_write_text(report, replace_section(report.read_text(encoding="utf-8"), "\n".join(section)))
 
 
 # ---------------------------------------------------------------------------------- push
@@ -726,7 +325,7 @@ def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: b
             raise HubError(f"the Hub at {endpoint} did not say whose token this is: set hub.namespace")
     repos = Repos.make(namespace, hub.name, endpoint)
     plans = plan_run(run_dir, info, repos, hub.merge)
-    trust = bool(_dig(info.config, "models.trust_remote_code", False))
+    trust = bool((info.config.get("models") or {}).get("trust_remote_code", False))
     commits: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="selfalign-hub-") as staging:
         for plan in plans:

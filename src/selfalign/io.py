@@ -9,9 +9,10 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from selfalign.records import RejectLog
+if TYPE_CHECKING:  # records imports io (RejectLog.write): no import at run time
+    from selfalign.records import RejectLog
 
 
 class DataError(ValueError):
@@ -133,13 +134,6 @@ class RecordLog:
     def close(self) -> None:
         with writing(self.path):
             self._f.close()
-
-    def __enter__(self) -> RecordLog:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
 
 _appended = 0
 

@@ -385,12 +385,14 @@ class Run:
         return out
 
     def _rater(self, iteration: int) -> tuple[str, Path | None, str]:
-        c = self.cfg
+        from selfalign.curate import choose_rater
+
+        spec, adapter, name = choose_rater(self.cfg.models, self.dir, iteration)
         if iteration == 2:
-            return c.models.base, self.train_forward(1), "M1 (forward model of iteration 1)"
-        if c.models.rater == "m0":
-            return c.models.base, self.train_m0(), "M0 (forward model trained on seed only)"
-        return c.models.rater, None, c.models.rater
+            self.train_forward(1)
+        elif adapter is not None:
+            self.train_m0()
+        return spec, adapter, name
 
     @_once
     def curate(self, iteration: int = 1) -> list[RatedPair]:
@@ -495,7 +497,8 @@ class Run:
                 shutil.rmtree(tmp, ignore_errors=True)
         from selfalign.report import write_report
 
-        write_report(self.path("report.md"), self.manifest.data, self.augment(), self.curate(n), self.responses())
+        write_report(self.path("report.md"), self.dir, self.manifest.data, self.augment(), self.curate(n),
+                     self.responses())
 
 
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:

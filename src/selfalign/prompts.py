@@ -67,8 +67,16 @@ def rating_fewshot() -> list[dict[str, Any]]:
     return json.loads(prompt_file("rating_fewshot.json"))
 
 
-def _fill(template: str, **values: str) -> str:
-    # str.replace, not str.format: responses contain braces (code, JSON).
+@cache
+def pairwise_prompt() -> str:
+    """The pairwise judge's prompt, with {instruction}, {response_a} and {response_b} slots."""
+    return prompt_file("pairwise_prompt.txt")
+
+
+def fill(template: str, **values: str) -> str:
+    """`template` with each "{key}" replaced by its value.
+
+    str.replace, not str.format: responses contain braces (code, JSON)."""
     out = template
     for k, v in values.items():
         out = out.replace("{" + k + "}", v)
@@ -80,8 +88,14 @@ def backward_messages(response: str) -> Messages:
     msgs: Messages = []
     if t.get("system"):
         msgs.append({"role": "system", "content": t["system"]})
-    msgs.append({"role": "user", "content": _fill(t["user"], response=response)})
+    msgs.append({"role": "user", "content": fill(t["user"], response=response)})
     return msgs
+
+
+def backward_prompt(tokenizer: Any, response: str, max_response_tokens: int) -> tuple[str, bool]:
+    """The augmentation prompt of a response (cut to `max_response_tokens`), and whether it was cut."""
+    cut, was_cut = truncate_tokens(tokenizer, response, max_response_tokens)
+    return render_prompt(tokenizer, backward_messages(cut)), was_cut
 
 
 def forward_messages(instruction: str, system: str | None = None) -> Messages:
@@ -89,7 +103,7 @@ def forward_messages(instruction: str, system: str | None = None) -> Messages:
     msgs: Messages = []
     if system:
         msgs.append({"role": "system", "content": system})
-    msgs.append({"role": "user", "content": _fill(t["user"], instruction=instruction)})
+    msgs.append({"role": "user", "content": fill(t["user"], instruction=instruction)})
     return msgs
 
 
@@ -103,14 +117,20 @@ def rating_messages(instruction: str, response: str, shots: int) -> Messages:
         msgs.append(
             {
                 "role": "user",
-                "content": _fill(rating_prompt(), instruction=ex["instruction"], response=ex["response"]),
+                "content": fill(rating_prompt(), instruction=ex["instruction"], response=ex["response"]),
             }
         )
         msgs.append({"role": "assistant", "content": f"{ex['reasoning']}\nScore: {ex['score']}"})
     msgs.append(
-        {"role": "user", "content": _fill(rating_prompt(), instruction=instruction, response=response)}
+        {"role": "user", "content": fill(rating_prompt(), instruction=instruction, response=response)}
     )
     return msgs
+
+
+def pairwise_messages(instruction: str, response_a: str, response_b: str) -> Messages:
+    """The pairwise judge's prompt for one instruction and two responses (A shown first)."""
+    text = fill(pairwise_prompt(), instruction=instruction, response_a=response_a, response_b=response_b)
+    return [{"role": "user", "content": text}]
 
 
 def has_chat_template(tokenizer: Any) -> bool:
@@ -126,11 +146,11 @@ def render_prompt(tokenizer: Any, messages: Messages) -> str:
     parts = [bos]
     for m in messages:
         if m["role"] == "system":
-            parts.append(_fill(p["system"], content=m["content"]))
+            parts.append(fill(p["system"], content=m["content"]))
         elif m["role"] == "user":
-            parts.append(_fill(p["user"], content=m["content"]))
+            parts.append(fill(p["user"], content=m["content"]))
         else:
-            parts.append(p["assistant_prefix"] + m["content"] + _fill(p["assistant_suffix"], eos=tokenizer.eos_token or ""))
+            parts.append(p["assistant_prefix"] + m["content"] + fill(p["assistant_suffix"], eos=tokenizer.eos_token or ""))
     parts.append(p["assistant_prefix"])
     return "".join(parts)
 
@@ -146,7 +166,7 @@ def render_target(tokenizer: Any, messages: Messages, target: str) -> str:
             return full[len(prompt) :].rstrip("\n")
         return target + (tokenizer.eos_token or "")
     p = templates()["plain"]
-    return target + _fill(p["assistant_suffix"], eos=tokenizer.eos_token or "")
+    return target + fill(p["assistant_suffix"], eos=tokenizer.eos_token or "")
 
 
 def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, bool]:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from selfalign.io import write_jsonl
 
 
 @dataclass
@@ -56,10 +57,6 @@ class RatedPair:
     response_cut: bool = False  # the response was cut to curation.max_response_tokens in the prompt
 
 
-def to_dict(rec: Any) -> dict[str, Any]:
-    return asdict(rec)
-
-
 @dataclass
 class Reject:
     file: str
@@ -100,10 +97,4 @@ class RejectLog:
         return f"{len(self.items)} rejected ({parts})"
 
     def write(self, path: Path) -> None:
-        from selfalign.io import write_jsonl
-
         write_jsonl(path, [asdict(r) for r in self.items])
-
-
-def dumps(rec: Any) -> str:
-    return json.dumps(rec if isinstance(rec, dict) else asdict(rec), ensure_ascii=False)

@@ -1,10 +1,17 @@
-"""The deliverables printed by a run, and `report.md` with the counts of every stage."""
+"""Everything a person reads: the printed deliverables, `report.md`, `report.html` and its plots.
+
+One table helper (`table`, Markdown or HTML) and one section helper (`replace_section`) serve the
+run report, the evaluation report and the Hub cards.
+"""
 
 from __future__ import annotations
 
+import base64
+import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from selfalign.io import atomic_write_text
 from selfalign.records import AugmentedPair, RatedPair
@@ -12,9 +19,56 @@ from selfalign.records import AugmentedPair, RatedPair
 N_SHOW = 5
 
 
-def _short(text: str, n: int = 300) -> str:
-    text = " ".join(text.split())
+# ---------------------------------------------------------------------------------- helpers
+
+
+def _short(text: Any, n: int = 300) -> str:
+    text = " ".join(str(text).split())
     return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def _f(x: Any, nd: int = 3) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{nd}f}"
+    return str(x)
+
+
+def table(header: Sequence[Any], rows: Sequence[Sequence[Any]], fmt: Literal["md", "html"] = "md") -> str:
+    """A Markdown (cells with "|" escaped, on one line) or HTML (cells escaped) table."""
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+        return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def line(cells: Sequence[Any]) -> str:
+        return "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+    return "\n".join([line(header), "|" + "---|" * len(header), *(line(r) for r in rows)])
+
+
+def replace_section(text: str, section: str, title: str | None = None) -> str:
+    """`text` with its `title` section (up to the next "## " heading) replaced by `section`, or
+    `section` appended when there is none. `title` defaults to the first line of `section`."""
+    new = section.rstrip("\n").splitlines()
+    title = (title if title is not None else new[0]).strip()
+    lines = text.splitlines()
+    start = next((i for i, ln in enumerate(lines) if ln.strip() == title), None)
+    if start is None:
+        body = "\n".join(lines).rstrip("\n")
+        return (body + "\n\n" if body else "") + "\n".join(new) + "\n"
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    out = lines[:start] + new + ([""] + lines[end:] if end < len(lines) else [])
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _read_manifest(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / "manifest.json"
+    return json.loads(p.read_text()) if p.is_file() else {}
+
+
+# ---------------------------------------------------------------------------------- run: printed
 
 
 def augmented_examples(pairs: list[AugmentedPair], n: int = N_SHOW) -> list[AugmentedPair]:
@@ -55,27 +109,33 @@ def print_responses(rows: list[dict[str, Any]]) -> None:
         print(f"\n[{i}] prompt:   {_short(r['prompt'], 200)}\n    response: {_short(r['response'], 600)}")
 
 
+# ---------------------------------------------------------------------------------- run: report.md
+
+
 def _md(text: str, n: int = 400) -> str:
     return _short(text, n).replace("|", "\\|")
 
 
-def write_report(path: Path, manifest: dict[str, Any], augmented: list[AugmentedPair], rated: list[RatedPair],
-                 responses: list[dict[str, str]]) -> None:
-    """report.md of a finished run: counts, stages, and the three deliverables as the run printed them."""
-    m = manifest
-    c = m.get("counts", {})
-    lines = ["# selfalign run report", "", f"Run directory: `{path.parent}`", "",
-             "## Counts", "", "| stage | count |", "|---|---|"]
-    for k, v in c.items():
-        if not isinstance(v, dict):
-            lines.append(f"| {k} | {v} |")
+def write_report(
+    path: Path,
+    run_dir: Path,
+    manifest: dict[str, Any],
+    augmented: list[AugmentedPair],
+    rated: list[RatedPair],
+    responses: list[dict[str, Any]],
+) -> None:
+    """`report.md` of a run: counts and stages from the manifest, then the three deliverables."""
+    c = manifest.get("counts", {})
+    lines = ["# selfalign run report", "", f"Run directory: `{run_dir}`", "", "## Counts", "",
+             table(["stage", "count"], [[k, v] for k, v in c.items() if not isinstance(v, dict)])]
     for k, v in c.items():
         if isinstance(v, dict):
             lines += ["", f"### {k}", "", "```", json.dumps(v, indent=1), "```"]
-    lines += ["", "## Stages", "", "| stage | status | seconds | notes |", "|---|---|---|---|"]
-    for name, st in m.get("stages", {}).items():
+    stages = []
+    for name, st in manifest.get("stages", {}).items():
         notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_first", "loss_last", "tokens_per_second", "rater"))
-        lines.append(f"| {name} | {st.get('status')} | {st.get('seconds', '')} | {notes} |")
+        stages.append([name, st.get("status"), st.get("seconds", ""), notes])
+    lines += ["", "## Stages", "", table(["stage", "status", "seconds", "notes"], stages)]
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]
     for p in augmented_examples(augmented):
         lines += [f"- **instruction:** {_md(p.instruction, 300)}", f"  **response:** {_md(p.response)}"]
@@ -88,4 +148,152 @@ def write_report(path: Path, manifest: dict[str, Any], augmented: list[Augmented
     lines += ["", "## Responses of the forward model", ""]
     for r in responses:
         lines += [f"- **prompt:** {_md(r['prompt'], 300)}", f"  **response:** {_md(r['response'], 800)}"]
-    atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------------------------- evaluation
+
+Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
+
+
+def eval_tables(results: dict[str, Any]) -> list[Table]:
+    """The evaluation tables, as data (rendered to Markdown and HTML)."""
+    tables: list[Table] = []
+    c = results.get("curation")
+    if c:
+        at = c["at_threshold"]
+        tables.append(("Curation quality: rater on held-out good vs planted bad pairs", ["metric", "value"], [
+            ["rater", str(c.get("rater", ""))],
+            ["held-out good / planted bad", f"{c['n_good']} / {c['n_bad']}"],
+            ["ROC AUC (ties 1/2, unscored = 0)", _f(c["roc_auc"])],
+            [f"precision at threshold {c['threshold']}", _f(at["precision"])],
+            [f"recall at threshold {c['threshold']}", _f(at["recall"])],
+            ["unscored pairs", f"{c['unscored']} ({_f(c['unscored_rate'])})"],
+            ["parse-failure rate", _f(c["parse_failure_rate"])],
+        ]))
+        tables.append(("Precision / recall of kept pairs by threshold", ["threshold", "kept", "precision", "recall"],
+                       [[_f(r["threshold"], 1), str(r["kept"]), _f(r["precision"]), _f(r["recall"])] for r in c["by_threshold"]]))
+        tables.append(("Mean score by kind", ["kind", "n", "mean score", "unscored", "kept"],
+                       [[k, str(v["n"]), _f(v["mean_score"]), str(v["unscored"]), str(v["kept"])] for k, v in c["by_kind"].items()]))
+    b = results.get("backward")
+    if b:
+        tables.append(("Backward model: NLL per token of the true instruction (held-out, lower is better)",
+                       ["model", "NLL/token", "perplexity", "pairs", "tokens"],
+                       [["base", _f(b["base"]["nll_per_token"]), _f(b["base"]["perplexity"]), str(b["n_pairs"]), str(b["n_tokens"])],
+                        ["backward", _f(b["backward"]["nll_per_token"]), _f(b["backward"]["perplexity"]), str(b["n_pairs"]), str(b["n_tokens"])]]))
+        tables.append(("Backward model: generated instructions (greedy)", ["true instruction", "backward model", "base model", "response"],
+                       [[_short(e["true_instruction"], 160), _short(e["backward_instruction"], 160), _short(e["base_instruction"], 160),
+                         _short(e["response"], 200)] for e in b["examples"]]))
+    f = results.get("forward")
+    if f:
+        tables.append((f"Forward model: pairwise judgments on {f['prompts']['n']} held-out prompts ({f['rule']})",
+                       ["comparison", "n", "win", "tie", "loss", "win rate [95% Wilson]", "loss rate [95% Wilson]",
+                        "unparsable verdicts", "judge says A"],
+                       [[f"{x['x']} vs {x['y']}", str(x["n"]), str(x["win"]), str(x["tie"]), str(x["loss"]),
+                         f"{_f(x['win_rate'])} [{_f(x['win_rate_ci95'][0])}, {_f(x['win_rate_ci95'][1])}]",
+                         f"{_f(x['loss_rate'])} [{_f(x['loss_rate_ci95'][0])}, {_f(x['loss_rate_ci95'][1])}]",
+                         f"{x['unparsable_verdicts']} of {x['verdicts']}", _f(x["a_rate"])] for x in f["comparisons"]]))
+        tables.append(("Response lengths (characters)", ["model", "n", "mean", "median", "empty"],
+                       [[k, str(v["n"]), _f(v["mean_chars"], 1), _f(v["median_chars"], 1), str(v["empty"])]
+                        for k, v in f["lengths"].items()]))
+    return tables
+
+
+def eval_markdown(results: dict[str, Any], plots: dict[str, Path] | None = None) -> str:
+    """The "## Evaluation" section of report.md."""
+    h = results.get("heldout", {})
+    lines = ["## Evaluation", "",
+             f"`selfalign evaluate` on {results.get('created', '')}: {h.get('n')} held-out pairs from "
+             f"`{h.get('path')}` ({h.get('excluded_as_trained')} skipped as used in training). "
+             "Details: `eval/evaluation.json`; full report with plots: `report.html`.", ""]
+    for title, header, rows in eval_tables(results):
+        lines += [f"### {title}", "", table(header, rows), ""]
+    if plots:
+        lines += ["### Plots", ""] + [f"![{k}]({p.name})" for k, p in plots.items()] + [""]
+    return "\n".join(lines)
+
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;
+text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}
+code{background:#f3f3f3;padding:1px 4px}"""
+
+
+def render_html(run_dir: Path, results: dict[str, Any] | None, plots: dict[str, Path]) -> str:
+    """A self-contained HTML report (plots embedded as data URIs)."""
+    run_dir = Path(run_dir)
+    manifest = _read_manifest(run_dir)
+    cfg = manifest.get("config", {})
+    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>selfalign run report</title>",
+             f"<style>{_CSS}</style></head><body>", "<h1>selfalign run report</h1>",
+             f"<p>Run directory: <code>{html.escape(str(run_dir))}</code></p>"]
+    if cfg:
+        m, cur = cfg.get("models", {}), cfg.get("curation", {})
+        parts.append(table(["setting", "value"], [
+            ["base model", str(m.get("base"))], ["rater", str(m.get("rater"))],
+            ["curation", f"mode {cur.get('mode')}, threshold {cur.get('threshold')}, iterations {cur.get('iterations')}"],
+            ["seed data", str(cfg.get("data", {}).get("seed"))], ["unlabelled data", str(cfg.get("data", {}).get("unlabelled"))],
+        ], "html"))
+    counts = manifest.get("counts", {})
+    if counts:
+        parts.append("<h2>Counts</h2>")
+        parts.append(table(["count", "value"], [[k, str(v)] for k, v in counts.items() if not isinstance(v, dict)], "html"))
+    stages = manifest.get("stages", {})
+    if stages:
+        parts.append("<h2>Stages</h2>")
+        parts.append(table(["stage", "status", "seconds", "loss first", "loss last", "tokens/s"],
+                           [[k, str(s.get("status")), _f(s.get("seconds"), 1), _f(s.get("loss_first")),
+                             _f(s.get("loss_last")), _f(s.get("tokens_per_second"), 1)] for k, s in stages.items()], "html"))
+    if plots:
+        parts.append("<h2>Plots</h2>")
+        for name, p in plots.items():
+            data = base64.b64encode(Path(p).read_bytes()).decode("ascii")
+            parts.append(f"<h3>{html.escape(name)}</h3><img alt='{html.escape(name)}' src='data:image/png;base64,{data}'>")
+    if results:
+        h = results.get("heldout", {})
+        parts.append("<h2>Evaluation</h2>")
+        parts.append(f"<p>{html.escape(str(results.get('created', '')))}: {h.get('n')} held-out pairs from "
+                     f"<code>{html.escape(str(h.get('path')))}</code> ({h.get('excluded_as_trained')} skipped as used "
+                     "in training).</p>")
+        for title, header, rows in eval_tables(results):
+            parts.append(f"<h3>{html.escape(title)}</h3>" + table(header, rows, "html"))
+        for comp in results.get("forward", {}).get("comparisons", []):
+            if comp.get("examples"):
+                parts.append(f"<h3>Examples: {html.escape(comp['x'])} (x) vs {html.escape(comp['y'])} (y)</h3>")
+                parts.append(table(["prompt", "x", "y", "verdict x as A", "verdict x as B", "outcome"],
+                                   [[_short(e["instruction"], 200), _short(e["x"], 400), _short(e["y"], 400),
+                                     str(e["verdict_x_as_a"]), str(e["verdict_x_as_b"]), e["outcome"]]
+                                    for e in comp["examples"]], "html"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_eval_report(run_dir: Path, results: dict[str, Any] | None) -> dict[str, Path]:
+    """Write PNG plots and `report.html` in `run_dir`, and the "## Evaluation" section of `report.md`.
+
+    Returns the written files by name (plots, plus "report.html" and "report.md").
+    """
+    from selfalign import plots as pl
+
+    run_dir = Path(run_dir)
+    manifest = _read_manifest(run_dir)
+    threshold = manifest.get("config", {}).get("curation", {}).get("threshold")
+    made: dict[str, Path | None] = {
+        "funnel": pl.plot_funnel(manifest.get("counts", {}), run_dir / "funnel.png"),
+        "scores": pl.plot_score_histograms(run_dir, run_dir / "scores.png", threshold),
+        "loss": pl.plot_loss_curves(run_dir, run_dir / "loss.png"),
+    }
+    if results:
+        made["eval_scores"] = pl.plot_eval_scores(run_dir / "eval" / "rated_eval.jsonl", run_dir / "eval_scores.png",
+                                                  results.get("curation", {}).get("threshold", threshold))
+        made["pairwise"] = pl.plot_pairwise(results.get("forward", {}).get("comparisons", []), run_dir / "pairwise.png")
+    plots = {k: p for k, p in made.items() if p is not None}
+    atomic_write_text(run_dir / "report.html", render_html(run_dir, results, plots))
+    files = dict(plots)
+    files["report.html"] = run_dir / "report.html"
+    if results:
+        md = run_dir / "report.md"
+        old = md.read_text(encoding="utf-8") if md.is_file() else "# selfalign run report\n"
+        atomic_write_text(md, replace_section(old, eval_markdown(results, plots)))
+        files["report.md"] = md
+    return files

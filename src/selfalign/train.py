@@ -8,7 +8,6 @@ LoRA adapter, length-grouped batches and resumable checkpoints.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -351,7 +350,3 @@ def train_lora(
         os.replace(tmp, out_dir)
         shutil.rmtree(work, ignore_errors=True)
     return result
-
-
-def read_training_info(adapter_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(adapter_dir) / "training_info.json").read_text())

@@ -1,0 +1,73 @@
+"""Statistics of the evaluation: ROC AUC, precision/recall of "kept", Wilson intervals, lengths."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from typing import Any
+
+
+def roc_auc(labels: Sequence[bool | int], scores: Sequence[float]) -> float | None:
+    """ROC AUC = P(score of a random positive > score of a random negative), ties count 1/2.
+
+    Mann-Whitney U from average ranks; None when a class is empty.
+    """
+    if len(labels) != len(scores):
+        raise ValueError("labels and scores differ in length")
+    n_pos = sum(1 for y in labels if y)
+    n_neg = len(labels) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = sorted(range(len(scores)), key=lambda i: scores[i])
+    ranks = [0.0] * len(scores)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and scores[order[j + 1]] == scores[order[i]]:
+            j += 1
+        avg = (i + j) / 2 + 1  # ranks are 1-based; tied scores share their average rank
+        for k in range(i, j + 1):
+            ranks[order[k]] = avg
+        i = j + 1
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
+    u = rank_sum - n_pos * (n_pos + 1) / 2
+    return u / (n_pos * n_neg)
+
+
+def precision_recall(
+    labels: Sequence[bool | int], scores: Sequence[float | None], threshold: float
+) -> dict[str, Any]:
+    """Precision and recall of "kept" (score >= threshold; None is never kept) for the positives."""
+    kept = [s is not None and s >= threshold - 1e-9 for s in scores]
+    tp = sum(1 for k, y in zip(kept, labels, strict=True) if k and y)
+    fp = sum(1 for k, y in zip(kept, labels, strict=True) if k and not y)
+    fn = sum(1 for k, y in zip(kept, labels, strict=True) if not k and y)
+    return {
+        "threshold": threshold,
+        "kept": tp + fp,
+        "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+        "recall": round(tp / (tp + fn), 4) if tp + fn else None,
+    }
+
+
+def wilson_interval(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion k/n; (0, 1) when n is 0."""
+    if n <= 0:
+        return 0.0, 1.0
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    p = k / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def length_stats(texts: Sequence[str]) -> dict[str, Any]:
+    lens = [len(t) for t in texts]
+    return {
+        "n": len(lens),
+        "mean_chars": round(statistics.mean(lens), 1) if lens else None,
+        "median_chars": statistics.median(lens) if lens else None,
+        "empty": sum(1 for t in texts if not t.strip()),
+    }
