@@ -131,7 +131,6 @@ def cfg(smoke_cfg):
     from selfalign.pipeline import SAMPLES
 
     c = smoke_cfg.model_copy(deep=True)
-    c.data.fallback_to_samples = False  # a missing file is an error here, not the shipped sample
     c.data.seed, c.data.unlabelled = str(SAMPLES / "seed.jsonl"), str(SAMPLES / "unlabelled.jsonl")
     c.train_backward.max_steps = 1
     return c
@@ -190,7 +189,7 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
         cmd = "seed" if case.stage == "seed" else "augment"  # augment reads its data before training
         key = "data.seed" if case.stage == "seed" else "data.unlabelled"
         code, err = cli(cmd, "--config", str(REPO / "configs" / "smoke.yaml"), f"run.out_dir={tmp_path / 'run'}",
-                        f"models.base={tiny_model}", "data.fallback_to_samples=false", f"{key}={src}")
+                        f"models.base={tiny_model}", f"{key}={src}")
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
         assert exp.says in err
         assert (f"{src}:{exp.line}" if exp.line else str(src)) in err

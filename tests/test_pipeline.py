@@ -209,10 +209,9 @@ def test_cli_bad_config_key_is_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_missing_data_is_one_line(tmp_path: Path) -> None:
-    r = cli("seed", "--config", "configs/smoke.yaml", "data.fallback_to_samples=false",
-            f"data.seed={tmp_path}/nope.jsonl", f"run.out_dir={tmp_path}/r")
+    r = cli("seed", "--config", "configs/smoke.yaml", f"data.seed={tmp_path}/nope.jsonl", f"run.out_dir={tmp_path}/r")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == f"error: {tmp_path}/nope.jsonl: file not found"
+    assert r.stderr.strip() == f"error: data.seed: {tmp_path}/nope.jsonl: file not found"
 
 
 def test_cli_prints_resolved_config(tmp_path: Path) -> None:

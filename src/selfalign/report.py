@@ -61,14 +61,29 @@ def _md(text: str, n: int = 400) -> str:
     return _short(text, n).replace("|", "\\|")
 
 
+def data_lines(sources: dict[str, dict[str, str]]) -> list[str]:
+    """The report's "Data" section: what each data key was resolved to, shipped samples loudly."""
+    if not sources:
+        return []
+    out = ["## Data", ""]
+    if any(s.get("kind") == "sample" for s in sources.values()):
+        out += ["**This run used the small OASST1 samples shipped with selfalign, not real data.**", ""]
+    out += ["| key | given | read from | note |", "|---|---|---|---|"]
+    for key, s in sources.items():
+        kind = {"sample": "shipped sample: ", "hub": "Hub dataset: "}.get(s.get("kind", ""), "")
+        out.append(f"| {key} | `{s.get('given')}` | {kind}`{s.get('resolved')}` | {_md(s.get('note', ''))} |")
+    return out + [""]
+
+
 def write_report(run: Run) -> None:
     from selfalign.pipeline import deliverables
 
     d = deliverables(run)
     m = run.manifest.data
     c = m.get("counts", {})
-    lines = ["# selfalign run report", "", f"Run directory: `{run.dir}`", "",
-             "## Counts", "", "| stage | count |", "|---|---|"]
+    lines = ["# selfalign run report", "", f"Run directory: `{run.dir}`", ""]
+    lines += data_lines(m.get("data_sources", {}))
+    lines += ["## Counts", "", "| stage | count |", "|---|---|"]
     for k, v in c.items():
         if not isinstance(v, dict):
             lines.append(f"| {k} | {v} |")
