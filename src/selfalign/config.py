@@ -235,10 +235,17 @@ class Config(_Section):
     # The folder of the config file this was loaded from (None: built-in defaults): relative
     # data paths are looked up there when the working directory does not hold them.
     _config_dir: Path | None = PrivateAttr(default=None)
+    # Dotted keys set by command-line overrides: a data path typed there is never replaced by
+    # the shipped samples (data.samples_if_absent applies to the config file's paths only).
+    _overridden: frozenset[str] = PrivateAttr(default=frozenset())
 
     @property
     def config_dir(self) -> Path | None:
         return self._config_dir
+
+    def is_overridden(self, key: str) -> bool:
+        """True when `key` (or a section above it) was set by a command-line override."""
+        return any(key == k or key.startswith(k + ".") for k in self._overridden)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -346,6 +353,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
     cfg._config_dir = config_dir
+    cfg._overridden = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])
     return cfg
 
 

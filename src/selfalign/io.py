@@ -391,7 +391,7 @@ def list_data_files(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
             try:
                 file_format(f)
             except DataError:
-                skipped.append((rel, "format not read"))
+                skipped.append((rel, f"format {f.suffix or '(no suffix)'} is not read"))
                 continue
             if f.is_file():
                 files.append(f)

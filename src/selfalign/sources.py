@@ -5,12 +5,13 @@ or a shipped sample, strictly.
   came from (`Config.config_dir`); an absolute or `~` path is taken as it is.
 - `sample:seed`, `sample:unlabelled`, `sample:prompts` name the small OASST1 files shipped in
   `selfalign/sample_data`. They are used only when the config names them, or when
-  `data.samples_if_absent` names a folder that does not exist at all and the path lies under it
-  (the default config: `../shared/data`, for a machine without the real data). Either way the run
-  says so in its first lines, its manifest and its report.
+  `data.samples_if_absent` names a folder that does not exist at all and a path of the config
+  file lies under it (the default config: `../shared/data`, for a machine without the real
+  data). Either way the run says so in its first lines, its manifest and its report.
 - `owner/name` with no file suffix that is not a local path is a Hub dataset id.
-- Anything else that does not exist (a typo such as `train.jsonI`, an empty value) is a
-  `DataError`: never a fallback.
+- Anything else that does not exist is a `DataError`, never a fallback: a typo such as
+  `train.jsonI` in a folder that exists, an empty value, and any path typed as a command-line
+  override (`data.seed=...`), whether or not `data.samples_if_absent` would cover it.
 """
 
 from __future__ import annotations
@@ -100,13 +101,15 @@ def resolve_source(value: str, key: str, cfg: Config) -> Source:
         if cand.exists():
             return Source(key, value, str(cand.resolve()), "local")
     root = cfg.data.samples_if_absent
-    if root and key in KEY_SAMPLE and _under(value, root):
-        if not any(c.exists() for c in _candidates(root, config_dir)):
+    why = ""
+    if root and key in KEY_SAMPLE and _under(value, root) and not any(c.exists() for c in _candidates(root, config_dir)):
+        if not cfg.is_overridden(key):
             note = f"{root} is absent{_looked_in(config_dir, root)}: data.samples_if_absent"
             return sample_source(key, KEY_SAMPLE[key], value, note)
+        why = "; a path typed as an override is never replaced by the shipped samples"
     if is_hub_id(value) and not _candidates(value.split("/")[0], config_dir)[0].exists():
         return Source(key, value, value, "hub")
-    raise DataError(f"{key}: {value}: file not found{_looked_in(config_dir, value)}")
+    raise DataError(f"{key}: {value}: file not found{_looked_in(config_dir, value)}{why}")
 
 
 def resolve_sources(cfg: Config) -> dict[str, Source]:
