@@ -43,7 +43,8 @@ def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    click.echo(f"error: {msg}", err=True)
+    one_line = msg.strip().replace("\r", "\\r").replace("\n", "\\n")  # whatever a message quotes
+    click.echo(f"error: {one_line}", err=True)
     sys.exit(code)
 
 

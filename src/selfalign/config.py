@@ -267,21 +267,26 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "constrained-")))
         if e["type"] == "extra_forbidden":
             hint = f" ({_REPLACED[key]})" if key in _REPLACED else ""
-            parts.append(f"unknown key '{key}'{hint}")
+            parts.append(f"unknown key {_one_line(key)}{hint}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
-            parts.append(f"'{key}': {msg} (got {_short_repr.repr(e.get('input'))})")
+            parts.append(f"{_one_line(key)}: {msg} (got {_short_repr.repr(e.get('input'))})")
     return f"config error in {source}: " + "; ".join(parts)
+
+
+def _one_line(text: str) -> str:
+    """'text' quoted, or its repr when it holds line breaks or other unprintable characters."""
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse `a.b.c=value`; the value is read as YAML (so 3, 0.5, true, null, [a, b] work)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value")
+        raise ConfigError(f"override {_one_line(text)} is not of the form key=value")
     key, raw = text.split("=", 1)
     key = key.strip().lstrip("-")
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {_one_line(text)} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: the text itself
@@ -298,7 +303,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
+                raise ConfigError(f"override {_one_line(text)}: {_one_line(part)} is not a section")
             node = child
         node[path[-1]] = value
     return data

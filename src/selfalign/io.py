@@ -80,8 +80,18 @@ def atomic_write_text(path: Path, text: str) -> None:
             raise
 
 
+# Line breaks that JSON leaves unescaped but str.splitlines() splits on: escaped in our JSONL so
+# that any line-based reader (ours, or a user's `read_text().splitlines()`) sees one record a line.
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def json_line(obj: Any) -> str:
+    """One JSONL record (UTF-8 text kept readable, no line break inside), without the newline."""
+    return json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(Path(path), "".join(json_line(r) + "\n" for r in rows))
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -127,7 +137,7 @@ class RecordLog:
     def append(self, record: dict[str, Any]) -> None:
         # A failed write may leave a torn last line: it is cut when the log is reopened.
         with writing(self.path):
-            self._f.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self._f.write(json_line(record) + "\n")
             self._f.flush()
             os.fsync(self._f.fileno())
         self.records.append(record)

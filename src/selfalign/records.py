@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -108,4 +107,6 @@ class RejectLog:
 
 
 def dumps(rec: Any) -> str:
-    return json.dumps(rec if isinstance(rec, dict) else asdict(rec), ensure_ascii=False)
+    from selfalign.io import json_line
+
+    return json_line(rec if isinstance(rec, dict) else asdict(rec))

@@ -49,10 +49,15 @@ class Source:
     def describe(self) -> str:
         kind = {"local": "", "sample": " (shipped sample)", "hub": " (Hub dataset)"}[self.kind]
         note = f"; {self.note}" if self.note else ""
-        return f"{self.key}: {self.given} -> {self.resolved}{kind}{note}"
+        return f"{self.key}: {shown(self.given)} -> {shown(self.resolved)}{kind}{note}"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def shown(value: str) -> str:
+    """A value as typed, or its repr when it holds line breaks or unprintable characters."""
+    return value if value.isprintable() else repr(value)
 
 
 def _candidates(value: str, config_dir: Path | None) -> list[Path]:
@@ -86,7 +91,7 @@ def is_hub_id(value: str) -> bool:
 def sample_source(key: str, name: str, given: str, note: str = "") -> Source:
     if name not in SAMPLE_FILES:
         names = ", ".join(SAMPLE_PREFIX + n for n in SAMPLE_FILES)
-        raise DataError(f"{key}: unknown shipped sample '{given}' (one of {names})")
+        raise DataError(f"{key}: unknown shipped sample {shown(given)!r} (one of {names})")
     return Source(key, given, str(SAMPLES / SAMPLE_FILES[name]), "sample", note)
 
 
@@ -109,7 +114,7 @@ def resolve_source(value: str, key: str, cfg: Config) -> Source:
         why = "; a path typed as an override is never replaced by the shipped samples"
     if is_hub_id(value) and not _candidates(value.split("/")[0], config_dir)[0].exists():
         return Source(key, value, value, "hub")
-    raise DataError(f"{key}: {value}: file not found{_looked_in(config_dir, value)}{why}")
+    raise DataError(f"{key}: {shown(value)}: file not found{_looked_in(config_dir, value)}{why}")
 
 
 def resolve_sources(cfg: Config) -> dict[str, Source]:
