@@ -419,3 +419,36 @@ def _fake_generate(outputs: list[str]):  # noqa: ANN202
                 on_result(i, t)
         return texts
     return generate
+
+
+def test_unexpected_error_before_the_run_starts_logs_and_the_rerun_is_not_refused(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure before the run directory holds a manifest leaves only logs/ there: re-running
+    the same command must not refuse the folder as 'not a selfalign run'."""
+    import selfalign.pipeline as pipeline
+
+    real = pipeline.resolve_sources
+    monkeypatch.setattr(pipeline, "resolve_sources", lambda cfg: 1 / 0)
+    args = ("seed", "--config", str(REPO / "configs" / "smoke.yaml"), f"run.out_dir={tmp_path / 'run'}",
+            f"models.base={tiny_model}")
+    code, err = cli(*args)
+    assert code == 1 and "stage seed failed with an unexpected ZeroDivisionError" in err
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["logs"]
+    monkeypatch.setattr(pipeline, "resolve_sources", real)
+    code, err = cli(*args)
+    assert code == 0, err
+
+
+def test_error_log_falls_back_when_the_run_directory_cannot_be_written(tmp_path: Path) -> None:
+    from selfalign.cli import write_error_log
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run directory should be")
+    try:
+        raise RuntimeError("boom \ud800")  # even an unwritable character reaches the log
+    except RuntimeError as e:
+        log = write_error_log(e, blocker / "run")
+    assert log is not None and log.parent.name == "selfalign-logs" and "run" not in log.parts[-3:-1]
+    text = log.read_text(encoding="utf-8")
+    assert "RuntimeError: boom \\ud800" in text and "Traceback (most recent call last)" in text
+    log.unlink()
