@@ -196,8 +196,9 @@ class Run:
     def _check_dir(self) -> None:
         """Refuse an out_dir that holds something else than this run (or a resume of it)."""
         d = self.dir
-        # logs/ alone: error logs of runs that failed before they wrote anything
-        if not d.exists() or not any(p.name != "logs" for p in d.iterdir()) or self.cfg.run.force:
+        # logs/ (error logs of runs that failed before they wrote anything) and hidden temp files
+        # (another rank writing its manifest this very moment) do not make a folder "used"
+        if not d.exists() or self.cfg.run.force or all(p.name == "logs" or p.name.startswith(".") for p in d.iterdir()):
             return
         m = d / "manifest.json"
         if not m.exists():

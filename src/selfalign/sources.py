@@ -60,6 +60,14 @@ def shown(value: str) -> str:
     return value if value.isprintable() else repr(value)
 
 
+def _exists(p: Path) -> bool:
+    """Path.exists that answers False for a name the OS refuses (too long, a NUL byte)."""
+    try:
+        return p.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def _candidates(value: str, config_dir: Path | None) -> list[Path]:
     p = Path(value).expanduser()
     if p.is_absolute():
@@ -103,16 +111,16 @@ def resolve_source(value: str, key: str, cfg: Config) -> Source:
     if value.startswith(SAMPLE_PREFIX):
         return sample_source(key, value[len(SAMPLE_PREFIX):], value)
     for cand in _candidates(value, config_dir):
-        if cand.exists():
+        if _exists(cand):
             return Source(key, value, str(cand.resolve()), "local")
     root = cfg.data.samples_if_absent
     why = ""
-    if root and key in KEY_SAMPLE and _under(value, root) and not any(c.exists() for c in _candidates(root, config_dir)):
+    if root and key in KEY_SAMPLE and _under(value, root) and not any(_exists(c) for c in _candidates(root, config_dir)):
         if not cfg.is_overridden(key):
             note = f"{root} is absent{_looked_in(config_dir, root)}: data.samples_if_absent"
             return sample_source(key, KEY_SAMPLE[key], value, note)
         why = "; a path typed as an override is never replaced by the shipped samples"
-    if is_hub_id(value) and not _candidates(value.split("/")[0], config_dir)[0].exists():
+    if is_hub_id(value) and not _exists(_candidates(value.split("/")[0], config_dir)[0]):
         return Source(key, value, value, "hub")
     raise DataError(f"{key}: {shown(value)}: file not found{_looked_in(config_dir, value)}{why}")
 
