@@ -147,4 +147,94 @@ def test_config_command_writes_an_editable_copy(tmp_path: Path) -> None:
     assert w.returncode == 0 and (tmp_path / "my.yaml").read_text() == packaged_config_path("smoke").read_text()
     again = cli("config", "write", "my.yaml")
     assert again.returncode == 2 and again.stderr.strip() == "error: my.yaml exists: use --force to overwrite it"
-    assert load_config(tmp_path / "my.yaml") == load_config(packaged_config_path("smoke"))
+    assert load_config(tmp_path / "my.yaml").to_dict() == load_config(packaged_config_path("smoke")).to_dict()
+
+
+def _numeric_keys() -> list[tuple[str, type]]:
+    """Every int and float key of the config, found from the classes (nested sections too)."""
+    import typing
+
+    from pydantic import BaseModel
+
+    out: list[tuple[str, type]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            args = [a for a in typing.get_args(ann) if a is not type(None)] or [ann]
+            base = args[0]
+            if typing.get_origin(base) is typing.Annotated:
+                base = typing.get_args(base)[0]
+            if isinstance(base, type) and issubclass(base, BaseModel):
+                walk(base, f"{prefix}{name}.")
+            elif base in (int, float):
+                out.append((f"{prefix}{name}", base))
+
+    walk(Config, "")
+    return out
+
+
+NUMERIC = _numeric_keys()
+
+
+def test_numeric_keys_are_found() -> None:
+    keys = {k for k, _ in NUMERIC}
+    assert {"lora.r", "lora.dropout", "run.seed", "data.seed_limit", "train_forward.learning_rate",
+            "generation.instruction.top_p", "curation.threshold"} <= keys
+    assert len(NUMERIC) >= 40
+
+
+@pytest.mark.parametrize("key,kind", NUMERIC, ids=[k for k, _ in NUMERIC])
+def test_every_numeric_key_has_a_range(key: str, kind: type) -> None:
+    """By class: each numeric key refuses a huge negative value, a bool and (floats) nan and inf,
+    each with one line that names the key and says what is allowed."""
+    bad = ["-1000000000000", "true"] + ([".nan", ".inf", "-.inf"] if kind is float else ["1.5"])
+    for value in bad:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, [f"{key}={value}"])
+        msg = str(e.value)
+        assert "\n" not in msg and f"'{key}':" in msg
+        if value != "1.5":
+            assert "must be" in msg and any(c in msg for c in "[(>") or "not true" in msg, msg
+
+
+def test_the_defaults_and_every_shipped_config_are_in_range() -> None:
+    for path in [None, *CONFIGS]:
+        load_config(path)  # raises if a shipped value is out of its range
+
+
+@pytest.mark.parametrize("override,says", [
+    ("lora.r=0", "'lora.r': must be an integer >= 1 (got 0)"),
+    ("lora.dropout=1", "'lora.dropout': must be a number in [0, 1) (got 1)"),
+    ("run.seed=-1", "'run.seed': must be an integer in [0, 4294967295] (got -1)"),
+    ("data.seed_limit=0", "'data.seed_limit': must be an integer >= 1 (got 0)"),
+    ("train_backward.warmup_ratio=1.01", "'train_backward.warmup_ratio': must be a number in [0, 1]"),
+    ("generation.response.top_p=0", "'generation.response.top_p': must be a number in (0, 1] (got 0)"),
+    ("train_forward.max_steps=-2", "'train_forward.max_steps': must be an integer >= -1 (-1 or 0: train for `epochs`)"),
+    ("curation.iterations=3", "'curation.iterations': must be an integer in [1, 2] (got 3)"),
+    ("data.seed=", "'data.seed': must not be empty"),
+    ("models.base=' '", "'models.base': must not be empty"),
+    ("run.out_dir=", "'run.out_dir': must not be empty"),
+])
+def test_bad_values_name_the_key_and_the_range(override: str, says: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert says in str(e.value)
+
+
+def test_edge_values_are_accepted() -> None:
+    cfg = load_config(None, ["lora.dropout=0", "run.seed=4294967295", "generation.response.top_p=1",
+                             "train_forward.learning_rate=1e-4", "generation.batch_size=0", "data.seed_limit=null",
+                             "train_backward.max_steps=0", "curation.retries=0"])
+    assert cfg.run.seed == 2**32 - 1 and cfg.train_forward.learning_rate == 1e-4
+
+
+def test_load_config_records_the_config_files_folder_and_the_overrides(tmp_path: Path) -> None:
+    p = tmp_path / "sub" / "c.yaml"
+    p.parent.mkdir()
+    p.write_text("data:\n  seed: local/seed.jsonl\n")
+    cfg = load_config(p, ["data.unlabelled=x.jsonl"])
+    assert cfg.config_dir == p.parent.resolve()
+    assert cfg.is_overridden("data.unlabelled") and not cfg.is_overridden("data.seed")
+    assert load_config(None).config_dir is None
+    assert cfg.model_copy(deep=True).config_dir == p.parent.resolve()

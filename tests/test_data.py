@@ -168,3 +168,148 @@ def test_plain_text_unlabelled(tmp_path: Path) -> None:
     out = load_unlabelled(str(f), rejects=rejects)
     assert [r.response for r in out] == ["First response.", "Second response."]
     assert [(r.line, r.reason) for r in rejects.items] == [(5, "duplicate")]
+
+
+# --- where the data comes from (issue 16) --------------------------------------------------
+
+def _sources(cfg):  # noqa: ANN001, ANN202
+    from selfalign.sources import resolve_sources
+
+    return resolve_sources(cfg)
+
+
+def test_default_config_reads_the_real_data_from_the_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import REPO
+
+    from selfalign.config import load_config, packaged_config_path
+
+    need(GUANACO)
+    monkeypatch.chdir(REPO)
+    src = _sources(load_config(packaged_config_path("default")))
+    assert src["data.seed"].kind == "local" and src["data.seed"].resolved == str(GUANACO.resolve())
+    assert src["data.unlabelled"].resolved == str(LIMA.resolve())
+
+
+@pytest.mark.parametrize("with_file", [True, False], ids=["default.yaml", "built-in defaults"])
+def test_default_config_without_the_real_data_uses_the_named_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      with_file: bool) -> None:
+
+    from selfalign.config import load_config, packaged_config_path
+    from selfalign.sources import SAMPLES
+
+    monkeypatch.chdir(tmp_path)  # an empty folder: no ../shared/data beside it
+    cfg = load_config(packaged_config_path("default") if with_file else None)
+    src = _sources(cfg)
+    assert [s.kind for s in src.values()] == ["sample"] * 3
+    assert src["data.seed"].resolved == str(SAMPLES / "seed.jsonl")
+    assert "../shared/data is absent" in src["data.seed"].note and "data.samples_if_absent" in src["data.seed"].note
+
+
+def test_cli_in_an_empty_folder_says_it_uses_the_samples(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+
+    r = subprocess.run([sys.executable, "-m", "selfalign.cli", "seed", "--config", "default",
+                        "run.out_dir=run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    first = [x for x in r.stdout.splitlines() if x.startswith("[selfalign]")][:4]
+    assert first[0].startswith("[selfalign] data.seed: ../shared/data/guanaco/guanaco_llama2_1k.jsonl -> ")
+    assert "(shipped sample); ../shared/data is absent" in first[0]
+    assert first[3] == "[selfalign] note: this run uses the small OASST1 samples shipped with selfalign, not real data"
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["data_sources"]["data.seed"]["kind"] == "sample"
+    from selfalign.report import data_lines
+
+    assert "**This run used the small OASST1 samples shipped with selfalign, not real data.**" in data_lines(
+        manifest["data_sources"])
+
+
+def test_relative_paths_resolve_against_cwd_then_the_config_files_folder(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfalign.config import load_config
+
+    conf = tmp_path / "project"
+    (conf / "data").mkdir(parents=True)
+    write_jsonl(conf / "data" / "seed.jsonl", [{"text": "### Human: Hi?### Assistant: Hello."}])
+    (conf / "c.yaml").write_text("data:\n  seed: data/seed.jsonl\n  unlabelled: sample:unlabelled\n"
+                                 "  eval_prompts: sample:prompts\n  samples_if_absent: null\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    s = _sources(load_config(conf / "c.yaml"))["data.seed"]
+    assert s.resolved == str(conf / "data" / "seed.jsonl") and s.kind == "local"
+    assert s.describe() == f"data.seed: data/seed.jsonl -> {conf / 'data' / 'seed.jsonl'}"
+    (work / "data").mkdir()  # the working directory comes first
+    write_jsonl(work / "data" / "seed.jsonl", [])
+    assert _sources(load_config(conf / "c.yaml"))["data.seed"].resolved == str(work / "data" / "seed.jsonl")
+
+
+def test_a_missing_file_in_a_folder_that_exists_is_an_error_not_the_samples(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfalign.config import load_config
+
+    (tmp_path / "real" / "lima").mkdir(parents=True)
+    (tmp_path / "c.yaml").write_text("data:\n  seed: real/guanaco.jsonI\n  samples_if_absent: real\n"
+                                     "  unlabelled: sample:unlabelled\n  eval_prompts: sample:prompts\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^data.seed: real/guanaco.jsonI: file not found \(looked in "):
+        _sources(load_config(tmp_path / "c.yaml"))
+    # with the folder absent, the config file's path is replaced by the sample; a typed one never is
+    (tmp_path / "real" / "lima").rmdir()
+    (tmp_path / "real").rmdir()
+    assert _sources(load_config(tmp_path / "c.yaml"))["data.seed"].kind == "sample"
+    # any path that is not under data.samples_if_absent stays strict
+    with pytest.raises(DataError, match="data.unlabelled: elsewhere/lima.jsonl: file not found"):
+        _sources(load_config(tmp_path / "c.yaml", ["data.unlabelled=elsewhere/lima.jsonl"]))
+    with pytest.raises(DataError, match="never replaced by the shipped samples"):
+        _sources(load_config(tmp_path / "c.yaml", ["data.seed=real/guanaco.jsonl"]))
+
+
+def test_hub_ids_and_paths_are_told_apart() -> None:
+    from selfalign.sources import is_hub_id
+
+    assert is_hub_id("GAIR/lima") and is_hub_id("timdettmers/openassistant-guanaco")
+    for path in ("seed.jsonl", "data/seed.jsonI", "data/seed.JSONL", "a/b/c", "../x/y", "/abs/x", "x/y.jsonl.gz",
+                 "lima", "data/t.csv"):
+        assert not is_hub_id(path), path
+
+
+def test_data_formats_give_the_same_rows(tmp_path: Path) -> None:
+    """.jsonl, .jsonl.gz, .jsonl.zst, .json (array), .json.gz, .parquet, .parquet.gz: same pairs."""
+    import gzip
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": f"### Human: Question number {i} about the world?### Assistant: The answer is {i}."}
+            for i in range(5)]
+    raw = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    (tmp_path / "a.jsonl").write_bytes(raw)
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(raw))
+    with pa.output_stream(str(tmp_path / "a.jsonl.zst"), compression="zstd") as f:
+        f.write(raw)
+    (tmp_path / "a.json").write_text(json.dumps(rows, indent=1))
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(json.dumps(rows).encode()))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    (tmp_path / "a.parquet.gz").write_bytes(gzip.compress((tmp_path / "a.parquet").read_bytes()))
+    want = [(p.instruction, p.response) for p in load_seed(str(tmp_path / "a.jsonl"))]
+    assert len(want) == 5
+    for name in ("a.jsonl.gz", "a.jsonl.zst", "a.json", "a.json.gz", "a.parquet", "a.parquet.gz"):
+        assert [(p.instruction, p.response) for p in load_seed(str(tmp_path / name))] == want, name
+
+
+def test_is_blank() -> None:
+    from selfalign.io import is_blank
+
+    for text in ("", " \t\n", "\u200b", "\ufeff\u200d\u2060", "\u00ad", "\u3164", "\u2800", "\x00\x07", "\u0301"):
+        assert is_blank(text), repr(text)
+    for text in ("a", " . ", "\u200b1", "😀", "中"):
+        assert not is_blank(text), repr(text)
+
+
+def test_seed_limit_counts_the_rows_it_did_not_use(tmp_path: Path) -> None:
+    rows = [{"text": f"### Human: What is item {i} of the list?### Assistant: It is the item {i}."} for i in range(6)]
+    rejects = RejectLog()
+    pairs = load_seed(str(write_jsonl(tmp_path / "s.jsonl", rows)), limit=2, rejects=rejects)
+    assert len(pairs) == 2 and rejects.past_limit == 4 and len(rejects) == 0

@@ -11,11 +11,20 @@ Outcomes (never a traceback, never a silent drop):
   attempts counted (curation stats), and it is never kept.
 - Cut(): a 1 MB response is kept, cut to the model's prompt budget where it is used, and the cut
   is counted in the manifest (augmentation and curation).
+- Crash(stage): an unexpected exception (injected) inside a stage: exit 1, one `error:` line naming
+  the stage and the log file, the traceback in `<out_dir>/logs/error-*.log`, none on the terminal.
+
+Stages: `seed` / `unlabelled` (a data file, written as `file` names it: .gz and .zst are
+compressed, a dict of files is a folder, None is a missing path), `cli` (a command line run in an
+empty working directory; `{tmp}` is filled in), `generator` / `rater` (model
+outputs), `pipeline`, `crash` (the function to break, and the command).
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +52,7 @@ def jsonl(*rows: Any) -> bytes:
 class Rows:
     kept: int
     rejects: dict[int, str] = field(default_factory=dict)  # line -> reason
+    not_read: tuple[str, ...] = ()  # files of the folder listed as not read
 
 
 @dataclass(frozen=True)
@@ -67,12 +77,26 @@ class Cut:
 
 
 @dataclass(frozen=True)
+class Crash:
+    stage: str
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
     stage: str  # seed | unlabelled (a data file) | generator | rater (model outputs) | pipeline
     data: Any  # file bytes (file name "data.jsonl" unless `file` says), or the model's outputs
-    expected: Rows | Error | Status | Unscored | Cut
+    expected: Rows | Error | Status | Unscored | Cut | Crash
     file: str = "data.jsonl"
+
+
+GUANACO_MULTI = {"text": "### Human: What is tea?### Assistant: A drink.### Human: Hot?### Assistant: Usually."}
+DEFAULT = ["--config", "default", "run.out_dir={tmp}/run"]
+
+
+def plan(*overrides: str) -> list[str]:
+    """`selfalign plan` with the default config: a bad value must stop it before it says 'fits'."""
+    return ["plan", *DEFAULT, *overrides]
 
 
 CASES = [
@@ -113,6 +137,76 @@ CASES = [
     Case("no usable row, LIMA", "unlabelled", jsonl({"conversations": ["q", "a", "q2", "a2"]}),
          Error("no usable unlabelled response", 1)),
     Case("empty file", "seed", b"", Error("no usable seed pair", None)),
+    # --- text safety and schema sniffing (issue 16)
+    Case("lone surrogate in a value", "seed",
+         jsonl(*GOOD_SEED, b'{"text": "### Human: Why\\ud800 is it?### Assistant: Because it is."}'),
+         Rows(2, {3: "lone_surrogate"})),
+    Case("lone surrogate in a key, LIMA", "unlabelled", jsonl(*GOOD_LIMA, b'{"conversations": ["q", "a b c"], "s\\udfff": 1}'),
+         Rows(2, {3: "lone_surrogate"})),
+    Case("invisible-only text (zero-width, BOM, word joiner)", "seed",
+         jsonl(*GOOD_SEED, {"instruction": "\u200b\ufeff\u2060", "output": "An answer."},
+               {"instruction": "Why?", "output": " \u200d\u00ad\u3164 "}),
+         Rows(2, {3: "empty", 4: "empty"})),
+    Case("invisible-only response, LIMA", "unlabelled", jsonl(*GOOD_LIMA, {"conversations": ["q", "\u200b\u200c \ufeff"]}),
+         Rows(2, {3: "empty"})),
+    Case("Guanaco conversations as unlabelled data", "unlabelled", jsonl(*GOOD_SEED, GUANACO_MULTI),
+         Error("looks like Guanaco conversations (3 rows", None)),
+    Case("a Guanaco row among LIMA rows", "unlabelled", jsonl(*GOOD_LIMA, GOOD_SEED[0]),
+         Rows(2, {3: "guanaco_conversation"})),
+    Case("deeply nested JSON", "seed", jsonl(*GOOD_SEED, b"[" * 100_000 + b"]" * 100_000, {"text": [[[[[[[[1]]]]]]]]}),
+         Rows(2, {3: "bad_json", 4: "wrong_type"})),
+    # --- formats (issue 16)
+    Case(".jsonl.gz given directly", "seed", jsonl(*GOOD_SEED), Rows(2), file="data.jsonl.gz"),
+    Case(".jsonl.zst given directly", "unlabelled", jsonl(*GOOD_LIMA, {"answer": 1}), Rows(2, {3: "missing_field"}),
+         file="data.jsonl.zst"),
+    Case(".json.gz holding an array", "seed", json.dumps(GOOD_SEED).encode(), Rows(2), file="data.json.gz"),
+    Case(".json holding one object over several lines", "unlabelled", json.dumps(GOOD_LIMA[0], indent=2).encode(),
+         Rows(1), file="data.json"),
+    Case(".parquet", "unlabelled", [*GOOD_LIMA, {"conversations": ["q"], "source": "c"}], Rows(2, {3: "no_response"}),
+         file="data.parquet"),
+    Case(".parquet.zst", "seed", GOOD_SEED, Rows(2), file="data.parquet.zst"),
+    Case("truncated .gz", "seed", gzip.compress(jsonl(*GOOD_SEED))[:-12], Error("not a readable gzip file", None),
+         file="data.jsonl.gz"),
+    Case("not parquet", "seed", b"PAR1 this is not parquet", Error("not a readable parquet file", None),
+         file="data.parquet"),
+    Case(".csv given directly", "seed", b"instruction,output\na,b\n", Error("format .csv is not read", None),
+         file="data.csv"),
+    Case("folder with .jsonl, .jsonl.gz, .csv and a hidden file", "seed",
+         {"a.jsonl": jsonl(GOOD_SEED[0]), "b.jsonl.gz": jsonl(GOOD_SEED[1], {"text": 1}), "c.csv": b"x,y\n",
+          ".notes.jsonl": jsonl(GOOD_SEED[0])},
+         Rows(2, {2: "wrong_type"}, not_read=("c.csv", ".notes.jsonl")), file="folder"),
+    Case("folder with no readable file", "unlabelled", {"a.csv": b"x\n", "b.xlsx": b"PK"},
+         Error("folder holds no readable data file", None), file="folder"),
+    Case("missing path", "seed", None, Error("file not found", None), file="nope.jsonl"),
+    # --- paths and values in the config (issue 16): one line, before anything is loaded
+    Case("empty data.seed", "cli", ["seed", *DEFAULT, "data.seed="], Error("'data.seed': must not be empty", None)),
+    Case("blank data.unlabelled", "cli", ["seed", *DEFAULT, "data.unlabelled=' '"],
+         Error("'data.unlabelled': must not be empty", None)),
+    Case("typo in a data path (.jsonI), default config, no real data here", "cli",
+         ["seed", *DEFAULT, "data.unlabelled=../shared/data/lima/train.jsonI"],
+         Error("data.unlabelled: ../shared/data/lima/train.jsonI: file not found", None)),
+    Case("unknown shipped sample", "cli", ["seed", *DEFAULT, "data.seed=sample:guanaco"],
+         Error("data.seed: unknown shipped sample 'sample:guanaco' (one of sample:seed", None)),
+    Case("lora.r=0", "cli", plan("lora.r=0"), Error("'lora.r': must be an integer >= 1 (got 0)", None)),
+    Case("lora.dropout=5", "cli", plan("lora.dropout=5"), Error("'lora.dropout': must be a number in [0, 1) (got 5)", None)),
+    Case("lora.dropout=nan", "cli", plan("lora.dropout=nan"), Error("'lora.dropout': must be a finite number in [0, 1)", None)),
+    Case("run.seed=-1", "cli", plan("run.seed=-1"), Error("'run.seed': must be an integer in [0, 4294967295] (got -1)", None)),
+    Case("run.seed=2**32", "cli", plan("run.seed=4294967296"), Error("'run.seed': must be an integer in [0, 4294967295]", None)),
+    Case("data.seed_limit=0", "cli", plan("data.seed_limit=0"), Error("'data.seed_limit': must be an integer >= 1 (got 0)", None)),
+    Case("learning rate inf", "cli", plan("train_forward.learning_rate=.inf"),
+         Error("'train_forward.learning_rate': must be a finite number > 0", None)),
+    Case("top_p=1.5", "cli", plan("generation.instruction.top_p=1.5"),
+         Error("'generation.instruction.top_p': must be a number in (0, 1] (got 1.5)", None)),
+    Case("curation.shots=9", "cli", plan("curation.shots=9"), Error("'curation.shots': must be an integer in [0, 5]", None)),
+    Case("a bool for a number", "cli", plan("train_backward.batch_size=true"),
+         Error("'train_backward.batch_size': must be a number, not true", None)),
+    Case("no LoRA target module", "cli", plan("lora.target_modules=[]"), Error("'lora.target_modules'", None)),
+    Case("the replaced key data.fallback_to_samples", "cli", plan("data.fallback_to_samples=true"),
+         Error("unknown key 'data.fallback_to_samples' (use data.samples_if_absent", None)),
+    # --- an error nobody foresaw (issue 16): injected
+    Case("unexpected exception in the seed stage", "crash", ("selfalign.seed.load_seed", "seed"), Crash("seed")),
+    Case("unexpected exception in a prerequisite stage", "crash", ("selfalign.backward.train_backward", "augment"),
+         Crash("train-backward")),
     # --- model outputs
     Case("instruction generator returns nothing", "generator", ["", "   \n ", "### Human:"], Status({"empty": 3})),
     Case("rater answers in another language", "rater", "Cette réponse est claire et utile. Note : quatre sur cinq.",
@@ -130,25 +224,31 @@ def cfg(smoke_cfg):
     from selfalign.pipeline import SAMPLES
 
     c = smoke_cfg.model_copy(deep=True)
-    c.data.fallback_to_samples = False  # a missing file is an error here, not the shipped sample
     c.data.seed, c.data.unlabelled = str(SAMPLES / "seed.jsonl"), str(SAMPLES / "unlabelled.jsonl")
     c.train_backward.max_steps = 1
     return c
 
 
-def cli(*args: str) -> tuple[int, str]:
+def cli(*args: str, out: bool = False) -> tuple[int, str] | tuple[int, str, str]:
     from selfalign.cli import main
 
     r = CliRunner().invoke(main, list(args))
     assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
     assert "Traceback" not in r.stderr
-    return r.exit_code, r.stderr
+    return (r.exit_code, r.stdout, r.stderr) if out else (r.exit_code, r.stderr)
 
 
-def n_rows(data: bytes) -> int:
+def n_rows(data: Any, name: str = "data.jsonl") -> int:
+    """The rows of a case's data, counted independently of the loaders."""
+    if isinstance(data, dict):  # a folder: the rows of its readable files
+        return sum(n_rows(v, k) for k, v in data.items() if not k.startswith(".") and ".csv" not in k)
+    if isinstance(data, list):  # parquet rows
+        return len(data)
     text = data.removeprefix(b"\xef\xbb\xbf")
     if text.lstrip().startswith(b"["):
         return len(json.loads(text))
+    if name.endswith(".json") and text.lstrip().startswith(b"{"):
+        return 1
     return sum(1 for line in text.split(b"\n") if line.strip())
 
 
@@ -156,13 +256,39 @@ def lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines()]
 
 
+def write_data(path: Path, data: Any) -> None:
+    """Write a case's data as its file name says: compressed (.gz, .zst), parquet, or a folder."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if data is None:
+        return
+    if isinstance(data, dict):
+        path.mkdir()
+        for name, content in data.items():
+            write_data(path / name, content)
+        return
+    name = path.name
+    codec = "gzip" if name.endswith(".gz") else "zstd" if name.endswith(".zst") else None
+    if ".parquet" in name and isinstance(data, list):
+        buf = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(data), buf)
+        data = buf.getvalue().to_pybytes()
+    if codec == "zstd":
+        with pa.output_stream(str(path), compression="zstd") as f:
+            f.write(data)
+    else:
+        path.write_bytes(gzip.compress(data) if codec == "gzip" and not data.startswith(b"\x1f\x8b") else data)
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                       capsys: pytest.CaptureFixture) -> None:
     from selfalign.pipeline import Run
 
     src = tmp_path / case.file
-    if isinstance(case.data, bytes):
-        src.write_bytes(case.data)
+    if case.stage in ("seed", "unlabelled", "pipeline"):
+        write_data(src, case.data)
     if case.stage == "seed":
         cfg.data.seed = str(src)
     elif case.stage in ("unlabelled", "pipeline"):
@@ -176,24 +302,61 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
                                    else ("augment", "unlabelled_rejects.jsonl"))))
         assert len(kept) == exp.kept
         assert {r["line"]: r["reason"].split(":")[0] for r in rejects} == exp.rejects
-        assert all(r["file"] == str(src) for r in rejects)
-        assert len(kept) + len(rejects) == n_rows(case.data)  # no silent drop
+        assert all(r["file"].startswith(str(src)) for r in rejects)
+        assert len(kept) + len(rejects) == n_rows(case.data, src.name)  # no silent drop
         counts = run.manifest.data["counts"]
         assert counts["seed_rejected" if case.stage == "seed" else "unlabelled_rejected"] == len(exp.rejects)
+        assert counts["seed_files_not_read" if case.stage == "seed" else "unlabelled_files_not_read"] == len(exp.not_read)
+        if exp.not_read:  # one line lists every file of the folder that is not read, with the reason
+            line = next(x for x in capsys.readouterr().out.splitlines() if "not read:" in x)
+            assert f"{len(exp.not_read)} files not read: " in line
+            assert all(f"{name} (" in line for name in exp.not_read)
         if case.stage == "seed":
             assert not any(p.instruction.startswith("\ufeff") for p in kept)
         else:
             assert not any(r.response.startswith("\ufeff") for r in kept)
 
+    elif isinstance(exp, Error) and case.stage == "cli":
+        (tmp_path / "cwd").mkdir()
+        monkeypatch.chdir(tmp_path / "cwd")  # an empty working directory: no ../shared/data here
+        args = [a.format(tmp=tmp_path) for a in case.data]
+        code, out, err = cli(*args, out=True)
+        assert code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+        assert exp.says in err, err
+        assert "fits" not in out  # `plan` stops before it says anything fits
+        assert not (tmp_path / "run").exists()  # failed before anything was loaded or written
+
     elif isinstance(exp, Error):
         cmd = "seed" if case.stage == "seed" else "augment"  # augment reads its data before training
         key = "data.seed" if case.stage == "seed" else "data.unlabelled"
         code, err = cli(cmd, "--config", "smoke", f"run.out_dir={tmp_path / 'run'}",
-                        f"models.base={tiny_model}", "data.fallback_to_samples=false", f"{key}={src}")
+                        f"models.base={tiny_model}", f"{key}={src}")
         assert code == 2 and err.count("\n") == 1 and err.startswith("error: ")
-        assert exp.says in err
+        assert exp.says in err, err
         assert (f"{src}:{exp.line}" if exp.line else str(src)) in err
         assert not (tmp_path / "run" / "backward").exists()  # failed before any training
+
+    elif isinstance(exp, Crash):
+        import importlib
+
+        target, command = case.data
+        module, name = target.rsplit(".", 1)
+
+        def broken(*a: Any, **k: Any) -> None:
+            raise ZeroDivisionError("injected failure")
+
+        monkeypatch.setattr(importlib.import_module(module), name, broken)
+        code, out, err = cli(command, "--config", "smoke",
+                             f"run.out_dir={tmp_path / 'run'}", f"models.base={tiny_model}", "train_backward.max_steps=1",
+                             out=True)
+        assert code == 1 and err.count("\n") == 1 and err.startswith("error: "), err
+        assert f"stage {exp.stage} failed with an unexpected ZeroDivisionError: injected failure" in err
+        assert "Traceback" not in out + err
+        log = Path(re.search(r"the traceback is in (\S+\.log)", err).group(1))
+        assert log.parent == tmp_path / "run" / "logs" and log.name.startswith("error-")
+        text = log.read_text()
+        assert "Traceback (most recent call last)" in text and "ZeroDivisionError: injected failure" in text
+        assert "in broken" in text  # the frame that raised
 
     elif isinstance(exp, Status):
         import selfalign.augment as aug
@@ -255,3 +418,36 @@ def _fake_generate(outputs: list[str]):  # noqa: ANN202
                 on_result(i, t)
         return texts
     return generate
+
+
+def test_unexpected_error_before_the_run_starts_logs_and_the_rerun_is_not_refused(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure before the run directory holds a manifest leaves only logs/ there: re-running
+    the same command must not refuse the folder as 'not a selfalign run'."""
+    import selfalign.pipeline as pipeline
+
+    real = pipeline.resolve_sources
+    monkeypatch.setattr(pipeline, "resolve_sources", lambda cfg: 1 / 0)
+    args = ("seed", "--config", "smoke", f"run.out_dir={tmp_path / 'run'}",
+            f"models.base={tiny_model}")
+    code, err = cli(*args)
+    assert code == 1 and "stage seed failed with an unexpected ZeroDivisionError" in err
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["logs"]
+    monkeypatch.setattr(pipeline, "resolve_sources", real)
+    code, err = cli(*args)
+    assert code == 0, err
+
+
+def test_error_log_falls_back_when_the_run_directory_cannot_be_written(tmp_path: Path) -> None:
+    from selfalign.cli import write_error_log
+
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the run directory should be")
+    try:
+        raise RuntimeError("boom \ud800")  # even an unwritable character reaches the log
+    except RuntimeError as e:
+        log = write_error_log(e, blocker / "run")
+    assert log is not None and log.parent.name == "selfalign-logs" and "run" not in log.parts[-3:-1]
+    text = log.read_text(encoding="utf-8")
+    assert "RuntimeError: boom \\ud800" in text and "Traceback (most recent call last)" in text
+    log.unlink()

@@ -32,6 +32,10 @@ def test_smoke_run_end_to_end(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
     assert len(lines(d / "responses.jsonl")) == smoke_cfg.forward.n_responses
     report = (d / "report.md").read_text()
     assert "## Counts" in report and "## High-scored pairs" in report and "## Responses of the forward model" in report
+    # the smoke config names the shipped samples: the first lines and the report say so
+    assert "data.seed: sample:seed -> " in out and "uses the small OASST1 samples shipped" in out
+    assert "**This run used the small OASST1 samples shipped with selfalign, not real data.**" in report
+    assert "| data.unlabelled | `sample:unlabelled` | shipped sample: `" in report
     manifest = json.loads((d / "manifest.json").read_text())
     assert all(s["status"] == "done" for s in manifest["stages"].values())
     assert manifest["counts"]["sampled"] == smoke_cfg.data.unlabelled_n
@@ -210,10 +214,9 @@ def test_cli_bad_config_key_is_one_line(tmp_path: Path) -> None:
 
 
 def test_cli_missing_data_is_one_line(tmp_path: Path) -> None:
-    r = cli("seed", "--config", "smoke", "data.fallback_to_samples=false",
-            f"data.seed={tmp_path}/nope.jsonl", f"run.out_dir={tmp_path}/r")
+    r = cli("seed", "--config", "smoke", f"data.seed={tmp_path}/nope.jsonl", f"run.out_dir={tmp_path}/r")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.strip() == f"error: {tmp_path}/nope.jsonl: file not found"
+    assert r.stderr.strip() == f"error: data.seed: {tmp_path}/nope.jsonl: file not found"
 
 
 def test_cli_prints_resolved_config(tmp_path: Path) -> None:

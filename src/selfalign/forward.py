@@ -13,7 +13,7 @@ from typing import Any
 
 from selfalign.config import Config, ForwardConfig
 from selfalign.generation import Engine, GenParams, generate
-from selfalign.io import DataError
+from selfalign.io import DataError, is_blank
 from selfalign.prompts import forward_messages, render_prompt
 from selfalign.records import RatedPair, RejectLog, SeedPair
 from selfalign.train import TrainExample, TrainResult, train_lora
@@ -61,7 +61,7 @@ def load_prompts(path: str, limit: int | None = None, split: str = "test") -> li
             text = row["conversations"][0]
         else:
             text = row.get("instruction", row.get("prompt", row.get("text")))
-        if isinstance(text, str) and text.strip():
+        if isinstance(text, str) and not is_blank(text):
             out.append(text.strip())
         else:
             rejects.add(path, line, "no_prompt")

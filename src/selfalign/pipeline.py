@@ -9,6 +9,7 @@ generation stages append records as they go and resume where they stopped.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -32,11 +33,12 @@ from selfalign.io import (
 )
 from selfalign.manifest import Manifest, fingerprint, stage_key, versions
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, UnlabelledResponse
+from selfalign.sources import SAMPLES as SAMPLES  # noqa: F401 - re-exported for callers
+from selfalign.sources import Source, resolve_source, resolve_sources
 
 # Generation stages append records to one log: they must not run once per rank.
 SINGLE_PROCESS_STAGES = {"augment", "curate-1", "curate-2", "responses"}
 STAGES = ["seed", "train-backward", "augment", "curate", "train-forward", "responses"]
-SAMPLES = Path(__file__).parent / "sample_data"
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ STAGE_READS: dict[str, Reads] = {
 # threshold and iterations, handled outside the keys: see above and `final_forward`).
 NOT_READ_BY_STAGES = (
     "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
-    "run.templates_dir", "models.cache_dir", "models.trust_remote_code", "data.fallback_to_samples",
+    "run.templates_dir", "models.cache_dir", "models.trust_remote_code", "data.samples_if_absent",
     "generation.backend", "generation.batch_size", "generation.max_batch_size", "generation.memory_budget_gb",
     "curation.threshold", "curation.iterations", "hub.",
 )
@@ -96,14 +98,24 @@ def say(msg: str) -> None:
     print(f"[selfalign] {msg}", flush=True)
 
 
+_SAMPLE_KEY = {"seed.jsonl": "data.seed", "unlabelled.jsonl": "data.unlabelled", "prompts.jsonl": "data.eval_prompts"}
+
+
 def resolve_data(path: str, sample: str, cfg: Config) -> str:
-    """The configured path, or the shipped sample file when it is absent and fallback is on."""
-    p = Path(path).expanduser()
-    looks_local = path.startswith((".", "/", "~")) or p.suffix in (".jsonl", ".json", ".parquet", ".txt")
-    if looks_local and not p.exists() and cfg.data.fallback_to_samples:
-        say(f"{path} not found: using the shipped sample {SAMPLES / sample}")
-        return str(SAMPLES / sample)
-    return path
+    """The local path or Hub id that a data source of the config names (see `sources.py`): a
+    missing path is a DataError; the shipped `sample` only where the config asks for it."""
+    src = resolve_source(path, _SAMPLE_KEY.get(sample, "data"), cfg)
+    if src.kind != "local" or src.given != src.resolved:
+        say(src.describe())
+    return src.resolved
+
+
+def announce_sources(sources: dict[str, Source]) -> None:
+    """The first lines of a run: what each data source was resolved to, samples loudly."""
+    for src in sources.values():
+        say(src.describe())
+    if any(s.kind == "sample" for s in sources.values()):
+        say("note: this run uses the small OASST1 samples shipped with selfalign, not real data")
 
 
 def _file_fp(path: str) -> str:
@@ -198,7 +210,14 @@ def _once(method):  # noqa: ANN001, ANN202
     def wrapper(self, *args):  # noqa: ANN001, ANN002, ANN202
         key = (method.__name__, args)
         if key not in self._memo:
-            self._memo[key] = method(self, *args)
+            try:
+                self._memo[key] = method(self, *args)
+            except Exception as e:
+                # the innermost stage names an unexpected error for the CLI's one line
+                if not hasattr(e, "selfalign_stage"):
+                    with contextlib.suppress(AttributeError):
+                        e.selfalign_stage = "-".join([method.__name__.replace("_", "-"), *map(str, args)])
+                raise
         return self._memo[key]
 
     return wrapper
@@ -215,18 +234,23 @@ class Run:
 
         use_templates(cfg.run.templates_dir)
         self.dir = Path(cfg.run.out_dir)
+        self.sources = resolve_sources(cfg)  # a missing data path fails here, before any stage
+        announce_sources(self.sources)
         self._check_dir()
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
         self.manifest = Manifest(self.dir)
-        self.manifest.data.update(config=cfg.to_dict(), versions=versions(), seed=cfg.run.seed)
+        self.manifest.data.update(config=cfg.to_dict(), versions=versions(), seed=cfg.run.seed,
+                                  data_sources={k: s.to_dict() for k, s in self.sources.items()})
         self.manifest.save()
         atomic_write_text(self.dir / "config.yaml", cfg.to_yaml())
 
     def _check_dir(self) -> None:
         """Refuse an out_dir that holds something else than this run (or a resume of it)."""
         d = self.dir
-        if not d.exists() or not any(d.iterdir()) or self.cfg.run.force:
+        # logs/ (error logs of runs that failed before they wrote anything) and hidden temp files
+        # (another rank writing its manifest this very moment) do not make a folder "used"
+        if not d.exists() or self.cfg.run.force or all(p.name == "logs" or p.name.startswith(".") for p in d.iterdir()):
             return
         m = d / "manifest.json"
         if not m.exists():
@@ -287,7 +311,7 @@ class Run:
     @_once
     def seed(self) -> list[SeedPair]:
         d = self.cfg.data
-        src = resolve_data(d.seed, "seed.jsonl", self.cfg)
+        src = self.sources["data.seed"].resolved
         out = self.path("seed", "pairs.jsonl")
         if self._stage("seed", self.key("seed", source=[src, _file_fp(src)]), [out]):
             from selfalign.seed import load_seed
@@ -296,8 +320,10 @@ class Run:
             pairs = load_seed(src, d.seed_split, d.seed_english_only, d.seed_limit, rejects)
             rejects.write(self.path("seed", "rejects.jsonl"))
             write_jsonl(out, [asdict(p) for p in pairs])
-            say(f"seed: {len(pairs)} pairs from {src}; {rejects.summary()}")
-            self.manifest.count(seed_pairs=len(pairs), seed_rejected=len(rejects))
+            past = f"; {rejects.past_limit} rows past data.seed_limit not used" if rejects.past_limit else ""
+            say(f"seed: {len(pairs)} pairs from {src}; {rejects.summary()}{past}")
+            self.manifest.count(seed_pairs=len(pairs), seed_rejected=len(rejects), seed_past_limit=rejects.past_limit,
+                                seed_files_not_read=len(rejects.not_read))
             self.manifest.finish("seed", source=src)
             return pairs
         return [SeedPair(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()]
@@ -323,7 +349,7 @@ class Run:
     @_once
     def sample(self) -> list[UnlabelledResponse]:
         d = self.cfg.data
-        src = resolve_data(d.unlabelled, "unlabelled.jsonl", self.cfg)
+        src = self.sources["data.unlabelled"].resolved
         out = self.path("augment", "sample.jsonl")
         if self._stage("sample", self.key("sample", source=[src, _file_fp(src)]), [out]):
             from selfalign.unlabelled import load_unlabelled, sample_single_turn
@@ -337,7 +363,8 @@ class Run:
             say(f"sample: {len(pool)} single-turn responses ({n_multi} multi-turn dropped, "
                 f"{rejects.summary()}), sampled {len(picked)}")
             self.manifest.count(unlabelled_single_turn=len(pool), unlabelled_multi_turn=n_multi,
-                                unlabelled_rejected=len(rejects), sampled=len(picked))
+                                unlabelled_rejected=len(rejects), unlabelled_files_not_read=len(rejects.not_read),
+                                sampled=len(picked))
             self.manifest.finish("sample", source=src)
             return picked
         return [UnlabelledResponse(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()]
@@ -465,7 +492,7 @@ class Run:
     def responses(self) -> list[dict[str, str]]:
         fwd = self.final_forward()
         c = self.cfg
-        src = resolve_data(c.data.eval_prompts, "prompts.jsonl", c)
+        src = self.sources["data.eval_prompts"].resolved
         out = self.path("responses.jsonl")
         key = self.key("responses", c.curation.iterations, source=[src, _file_fp(src)])
         if self._stage("responses", key, [out]):

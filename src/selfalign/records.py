@@ -73,6 +73,8 @@ class RejectLog:
 
     def __init__(self) -> None:
         self.items: list[Reject] = []
+        self.not_read: list[tuple[str, str]] = []  # (file, reason): files of a folder not read
+        self.past_limit = 0  # rows not looked at: the loader's limit was reached before them
 
     def add(self, file: str | Path, line: int, reason: str, text: str = "") -> None:
         self.items.append(Reject(str(file), line, reason, text[:200]))

@@ -116,6 +116,20 @@ def _md(text: str, n: int = 400) -> str:
     return _short(text, n).replace("|", "\\|")
 
 
+def data_lines(sources: dict[str, dict[str, str]]) -> list[str]:
+    """The report's "Data" section: what each data key was resolved to, shipped samples loudly."""
+    if not sources:
+        return []
+    out = ["## Data", ""]
+    if any(s.get("kind") == "sample" for s in sources.values()):
+        out += ["**This run used the small OASST1 samples shipped with selfalign, not real data.**", ""]
+    out += ["| key | given | read from | note |", "|---|---|---|---|"]
+    for key, s in sources.items():
+        kind = {"sample": "shipped sample: ", "hub": "Hub dataset: "}.get(s.get("kind", ""), "")
+        out.append(f"| {key} | `{s.get('given')}` | {kind}`{s.get('resolved')}` | {_md(s.get('note', ''))} |")
+    return out + [""]
+
+
 def write_report(
     path: Path,
     run_dir: Path,
@@ -124,10 +138,11 @@ def write_report(
     rated: list[RatedPair],
     responses: list[dict[str, Any]],
 ) -> None:
-    """`report.md` of a run: counts and stages from the manifest, then the three deliverables."""
+    """`report.md` of a run: data sources, counts and stages from the manifest, then the three deliverables."""
     c = manifest.get("counts", {})
-    lines = ["# selfalign run report", "", f"Run directory: `{run_dir}`", "", "## Counts", "",
-             table(["stage", "count"], [[k, v] for k, v in c.items() if not isinstance(v, dict)])]
+    lines = ["# selfalign run report", "", f"Run directory: `{run_dir}`", ""]
+    lines += data_lines(manifest.get("data_sources", {}))
+    lines += ["## Counts", "", table(["stage", "count"], [[k, v] for k, v in c.items() if not isinstance(v, dict)])]
     for k, v in c.items():
         if isinstance(v, dict):
             lines += ["", f"### {k}", "", "```", json.dumps(v, indent=1), "```"]

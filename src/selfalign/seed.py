@@ -11,7 +11,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from selfalign.io import DataError, data_files, iter_json_rows
+from selfalign.io import (
+    DataError,
+    format_not_read,
+    is_blank,
+    iter_json_rows,
+    list_data_files,
+    preview,
+)
 from selfalign.records import RejectLog, SeedPair
 
 _TURN_RE = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)
@@ -63,8 +70,8 @@ def first_turn(row: dict[str, Any]) -> tuple[str, str, int] | str:
     if "text" in row:
         if not isinstance(row["text"], str):
             return "wrong_type: text is not a string"
-        if not row["text"].strip():
-            return "empty: empty text"
+        if is_blank(row["text"]):
+            return "empty: empty or invisible text"
         turns = split_guanaco(row["text"])
         if not turns:
             return "no_markers: no '### Human:'/'### Assistant:' marker"
@@ -86,35 +93,55 @@ def first_turn(row: dict[str, Any]) -> tuple[str, str, int] | str:
     if len(turns) < 2 or turns[0][0] != "user" or turns[1][0] != "assistant":
         return "no_first_turn: does not start with a human turn followed by an assistant turn"
     instruction, response = turns[0][1].strip(), turns[1][1].strip()
-    if not instruction:
-        return "empty: empty instruction"
-    if not response:
-        return "empty: empty response"
+    if is_blank(instruction):
+        return "empty: empty or invisible instruction"
+    if is_blank(response):
+        return "empty: empty or invisible response"
     n_turns = sum(1 for r, _ in turns if r == "assistant")
     return instruction, response, n_turns
 
 
-def _rows_from_hub(name: str, split: str) -> list[tuple[str, int, dict[str, Any]]]:
+def _rows_from_hub(name: str, split: str, rejects: RejectLog) -> list[tuple[str, int, dict[str, Any]]]:
     import datasets
 
     try:
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one clear line
         raise DataError(f"cannot load dataset '{name}' (split {split}): {e}") from None
-    return [(name, i + 1, dict(r)) for i, r in enumerate(ds)]
+    from selfalign.io import lone_surrogate
+
+    out = []
+    for i, r in enumerate(ds):
+        bad = lone_surrogate(dict(r))
+        if bad:
+            rejects.add(name, i + 1, f"lone_surrogate: {bad}")
+        else:
+            out.append((name, i + 1, dict(r)))
+    return out
 
 
 def load_rows(source: str, split: str, rejects: RejectLog) -> list[tuple[str, int, dict[str, Any]]]:
-    """(file, line, row) from a local file or folder, or a Hub dataset id."""
+    """(file, line, row) from a local file or folder, or a Hub dataset id (`owner/name`).
+
+    The files of a folder that are not read (another format, hidden) are listed in one line and
+    kept in `rejects.not_read`."""
+    from selfalign.sources import is_hub_id
+
+    if not source or not source.strip():
+        raise DataError("empty data path")
     p = Path(source).expanduser()
     if p.exists():
+        files, skipped = list_data_files(p)
+        if skipped:
+            rejects.not_read.extend((str(p / name), why) for name, why in skipped)
+            print(f"[selfalign] {p}: {format_not_read(skipped)}", flush=True)
         out = []
-        for f in data_files(p):
+        for f in files:
             out.extend((str(f), line, row) for line, row in iter_json_rows(f, rejects))
         return out
-    if source.startswith((".", "/", "~")) or source.endswith((".jsonl", ".json", ".parquet", ".txt")):
+    if not is_hub_id(source):
         raise DataError(f"{source}: file not found")
-    return _rows_from_hub(source, split)
+    return _rows_from_hub(source, split, rejects)
 
 
 def load_seed(
@@ -128,10 +155,11 @@ def load_seed(
     rejects = rejects if rejects is not None else RejectLog()
     pairs: list[SeedPair] = []
     seen: set[tuple[str, str]] = set()
-    for file, line, row in load_rows(source, split, rejects):
+    rows = load_rows(source, split, rejects)
+    for n, (file, line, row) in enumerate(rows, start=1):
         got = first_turn(row)
         if isinstance(got, str):
-            rejects.add(file, line, got, str(row.get("text", row))[:200])
+            rejects.add(file, line, got, preview(row.get("text", row)))
             continue
         instruction, response, n_turns = got
         if english_only and not is_english(instruction + " " + response):
@@ -145,6 +173,7 @@ def load_seed(
         source_id = str(row.get("id", row.get("message_tree_id", f"{Path(file).name}:{line}")))
         pairs.append(SeedPair(instruction, response, source_id, n_turns))
         if limit is not None and len(pairs) >= limit:
+            rejects.past_limit = len(rows) - n
             break
     if not pairs:
         first = f"; first: {rejects.first()}" if len(rejects) else ""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from selfalign.io import DataError
+from selfalign.io import DataError, is_blank, preview
 from selfalign.records import RejectLog, UnlabelledResponse
-from selfalign.seed import load_rows
+from selfalign.seed import _TURN_RE, load_rows
 
 
 def is_multi_turn(conversations: list[str]) -> bool:
@@ -36,8 +36,11 @@ def response_of(row: dict[str, Any]) -> str:
         raise ValueError("missing_field: no conversations, text, response or output field")
     if not isinstance(text, str):
         raise ValueError("wrong_type: response is not a string")
-    if not text.strip():
-        raise ValueError("empty: empty or whitespace-only response")
+    if is_blank(text):
+        raise ValueError("empty: empty, whitespace-only or invisible response")
+    if _TURN_RE.search(text):
+        # a Guanaco conversation is seed data: its "response" holds the human turns too
+        raise ValueError("guanaco_conversation: holds '### Human:'/'### Assistant:' turns")
     return text.strip()
 
 
@@ -52,7 +55,7 @@ def load_unlabelled(
         try:
             text = response_of(row)
         except ValueError as e:
-            rejects.add(file, line, str(e), str(row)[:200])
+            rejects.add(file, line, str(e), preview(row))
             continue
         if text in seen:
             rejects.add(file, line, "duplicate", text)
@@ -60,6 +63,13 @@ def load_unlabelled(
         seen.add(text)
         name = str(row.get("source", "")) if isinstance(row.get("source", ""), str) else ""
         out.append(UnlabelledResponse(text, source_id=f"{_short(file)}:{line}", source=name))
+    n_guanaco = rejects.counts().get("guanaco_conversation", 0)
+    if n_guanaco and n_guanaco >= len(out):
+        raise DataError(
+            f"{source}: looks like Guanaco conversations ({n_guanaco} rows hold '### Human:' turns, "
+            f"{len(out)} are plain responses): unlabelled data must be responses without instructions "
+            "(LIMA `conversations` or `text` rows); give Guanaco data as data.seed"
+        )
     if not out:
         first = f"; first: {rejects.first()}" if len(rejects) else ""
         raise DataError(f"{source}: no usable unlabelled response ({rejects.summary()}{first})")
