@@ -1,4 +1,4 @@
-"""Hostile inputs, one table: every case of issue 6 with its expected outcome.
+"""Hostile inputs, one table: every case of issues 6 and 16 with its expected outcome.
 
 Outcomes (never a traceback, never a silent drop):
 - Rows(kept, rejects): the loader keeps `kept` rows and writes each bad line to the stage's
