@@ -115,6 +115,10 @@ class GenerationConfig(_Section):
     batch_size: int = 8
     max_batch_size: int = 32
     memory_budget_gb: float | None = None
+    # vLLM: share of the GPU's memory its engine takes (weights + KV cache). One engine runs at a
+    # time and is shut down before the next stage loads a model; vLLM refuses to start when less
+    # than this share is free.
+    gpu_memory_utilization: float = 0.85
     max_prompt_tokens: int = 768  # long responses are cut to fit this in prompts
     instruction: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=64)
@@ -129,6 +133,13 @@ class GenerationConfig(_Section):
     def _batch(cls, v: int) -> int:
         if v < 0:
             raise ValueError("must be >= 1, or 0 for auto")
+        return v
+
+    @field_validator("gpu_memory_utilization")
+    @classmethod
+    def _share(cls, v: float) -> float:
+        if not 0.0 < v <= 1.0:
+            raise ValueError("must be > 0 and <= 1")
         return v
 
     @field_validator("max_batch_size")

@@ -116,6 +116,7 @@ RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
+    "generation.gpu_memory_utilization",
 )
 
 
@@ -449,6 +450,10 @@ def run_pipeline(cfg: Config, until: str = "responses") -> Run:
         raise ValueError(f"unknown stage {until!r}; one of {STAGES}")
     from selfalign.models import setup_threads
 
+    if cfg.generation.backend == "vllm":  # before hours of training: one line if vllm won't do
+        from selfalign.vllm_backend import check_vllm
+
+        check_vllm()
     setup_threads(cfg.run.threads)
     t0 = time.perf_counter()
     run = Run(cfg)
