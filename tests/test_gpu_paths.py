@@ -279,3 +279,23 @@ def test_t4_curation_plan_counts_the_real_prompt_and_the_prefix_cache(tmp_path: 
     assert 2400 < shared < 2600  # the 3-shot prefix, once per stage (~1.2 GiB)
     assert curate.parts["kv_cache"] == cfg.generation.batch_size * Shape.from_config(LLAMA7B).kv_bytes(4097, 2)
     assert curate.fits
+
+
+def test_notebook_picks_the_config_by_the_gpu_found() -> None:
+    from selfalign.memory import QLORA_CONFIG, config_for_gpu
+
+    t4 = config_for_gpu(14.7, (7, 5))  # Colab's T4 reports 14.7 GiB
+    assert t4[0] == QLORA_CONFIG == "configs/llama2-7b-qlora-t4.yaml" and "fp16" in t4[2]
+    assert load_config(REPO / t4[0], t4[1]).models.load_in_4bit
+    kaggle = config_for_gpu(14.7, (7, 5), count=2)  # Kaggle 2 x T4: the DDP launch line
+    assert kaggle[0] == QLORA_CONFIG and "configs/accelerate/ddp.yaml --num_processes 2" in kaggle[2]
+    assert config_for_gpu(15.9, (6, 0))[0] == QLORA_CONFIG  # Kaggle P100: fp16, no bf16
+    assert config_for_gpu(79.1, (8, 0)) == ("configs/llama2-7b.yaml", [], "79 GiB: LLaMA-2-7B in 16 bit with LoRA")
+    assert config_for_gpu(23.6, (8, 6))[1] == ["generation.batch_size=2"]
+    assert config_for_gpu(31.7, (7, 0))[1] == ["generation.batch_size=2", "models.dtype=float16"]  # V100 32 GB
+    plans = dict(plan_run(load_config(REPO / "configs" / "llama2-7b.yaml", ["generation.batch_size=2",
+                                                                              "run.device_memory_gb=23.6"])))
+    assert all(p is not None and p.fits for p in plans.values())  # a 24 GB GPU (RTX 4090: 23.6 GiB usable)
+    assert config_for_gpu(None)[0] == "configs/default.yaml"
+    plans = dict(plan_run(load_config(REPO / t4[0], [*t4[1], "run.device_memory_gb=14.7"])))
+    assert all(p is not None and p.fits for p in plans.values())  # the T4 choice fits a T4

@@ -41,7 +41,7 @@ class ModelsConfig(_Section):
     # on the seed data only, as in the paper's first iteration).
     rater: str = "smollm2"
     cache_dir: str = "~/.cache/selfalign"  # converted GGUF models live here
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs of compute capability 8.0+, fp16 on older GPUs, fp32 on CPU
     trust_remote_code: bool = False  # never run Hub code unless asked
     load_in_4bit: bool = False  # QLoRA (needs bitsandbytes and a GPU)
 

@@ -90,8 +90,9 @@ def rating_prompts(
             prompt, c = fit_prompt(engine.tokenizer, lambda r, p=p: render_prompt(
                 engine.tokenizer, rating_messages(p.instruction, r, shots)), p.response, max_response_tokens, limit)
         except PromptTooLong as e:
-            raise ConfigError(f"curation: {e} (pair {p.source_id}); lower curation.shots or "
-                              "curation.max_new_tokens") from None
+            raise ConfigError(f"curation: {e} (pair {p.source_id}, instruction of {len(p.instruction)} characters); "
+                              "lower curation.shots, curation.max_new_tokens or generation.instruction.max_new_tokens"
+                              ) from None
         out.append(prompt)
         cut.append(c)
     return out, cut

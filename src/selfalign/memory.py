@@ -461,3 +461,31 @@ def plan_run(cfg: Config) -> list[tuple[str, Plan | None]]:
         ("train-forward", make_plan(cfg, cfg.models.base, base, device, train=cfg.train_forward)),
         gen("responses", cfg.models.base, base, cfg.lora),
     ]
+
+
+def config_for_gpu(total_gib: float | None, capability: tuple[int, int] | None = None,
+                   count: int = 1) -> tuple[str, list[str], str]:
+    """(config, overrides, why) for the GPU a notebook finds: what `CONFIG = "auto"` runs.
+
+    A run uses one GPU (generation runs in one process); with several, the note gives the
+    launch line that trains on all of them."""
+    if total_gib is None:
+        return "configs/default.yaml", [], "no GPU: the offline SmolLM2-135M config (plumbing, not quality)"
+    bf16 = capability is not None and capability[0] >= 8
+    fp16 = [] if bf16 else ["models.dtype=float16"]  # no native bf16 before compute capability 8.0
+    if total_gib >= 38:
+        cfg, over, why = "configs/llama2-7b.yaml", fp16, f"{total_gib:.0f} GiB: LLaMA-2-7B in 16 bit with LoRA"
+    elif total_gib >= 22:
+        cfg, over, why = ("configs/llama2-7b.yaml", ["generation.batch_size=2", *fp16],
+                          f"{total_gib:.0f} GiB: LLaMA-2-7B in 16 bit, generation batch 2")
+    else:
+        cfg, over, why = QLORA_CONFIG, [], f"{total_gib:.0f} GiB: 4-bit QLoRA in fp16 (T4, P100, V100 16 GB)"
+        if total_gib < 14:
+            why += "; under 14 GiB it may not fit: read the memory plan below"
+    if not bf16:
+        why += "; no native bf16 on this GPU (compute capability < 8.0): fp16"
+    if count > 1:
+        why += (f"; {count} GPUs: this notebook uses one; to train on all, run `selfalign augment`, then "
+                f"`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes {count} -m "
+                f"selfalign.cli train-forward --config {cfg}` with grad_accum divided by {count}")
+    return cfg, over, why
