@@ -133,3 +133,35 @@ def test_llama2_lane_vllm_backend(llama2: dict[str, Path], tmp_path: Path, monke
     assert responses.requests[0][2][0] == "forward_1"
     curated = (tmp_path / "run" / "curated" / "data.jsonl").read_text().splitlines()
     assert len(curated) == 4  # every pair rated 5 through the fake engine
+
+
+def test_rating_prompts_of_all_lima_pairs_fit_llama2_context() -> None:
+    """All 1,000 single-turn LIMA pairs (their instructions cut to the 128 tokens a generated one can
+    have) rated with the llama2-7b config: 13.8% would run past 4,096 tokens with the 256 new tokens;
+    after the cut none does, and every cut is counted."""
+    if not (TOKENIZERS / "llama2-chat" / "tokenizer.json").is_file():
+        pytest.skip("../shared/tokenizers is absent")
+    from types import SimpleNamespace
+
+    from transformers import AutoTokenizer
+
+    from selfalign.curate import rating_prompts
+    from selfalign.prompts import count_tokens, rating_messages, render_prompt, truncate_tokens
+    from selfalign.records import AugmentedPair
+
+    cfg = load_config(REPO / "configs" / "llama2-7b.yaml")
+    cur, tok = cfg.curation, AutoTokenizer.from_pretrained(TOKENIZERS / "llama2-chat")
+    rows = [json.loads(x) for x in need(LIMA).read_text().splitlines()]
+    pairs = [AugmentedPair(truncate_tokens(tok, r["conversations"][0], 128)[0], r["conversations"][1], str(i), "lima", "")
+             for i, r in enumerate(rows) if len(r["conversations"]) == 2]
+    before = [count_tokens(tok, render_prompt(tok, rating_messages(
+        p.instruction, truncate_tokens(tok, p.response, cur.max_response_tokens)[0], cur.shots))) for p in pairs]
+    over = sum(b + cur.max_new_tokens > CONTEXT for b in before)
+    assert len(pairs) == 1000 and over == 138  # 13.8% (measured)
+    prompts, cut = rating_prompts(SimpleNamespace(tokenizer=tok, context=CONTEXT), pairs, cur.shots,
+                                  cur.max_response_tokens, cur.max_new_tokens)
+    after = [count_tokens(tok, p) for p in prompts]
+    assert max(after) + cur.max_new_tokens <= CONTEXT and max(after) > CONTEXT - cur.max_new_tokens - 16
+    long = sum(len(tok(p.response, add_special_tokens=False)["input_ids"]) > cur.max_response_tokens for p in pairs)
+    assert sum(cut) >= max(long, over) and all(c for b, c in zip(before, cut, strict=True)
+                                                if b + cur.max_new_tokens > CONTEXT)

@@ -296,7 +296,7 @@ class Run:
             status = status_counts(pairs)
             n_cut = sum(p.response_cut for p in pairs)
             say(f"augment: {len(pairs)} instructions generated; {status}; {n_cut} responses cut to "
-                f"{c.generation.max_prompt_tokens} tokens in the prompt")
+                f"{c.generation.max_prompt_tokens} tokens (or to fit the model's context) in the prompt")
             self.manifest.count(generated=len(pairs), generated_ok=status["ok"], generated_status=status,
                                 generated_response_cut=n_cut)
             self.manifest.finish("augment")
@@ -366,7 +366,7 @@ class Run:
         say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
             f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
             f"parse-failure rate {stats['parse_failure_rate']}; {stats['response_cut']} responses cut to "
-            f"{c.curation.max_response_tokens} tokens in the prompt")
+            f"{c.curation.max_response_tokens} tokens (or to fit the model's context) in the prompt")
         self.manifest.count(**{f"curation_{iteration}": stats})
         return rated
 
