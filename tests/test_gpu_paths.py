@@ -299,3 +299,30 @@ def test_notebook_picks_the_config_by_the_gpu_found() -> None:
     assert config_for_gpu(None)[0] == "configs/default.yaml"
     plans = dict(plan_run(load_config(REPO / t4[0], [*t4[1], "run.device_memory_gb=14.7"])))
     assert all(p is not None and p.fits for p in plans.values())  # the T4 choice fits a T4
+
+
+def test_fsdp_training_arguments_are_for_the_gpu_though_the_weights_wait_on_the_cpu(
+        monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path) -> None:
+    import transformers
+
+    from selfalign.train import TrainExample, train_lora
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    fake_cuda(monkeypatch)
+    spy = _Loads(monkeypatch, [])
+    seen: dict = {}
+
+    class Stop(Exception):
+        pass
+
+    def args(**kw):  # noqa: ANN003, ANN202
+        seen.update(kw)
+        raise Stop
+
+    monkeypatch.setattr(transformers, "TrainingArguments", args)
+    cfg = load_config(REPO / "configs" / "llama2-7b.yaml", ["run.device_memory_gb=80"])
+    with pytest.raises(Stop):
+        train_lora([TrainExample([{"role": "user", "content": "hi"}], "hello")], tmp_path / "a", cfg.models,
+                   cfg.lora, cfg.train_forward, str(tiny_model), run_cfg=cfg)
+    # a GPU run, though the weights are still on the CPU (the spy loads fp32 there; bf16 was asked for)
+    assert seen["use_cpu"] is False and spy.kwargs["dtype"] == torch.bfloat16 and "device_map" not in spy.kwargs
