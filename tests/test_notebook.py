@@ -83,7 +83,7 @@ def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the test Hub takes binary files by LFS, not xet
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice"}) as hub:
         params.source = "\n".join([
-            'CONFIG = "configs/default.yaml"',
+            'CONFIG = "default"',
             f"OVERRIDES = {TINY!r}",
             f"OUT_DIR = {str(out_dir)!r}",
             "INSTALL = False",
@@ -116,3 +116,21 @@ def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.Mo
     assert (out_dir / "forward" / "adapter_model.safetensors").is_file()
     assert (out_dir / "backward" / "adapter_model.safetensors").is_file()
     assert TOKEN not in out
+
+
+def test_notebook_auto_defaults_pick_config_and_out_dir(tmp_path: Path) -> None:
+    """The committed parameters (CONFIG, OUT_DIR, SELFALIGN_SRC "auto") with INSTALL off: on this
+    CPU machine the install cell picks the offline config and a local run directory, no Drive."""
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert re.search(r'^CONFIG = "auto"', params.source, re.M) and re.search(r'^OUT_DIR = "auto"', params.source, re.M)
+    assert re.search(r'^SELFALIGN_SRC = "auto"', params.source, re.M)
+    params.source = params.source.replace("INSTALL = True", "INSTALL = False")
+    install = next(c for c in nb.cells if c.cell_type == "code" and "config_for_gpu" in c.source)
+    nb.cells = [params, install]
+    client = nbclient.NotebookClient(nb, km=_kernel_manager(tmp_path), timeout=300,
+                                     resources={"metadata": {"path": str(REPO / "notebooks")}})
+    client.execute()
+    out = _text(install)
+    assert "running on this machine; selfalign from ." in out
+    assert "CONFIG = 'default'" in out and "OUT_DIR = 'runs/default'" in out

@@ -6,9 +6,10 @@ import re
 from dataclasses import asdict
 from pathlib import Path
 
-from selfalign.generation import Engine, GenParams, generate
+from selfalign.config import ConfigError
+from selfalign.generation import Engine, GenParams, context_limit, generate
 from selfalign.io import RecordLog
-from selfalign.prompts import backward_prompt
+from selfalign.prompts import PromptTooLong, backward_prompt
 from selfalign.records import AugmentedPair, UnlabelledResponse
 
 # Template pieces a weak backward model sometimes echoes at the start of its output.
@@ -66,8 +67,12 @@ def augment(
     settings = {"temperature": params.temperature, "top_p": params.top_p,
                 "max_new_tokens": params.max_new_tokens, "seed": params.seed, "model": engine.name}
     prompts, was_cut = [], []
-    for r in todo:  # a long response is cut to fit the prompt budget; the record says so
-        prompt, c = backward_prompt(engine.tokenizer, r.response, max_prompt_tokens)
+    limit = context_limit(engine, params.max_new_tokens)
+    for r in todo:  # a long response is cut to fit the prompt budget and the context; the record says so
+        try:
+            prompt, c = backward_prompt(engine.tokenizer, r.response, max_prompt_tokens, limit)
+        except PromptTooLong as e:
+            raise ConfigError(f"augment: {e}; lower generation.instruction.max_new_tokens") from None
         prompts.append(prompt)
         was_cut.append(c)
 

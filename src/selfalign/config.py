@@ -110,7 +110,7 @@ class ModelsConfig(_Section):
     # on the seed data only, as in the paper's first iteration).
     rater: Text = "smollm2"
     cache_dir: Text = "~/.cache/selfalign"  # converted GGUF models live here
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: fp32 on CPU
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on GPUs of compute capability 8.0+, fp16 on older GPUs, fp32 on CPU
     trust_remote_code: bool = False  # never run Hub code unless asked
     load_in_4bit: bool = False  # QLoRA (needs bitsandbytes and a GPU)
 
@@ -175,6 +175,10 @@ class GenerationConfig(_Section):
     batch_size: _int_range(0, extra=" (0: auto)") = 0
     max_batch_size: PosInt = 32
     memory_budget_gb: PosFloat | None = None
+    # vLLM: share of the GPU's memory its engine takes (weights + KV cache). One engine runs at a
+    # time and is shut down before the next stage loads a model; vLLM refuses to start when less
+    # than this share is free.
+    gpu_memory_utilization: _float_range(0.0, 1.0, lo_open=True) = 0.85
     max_prompt_tokens: _int_range(8) = 320  # long responses are cut to fit this in prompts
     instruction: SamplingConfig = Field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.9, max_new_tokens=48)

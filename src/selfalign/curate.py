@@ -15,10 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.cards import dataset_card
-from selfalign.config import CurationConfig, ModelsConfig
-from selfalign.generation import Engine, GenParams, generate, next_token_probs
+from selfalign.config import ConfigError, CurationConfig, ModelsConfig
+from selfalign.generation import Engine, GenParams, context_limit, generate, next_token_probs
 from selfalign.io import RecordLog, atomic_write_text, write_jsonl
-from selfalign.prompts import rating_messages, render_prompt, truncate_tokens
+from selfalign.prompts import (
+    PromptTooLong,
+    fit_prompt,
+    rating_messages,
+    render_prompt,
+)
 from selfalign.records import AugmentedPair, RatedPair
 
 _NUM = r"(\d+(?:\.\d+)?)"
@@ -87,13 +92,21 @@ def choose_rater(models: ModelsConfig, run_dir: Path, iteration: int = 1) -> tup
 
 
 def rating_prompts(
-    engine: Engine, pairs: list[AugmentedPair], shots: int, max_response_tokens: int
+    engine: Engine, pairs: list[AugmentedPair], shots: int, max_response_tokens: int, max_new_tokens: int = 0
 ) -> tuple[list[str], list[bool]]:
-    """The rating prompt of each pair, and whether its response was cut to `max_response_tokens`."""
+    """The rating prompt of each pair, and whether its response was cut: to `max_response_tokens`,
+    and further where the prompt and `max_new_tokens` would not fit the model's context."""
+    limit = context_limit(engine, max_new_tokens)
     out, cut = [], []
     for p in pairs:
-        resp, c = truncate_tokens(engine.tokenizer, p.response, max_response_tokens)
-        out.append(render_prompt(engine.tokenizer, rating_messages(p.instruction, resp, shots)))
+        try:
+            prompt, c = fit_prompt(engine.tokenizer, lambda r, p=p: render_prompt(
+                engine.tokenizer, rating_messages(p.instruction, r, shots)), p.response, max_response_tokens, limit)
+        except PromptTooLong as e:
+            raise ConfigError(f"curation: {e} (pair {p.source_id}, instruction of {len(p.instruction)} characters); "
+                              "lower curation.shots, curation.max_new_tokens or generation.instruction.max_new_tokens"
+                              ) from None
+        out.append(prompt)
         cut.append(c)
     return out, cut
 
@@ -128,7 +141,7 @@ def rate_pairs(
         if cur.mode == "generate":
             # all pairs: chunks and seeds must match an uninterrupted run; done pairs are skipped
             if any(p.source_id not in done for p in pairs):
-                prompts, cut = rating_prompts(engine, pairs, cur.shots, max_response_tokens)
+                prompts, cut = rating_prompts(engine, pairs, cur.shots, max_response_tokens, cur.max_new_tokens)
                 _rate_generate(engine, pairs, prompts, cut, cur, seed, log, done)
         else:
             todo = [p for p in pairs if p.source_id not in done]
@@ -144,8 +157,9 @@ def _rate_logprob(
     engine: Engine, todo: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, log: RecordLog
 ) -> None:
     """Expected score from the next-token probabilities of 1..5 after "Score:" (one pass)."""
-    prompts, cut = rating_prompts(engine, todo, cur.shots, max_response_tokens)
     suffix, cands = _score_suffix(engine.tokenizer)
+    room = len(engine.tokenizer(suffix, add_special_tokens=False)["input_ids"]) + 1
+    prompts, cut = rating_prompts(engine, todo, cur.shots, max_response_tokens, room)
     probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
     for p, pr, c in zip(todo, probs, cut, strict=True):
         total = sum(pr)

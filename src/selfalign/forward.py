@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config, ForwardConfig
-from selfalign.generation import Engine, GenParams, generate
+from selfalign.generation import Engine, GenParams, context_limit, generate
 from selfalign.io import DataError, is_blank
-from selfalign.prompts import forward_messages, render_prompt
+from selfalign.prompts import fit_prompt, forward_messages, render_prompt
 from selfalign.records import RatedPair, RejectLog, SeedPair
 from selfalign.train import TrainExample, TrainResult, train_lora
 
@@ -73,5 +73,8 @@ def load_prompts(path: str, limit: int | None = None, split: str = "test") -> li
 
 
 def sample_responses(engine: Engine, prompts: list[str], params: GenParams, system: str | None) -> list[str]:
-    rendered = [render_prompt(engine.tokenizer, forward_messages(p, system)) for p in prompts]
+    """One response per prompt; a prompt too long for the model's context with the new tokens is cut."""
+    limit = context_limit(engine, params.max_new_tokens)
+    rendered = [fit_prompt(engine.tokenizer, lambda t: render_prompt(engine.tokenizer, forward_messages(t, system)),
+                           p, 1 << 30, limit)[0] for p in prompts]
     return generate(engine, rendered, params, desc="responses")

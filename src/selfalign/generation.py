@@ -49,6 +49,7 @@ class Engine:
     batch_size: int = 8
     name: str = ""
     prefix_cache: bool = True
+    context: int | None = None  # the model's context (max_position_embeddings); prompts are cut to fit it
     _prefix: tuple[list[int], Any] | None = field(default=None, repr=False)  # reused across calls
 
     @property
@@ -56,32 +57,56 @@ class Engine:
         return next(self.model.parameters()).device
 
 
+def context_limit(engine: Any, max_new_tokens: int) -> int | None:
+    """Most prompt tokens that leave room for `max_new_tokens` in the engine's context (None: no limit)."""
+    ctx = getattr(engine, "context", None)
+    return ctx - max_new_tokens if ctx else None
+
+
 def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "",
                 stage: str | None = None) -> Any:
     """An Engine for the configured backend (`hf` by default, or the optional `vllm`).
 
-    `stage` (augment, curate, responses) sizes the memory check; None plans for the longest."""
-    from selfalign.models import load_model
-
-    if cfg.generation.backend == "vllm":
-        from selfalign.models import load_tokenizer, resolve_model
-        from selfalign.vllm_backend import load_vllm_engine
-
-        tok = load_tokenizer(resolve_model(spec, cfg.models.cache_dir), cfg.models.trust_remote_code)
-        return load_vllm_engine(cfg, spec, adapter, name or spec, tok)
-
+    `stage` (augment, curate, responses) sizes the memory check, with the prompt lengths counted
+    with the model's tokenizer; None plans for the longest. With models.load_in_4bit the vllm
+    backend serves the 16-bit model only where it fits (vLLM has no bitsandbytes 4-bit), else
+    the hf backend generates (memory.choose_backend says which, in one printed line)."""
     from selfalign import memory
-    from selfalign.models import pick_device, resolve_model
+    from selfalign.models import load_model, load_tokenizer, pick_device, resolve_model
 
+    release_engine()  # one engine at a time: a vLLM engine of an earlier stage goes first
     lora = cfg.lora if adapter is not None else None
     path, device = resolve_model(spec, cfg.models.cache_dir), pick_device(cfg.run.device)
+    tok = load_tokenizer(path, cfg.models.trust_remote_code)
+    backend, _plan, why = memory.choose_backend(cfg, spec, path, device, lora, stage, tok)
+    if why:
+        print(f"[selfalign] {name or spec}: {why}", flush=True)
+    if backend == "vllm":
+        from selfalign.vllm_backend import load_vllm_engine
+
+        if cfg.run.memory_check and _plan is not None and not _plan.fits:
+            raise memory.MemoryPlanError(
+                f"{_plan.format()}: it will not fit; try a larger generation.gpu_memory_utilization, "
+                "generation.backend=hf (with models.load_in_4bit=true on a small GPU), or run.memory_check=false")
+        return load_vllm_engine(cfg, spec, adapter, name or spec, tok)
+
     batch = cfg.generation.batch_size
     if batch == 0:
-        batch, why = memory.auto_batch_size(cfg, spec, path, device, stage, lora)
+        batch, why = memory.auto_batch_size(cfg, spec, path, device, stage, lora, tok)
         print(f"[selfalign] {name or spec}: generation batch size {batch} (auto: {why})", flush=True)
-    memory.check(cfg, spec, path, device, lora=lora, stage=stage)
+        cfg = cfg.model_copy(update={"generation": cfg.generation.model_copy(update={"batch_size": batch})})
+    memory.check(cfg, spec, path, device, lora=lora, stage=stage, tokenizer=tok)  # at the batch size used
     model, tok = load_model(spec, cfg.models, device=cfg.run.device, adapter=adapter)
-    return Engine(model, tok, batch, name or spec)
+    text = model.config.get_text_config(decoder=True)
+    return Engine(model, tok, batch, name or spec, context=getattr(text, "max_position_embeddings", None))
+
+
+def release_engine() -> None:
+    """Shut down the vLLM engine of an earlier stage, if any, and return its GPU memory."""
+    import sys
+
+    if "selfalign.vllm_backend" in sys.modules:
+        sys.modules["selfalign.vllm_backend"].release()
 
 
 def _common_prefix_len(seqs: list[list[int]]) -> int:

@@ -86,7 +86,7 @@ NOT_READ_BY_STAGES = (
     "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
     "run.templates_dir", "models.cache_dir", "models.trust_remote_code", "data.samples_if_absent",
     "generation.backend", "generation.batch_size", "generation.max_batch_size", "generation.memory_budget_gb",
-    "curation.threshold", "curation.iterations", "hub.",
+    "generation.gpu_memory_utilization", "curation.threshold", "curation.iterations", "hub.",
 )
 
 
@@ -176,6 +176,7 @@ RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
+    "generation.gpu_memory_utilization",
 )
 
 
@@ -388,7 +389,7 @@ class Run:
             status = status_counts(pairs)
             n_cut = sum(p.response_cut for p in pairs)
             say(f"augment: {len(pairs)} instructions generated; {status}; {n_cut} responses cut to "
-                f"{c.generation.max_prompt_tokens} tokens in the prompt")
+                f"{c.generation.max_prompt_tokens} tokens (or to fit the model's context) in the prompt")
             self.manifest.count(generated=len(pairs), generated_ok=status["ok"], generated_status=status,
                                 generated_response_cut=n_cut)
             self.manifest.finish("augment")
@@ -455,7 +456,7 @@ class Run:
         say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
             f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
             f"parse-failure rate {stats['parse_failure_rate']}; {stats['response_cut']} responses cut to "
-            f"{c.curation.max_response_tokens} tokens in the prompt")
+            f"{c.curation.max_response_tokens} tokens (or to fit the model's context) in the prompt")
         self.manifest.count(**{f"curation_{iteration}": stats})
         return rated
 
@@ -534,6 +535,10 @@ def run_pipeline(cfg: Config, until: str = "responses") -> Run:
         raise ValueError(f"unknown stage {until!r}; one of {STAGES}")
     from selfalign.models import setup_threads
 
+    if cfg.generation.backend == "vllm":  # before hours of training: one line if vllm won't do
+        from selfalign.vllm_backend import check_vllm
+
+        check_vllm()
     setup_threads(cfg.run.threads)
     t0 = time.perf_counter()
     run = Run(cfg)

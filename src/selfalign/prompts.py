@@ -8,6 +8,7 @@ split into (prompt_text, target_text) so that the loss mask is exact.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -92,10 +93,12 @@ def backward_messages(response: str) -> Messages:
     return msgs
 
 
-def backward_prompt(tokenizer: Any, response: str, max_response_tokens: int) -> tuple[str, bool]:
-    """The augmentation prompt of a response (cut to `max_response_tokens`), and whether it was cut."""
-    cut, was_cut = truncate_tokens(tokenizer, response, max_response_tokens)
-    return render_prompt(tokenizer, backward_messages(cut)), was_cut
+def backward_prompt(tokenizer: Any, response: str, max_response_tokens: int,
+                    limit: int | None = None) -> tuple[str, bool]:
+    """The augmentation prompt of a response (cut to `max_response_tokens`, and so that the prompt
+    has at most `limit` tokens), and whether it was cut. Raises PromptTooLong (see `fit_prompt`)."""
+    return fit_prompt(tokenizer, lambda t: render_prompt(tokenizer, backward_messages(t)), response,
+                      max_response_tokens, limit)
 
 
 def forward_messages(instruction: str, system: str | None = None) -> Messages:
@@ -175,3 +178,38 @@ def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, bo
     if len(ids) <= max_tokens:
         return text, False
     return tokenizer.decode(ids[: max(max_tokens, 0)], skip_special_tokens=True), True
+
+
+class PromptTooLong(ValueError):
+    """A prompt that cannot fit the model's context even with its variable text cut to nothing."""
+
+
+def count_tokens(tokenizer: Any, text: str) -> int:
+    """Tokens of a rendered prompt, as generation encodes it (its special tokens are in the text)."""
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def fit_prompt(
+    tokenizer: Any, render: Callable[[str], str], text: str, max_tokens: int, limit: int | None
+) -> tuple[str, bool]:
+    """(render(text), was_cut): `text` is cut to at most `max_tokens` tokens, and further until
+    the rendered prompt has at most `limit` tokens (the model's context less the new tokens;
+    None: no limit). Raises PromptTooLong when even an empty `text` does not fit."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    keep = min(len(ids), max(max_tokens, 0))
+
+    def build(k: int) -> str:
+        return render(text if k >= len(ids) else tokenizer.decode(ids[:k], skip_special_tokens=True))
+
+    prompt = build(keep)
+    if limit is None:
+        return prompt, keep < len(ids)
+    while True:
+        over = count_tokens(tokenizer, prompt) - limit
+        if over <= 0:
+            return prompt, keep < len(ids)
+        if keep == 0:
+            raise PromptTooLong(f"a prompt is {over + limit} tokens with its variable text cut to nothing, "
+                                f"over the {limit} the model's context leaves")
+        keep = max(0, keep - over)  # tokens can merge differently at the cut: check again
+        prompt = build(keep)

@@ -52,19 +52,25 @@ def build_tokenizer(vocab_size: int = 512, chat_template: bool = True):  # noqa:
     return fast
 
 
-def build_tiny_model(out_dir: Path, chat_template: bool = True, seed: int = 0) -> Path:
-    """Save a tiny random Llama + tokenizer at out_dir (atomically); returns out_dir."""
+def build_tiny_model(out_dir: Path, chat_template: bool = True, seed: int = 0,
+                     tokenizer_dir: Path | None = None) -> Path:
+    """Save a tiny random Llama + tokenizer at out_dir (atomically); returns out_dir.
+
+    `tokenizer_dir`: use that tokenizer instead (e.g. the real LLaMA-2 one: vocabulary 32,000,
+    context 4,096, with or without Meta's chat template) -- a tiny stand-in for LLaMA-2-7B."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").is_file():
         return out_dir
-    tok = build_tokenizer(chat_template=chat_template)
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir else build_tokenizer(chat_template=chat_template)
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+        num_attention_heads=4, num_key_value_heads=2,
+        # its 512-token vocabulary makes long prompts (3-shot rating: ~5k tokens); LLaMA-2's is 4,096
+        max_position_embeddings=4096 if tokenizer_dir else 16384,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )

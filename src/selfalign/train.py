@@ -274,7 +274,8 @@ def train_lora(
     from datasets import Dataset
 
     ds = Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in data.rows])
-    on_cpu = next(model.parameters()).device.type == "cpu"
+    # the device picked, not where the weights are: under FSDP they stay on the CPU until the Trainer
+    on_cpu = pick_device(device) == "cpu"
     args = TrainingArguments(
         output_dir=str(work),
         per_device_train_batch_size=train.batch_size,
