@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GUANACO, LIMA, REPO, SHARED, need
+from conftest import GUANACO, LIMA, SHARED, need
 from fake_vllm import fake_cuda, install
 
 from selfalign.config import load_config, packaged_config_path
