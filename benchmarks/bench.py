@@ -510,8 +510,9 @@ def stage_training(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
             train_mod.PadCollator = lambda pad, keep=True: CountingCollator(orig_collator(pad, keep), counts)  # type: ignore[assignment]
             try:
                 with contextlib.redirect_stdout(io.StringIO()):  # the Trainer prints a dict per step
-                    res = train_lora(examples, tmp / f"ours-{n_run[0]}", cfg.models, cfg.lora, tcfg,
-                                     base=job["model_path"], seed=0, device=job["device"], name="bench")
+                    res = train_lora(examples, tmp / f"ours-{n_run[0]}",
+                                     cfg.models.model_copy(update={"base": job["model_path"]}), cfg.lora, tcfg,
+                                     seed=0, device=job["device"], name="bench")
             finally:
                 train_mod.PadCollator = orig_collator
             assert res.steps == s.train_steps, res.steps

@@ -322,7 +322,7 @@ def test_fsdp_training_arguments_are_for_the_gpu_though_the_weights_wait_on_the_
     monkeypatch.setattr(transformers, "TrainingArguments", args)
     cfg = load_config(packaged_config_path("llama2-7b"), ["run.device_memory_gb=80"])
     with pytest.raises(Stop):
-        train_lora([TrainExample([{"role": "user", "content": "hi"}], "hello")], tmp_path / "a", cfg.models,
-                   cfg.lora, cfg.train_forward, str(tiny_model), run_cfg=cfg)
+        train_lora([TrainExample([{"role": "user", "content": "hi"}], "hello")], tmp_path / "a",
+                   cfg.models.model_copy(update={"base": str(tiny_model)}), cfg.lora, cfg.train_forward)
     # a GPU run, though the weights are still on the CPU (the spy loads fp32 there; bf16 was asked for)
     assert seen["use_cpu"] is False and spy.kwargs["dtype"] == torch.bfloat16 and "device_map" not in spy.kwargs

@@ -135,7 +135,7 @@ def test_training_lowers_loss_and_adapter_loads_with_stock_peft(tiny_model: Path
     pairs = [SeedPair(f"Say the number {i} twice.", f"{i} {i}", f"s{i}") for i in range(8)]
     examples = [backward_example(p) for p in pairs]
     out = tmp_path / "adapter"
-    r = train_lora(examples, out, cfg.models, cfg.lora, cfg.train_backward, base=str(tiny_model))
+    r = train_lora(examples, out, cfg.models.model_copy(update={"base": str(tiny_model)}), cfg.lora, cfg.train_backward)
     assert r.steps == 30
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     losses = [h["loss"] for h in log if "loss" in h]

@@ -32,15 +32,8 @@ def train_backward(cfg: Config, pairs: list[SeedPair], out_dir: Path) -> TrainRe
 
     tok = load_tokenizer(resolve_model(cfg.models.base, cfg.models.cache_dir), cfg.models.trust_remote_code)
     examples = backward_examples(pairs, tok, cfg.train_backward.max_seq_len)
-    return train_lora(
-        examples,
-        out_dir,
-        cfg.models,
-        cfg.lora,
-        cfg.train_backward,
-        base=cfg.models.base,
-        seed=cfg.run.seed,
-        device=cfg.run.device,
-        name="backward",
-        run_cfg=cfg,
-    )
+    from selfalign.memory import check_training
+
+    check_training(cfg, cfg.train_backward)  # before loading: refuse what can't fit
+    return train_lora(examples, out_dir, cfg.models, cfg.lora, cfg.train_backward, seed=cfg.run.seed,
+                      device=cfg.run.device, name="backward")

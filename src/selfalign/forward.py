@@ -33,10 +33,11 @@ def train_forward(
     examples = forward_examples(seed if cfg.forward.use_seed else [], curated, cfg.forward)
     if not examples:
         raise DataError("forward model: no training example (no seed and nothing curated)")
-    return train_lora(
-        examples, out_dir, cfg.models, cfg.lora, cfg.train_forward,
-        base=cfg.models.base, seed=cfg.run.seed, device=cfg.run.device, name=name, run_cfg=cfg,
-    )
+    from selfalign.memory import check_training
+
+    check_training(cfg, cfg.train_forward)  # before loading: refuse what can't fit
+    return train_lora(examples, out_dir, cfg.models, cfg.lora, cfg.train_forward, seed=cfg.run.seed,
+                      device=cfg.run.device, name=name)
 
 
 def load_curated(folder: Path) -> list[RatedPair]:

@@ -396,6 +396,15 @@ def check(cfg: Config, spec: str, path: str, device: str, train: TrainConfig | N
     return plan
 
 
+def check_training(cfg: Config, train: TrainConfig) -> Plan | None:
+    """`check` for LoRA training of `cfg.models.base` with `train`, before the model is loaded."""
+    from selfalign.models import pick_device, resolve_model
+
+    base = cfg.models.base
+    return check(cfg, base, resolve_model(base, cfg.models.cache_dir), pick_device(cfg.run.device), train=train,
+                 lora=cfg.lora)
+
+
 def auto_batch_size(cfg: Config, spec: str, path: str, device: str, stage: str | None,
                     lora: LoraConfig | None = None, tokenizer: Any = None) -> tuple[int, str]:
     """(batch size, why) for generation.batch_size=0: the largest batch, up to

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from selfalign.config import Config, LoraConfig, ModelsConfig, TrainConfig
+from selfalign.config import LoraConfig, ModelsConfig, TrainConfig
 from selfalign.io import write_json, write_jsonl
 from selfalign.prompts import Messages, render_prompt, render_target
 
@@ -226,13 +226,13 @@ def train_lora(
     models: ModelsConfig,
     lora: LoraConfig,
     train: TrainConfig,
-    base: str,
     seed: int = 0,
     device: str = "auto",
     name: str = "lora",
-    run_cfg: Config | None = None,
 ) -> TrainResult:
-    """Train a LoRA adapter on `examples` and save a standard PEFT folder at `out_dir`.
+    """Train a LoRA adapter of `models.base` on `examples` and save a standard PEFT folder at `out_dir`.
+
+    The caller checks the memory first (`memory.check_training`): it knows the whole run's config.
 
     Checkpoints go to `<out_dir>.work/`; an interrupted run resumes from the last one. The
     adapter folder appears (atomically renamed) only when training has finished.
@@ -241,15 +241,12 @@ def train_lora(
     from peft import get_peft_model
     from transformers import TrainingArguments, set_seed
 
-    from selfalign import memory
-    from selfalign.models import accepts_logits_to_keep, load_model, pick_device, resolve_model
+    from selfalign.models import accepts_logits_to_keep, load_model, pick_device
 
     out_dir = Path(out_dir)
     work = out_dir.with_name(out_dir.name + ".work")
     set_seed(seed)
-    memory.check(run_cfg or Config(models=models, lora=lora), base, resolve_model(base, models.cache_dir),
-                 pick_device(device), train=train, lora=lora)  # before loading: refuse what can't fit
-    model, tok = load_model(base, models, device=device, trainable=True)
+    model, tok = load_model(models.base, models, device=device, trainable=True)
     data = tokenize_examples(tok, examples, train.max_seq_len)
     if not data.rows:
         from selfalign.io import DataError
@@ -345,7 +342,7 @@ def train_lora(
         tok.save_pretrained(str(tmp))
         write_jsonl(tmp / "train_log.jsonl", trainer.state.log_history)
         info = {k: v for k, v in result.__dict__.items() if k != "adapter_dir"}
-        info.update(name=name, base=base, lora=lora.model_dump(), train=train.model_dump())
+        info.update(name=name, base=models.base, lora=lora.model_dump(), train=train.model_dump())
         write_json(tmp / "training_info.json", info)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)
