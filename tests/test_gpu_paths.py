@@ -286,7 +286,7 @@ def test_notebook_picks_the_config_by_the_gpu_found() -> None:
 
     t4 = config_for_gpu(14.7, (7, 5))  # Colab's T4 reports 14.7 GiB
     assert t4[0] == QLORA_CONFIG == "llama2-7b-qlora-t4" and "fp16" in t4[2]
-    assert load_config(REPO / t4[0], t4[1]).models.load_in_4bit
+    assert load_config(packaged_config_path(t4[0]), t4[1]).models.load_in_4bit
     kaggle = config_for_gpu(14.7, (7, 5), count=2)  # Kaggle 2 x T4: the DDP launch line
     assert kaggle[0] == QLORA_CONFIG and "$(selfalign config path accelerate/ddp) --num_processes 2" in kaggle[2]
     assert config_for_gpu(15.9, (6, 0))[0] == QLORA_CONFIG  # Kaggle P100: fp16, no bf16
@@ -297,7 +297,7 @@ def test_notebook_picks_the_config_by_the_gpu_found() -> None:
                                                                               "run.device_memory_gb=23.6"])))
     assert all(p is not None and p.fits for p in plans.values())  # a 24 GB GPU (RTX 4090: 23.6 GiB usable)
     assert config_for_gpu(None)[0] == "default"
-    plans = dict(plan_run(load_config(REPO / t4[0], [*t4[1], "run.device_memory_gb=14.7"])))
+    plans = dict(plan_run(load_config(packaged_config_path(t4[0]), [*t4[1], "run.device_memory_gb=14.7"])))
     assert all(p is not None and p.fits for p in plans.values())  # the T4 choice fits a T4
 
 
