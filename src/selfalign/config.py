@@ -31,6 +31,9 @@ class RunConfig(_Section):
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     memory_check: bool = True  # estimate memory before loading a model; refuse if it can't fit
     device_memory_gb: float | None = None  # plan for this much device memory instead of the visible one
+    # local: generation in this process; ray: augmentation, curation and responses on Ray Data
+    # (`pip install selfalign[ray]`; see the `ray` section and README "Running on a Ray cluster")
+    executor: Literal["local", "ray"] = "local"
 
 
 class ModelsConfig(_Section):
@@ -173,6 +176,45 @@ class ForwardConfig(_Section):
     n_responses: int = 5  # responses printed after training
 
 
+class RayConfig(_Section):
+    """Settings of `run.executor: ray` (read only then)."""
+
+    # None: start a local Ray instance for the run (or join $RAY_ADDRESS when it is set);
+    # "auto" or "ray://head:10001": join that cluster
+    address: str | None = None
+    concurrency: int = 1  # actors, each holding one engine (one model copy)
+    batch_size: int = 0  # rows per engine call; 0 = generation.batch_size (8 when that is auto)
+    block_rows: int = 64  # rows per block: the unit of a written file and of a checkpoint commit
+    cpus_per_actor: float = 1.0  # logical CPUs an actor reserves (torch threads: the whole part, >= 1)
+    gpus_per_actor: float = 0.0  # GPUs an actor reserves (the vLLM processor: one per engine replica)
+    num_cpus: int = 2  # logical CPUs of the local instance (unused when joining a cluster)
+    object_store_mb: int = 512  # object store of the local instance (unused when joining a cluster)
+    # where committed blocks are recorded (storage every node sees: a shared path or s3://...);
+    # None: <stage folder>/ray_checkpoint inside run.out_dir
+    checkpoint_path: str | None = None
+
+    @field_validator("concurrency", "block_rows", "num_cpus", "object_store_mb")
+    @classmethod
+    def _ray_pos(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _ray_batch(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be >= 1, or 0 for generation.batch_size")
+        return v
+
+    @field_validator("cpus_per_actor", "gpus_per_actor")
+    @classmethod
+    def _ray_res(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+
 class HubConfig(_Section):
     push: bool = False
     namespace: str | None = None  # user or org; None = the token's user
@@ -193,6 +235,7 @@ class Config(_Section):
     curation: CurationConfig = Field(default_factory=CurationConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
