@@ -186,14 +186,15 @@ class RayConfig(_Section):
     batch_size: int = 0  # rows per engine call; 0 = generation.batch_size (8 when that is auto)
     block_rows: int = 64  # rows per block: the unit of a written file and of a checkpoint commit
     cpus_per_actor: float = 1.0  # logical CPUs an actor reserves (torch threads: the whole part, >= 1)
-    gpus_per_actor: float = 0.0  # GPUs an actor reserves (the vLLM processor: one per engine replica)
+    gpus_per_actor: float = 0.0  # GPUs an HF-engine actor reserves (generation.backend=hf on GPU nodes)
+    tensor_parallel_size: int = 1  # generation.backend=vllm: GPUs per vLLM engine replica
     num_cpus: int = 2  # logical CPUs of the local instance (unused when joining a cluster)
     object_store_mb: int = 512  # object store of the local instance (unused when joining a cluster)
     # where committed blocks are recorded (storage every node sees: a shared path or s3://...);
     # None: <stage folder>/ray_checkpoint inside run.out_dir
     checkpoint_path: str | None = None
 
-    @field_validator("concurrency", "block_rows", "num_cpus", "object_store_mb")
+    @field_validator("concurrency", "block_rows", "num_cpus", "object_store_mb", "tensor_parallel_size")
     @classmethod
     def _ray_pos(cls, v: int) -> int:
         if v < 1:

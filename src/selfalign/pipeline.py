@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from selfalign.config import Config
+from selfalign.config import Config, ConfigError
 from selfalign.io import (
     STORAGE_ERRORS,
     DataError,
@@ -113,7 +113,7 @@ def _copy_dir(src: Path, dst: Path) -> None:
 # is cheap: a new threshold re-selects from the stored ratings (no re-rating) and retrains the
 # forward model; the final responses are re-sampled; iterations 1 -> 2 adds the second round.
 RESUMABLE_KEYS = (
-    "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
+    "run.out_dir", "run.force", "run.threads", "ray.address", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
 )
@@ -213,6 +213,15 @@ class Run:
         self.manifest.start(name, key)
         return True
 
+    def _drop_stale(self, name: str, key: str, out: Path) -> None:
+        """Inputs changed since `out` was written: its records (and Ray's parts) are stale."""
+        if self.manifest.previous_key(name) == key:
+            return
+        if out.exists():
+            out.unlink()
+        if self.cfg.run.executor == "ray":
+            _ray_exec().clear(out, self.cfg.ray)
+
     # --- stages --------------------------------------------------------------------------
     @_once
     def seed(self) -> list[SeedPair]:
@@ -283,15 +292,19 @@ class Run:
         key = stage_key(fingerprint(backward / "adapter_model.safetensors"), c.generation.instruction.model_dump(),
                         c.generation.max_prompt_tokens, c.generation.max_instruction_chars, c.run.seed,
                         fingerprint(self.path("augment", "sample.jsonl")))
-        if self.manifest.previous_key("augment") != key and out.exists():
-            out.unlink()  # inputs changed: the old records are stale
+        self._drop_stale("augment", key, out)
         if self._stage("augment", key, [out]):
             from selfalign.augment import augment, status_counts
             from selfalign.generation import GenParams, load_engine
 
-            engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
-            pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
-                            c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
+            if c.run.executor == "ray":
+                _ray_exec().run_job(c, "augment", self.path("augment", "sample.jsonl"), out, c.models.base,
+                                    backward, "backward")
+                pairs = [AugmentedPair(**json.loads(x)) for x in out.read_text().splitlines()]
+            else:
+                engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
+                pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
+                                c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
             status = status_counts(pairs)
             n_cut = sum(p.response_cut for p in pairs)
             say(f"augment: {len(pairs)} instructions generated; {status}; {n_cut} responses cut to "
@@ -342,14 +355,17 @@ class Run:
                         fingerprint(self.path("augment", "augmented.jsonl")),
                         [fingerprint(TEMPLATES / f) for f in ("rating_prompt.txt", "rating_fewshot.json", "templates.json")])
         name = f"curate-{iteration}"
-        if self.manifest.previous_key(name) != key and rated_path.exists():
-            rated_path.unlink()
+        self._drop_stale(name, key, rated_path)
         if self._stage(name, key, [rated_path]):
             from selfalign.curate import rate_pairs
             from selfalign.generation import load_engine
 
-            engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
-            rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
+            if c.run.executor == "ray":  # reads augmented.jsonl and rates its `ok` rows
+                _ray_exec().run_job(c, "curate", self.path("augment", "augmented.jsonl"), rated_path, spec,
+                                    adapter, rater_name)
+            else:
+                engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
+                rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
             self.manifest.finish(name, rater=rater_name)
         rated = load_rated(rated_path)
         # Selection is cheap: always redone, so a new threshold needs no re-rating.
@@ -413,15 +429,24 @@ class Run:
         out = self.path("responses.jsonl")
         key = stage_key(fingerprint(fwd / "adapter_model.safetensors"), c.generation.response.model_dump(), src,
                         _file_fp(src), c.forward.n_responses, c.forward.seed_tag, c.run.seed)
+        self._drop_stale("responses", key, out)
         if self._stage("responses", key, [out]):
             from selfalign.forward import load_prompts, sample_responses
             from selfalign.generation import GenParams, load_engine
 
             prompts = load_prompts(src, c.forward.n_responses, c.data.eval_split)
-            engine = load_engine(c, c.models.base, adapter=fwd, name="forward", stage="responses")
-            texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
-                                     c.forward.seed_tag)
-            write_jsonl(out, [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)])
+            if c.run.executor == "ray":
+                rows = self.path("responses.prompts.jsonl")
+                write_jsonl(rows, [{"source_id": f"prompt-{i:06d}", "prompt": p} for i, p in enumerate(prompts)])
+                first = {p: i for i, p in reversed(list(enumerate(prompts)))}
+                _ray_exec().run_job(c, "responses", rows, out, c.models.base, fwd, str(fwd),
+                                    sort_key=lambda r: first[r["prompt"]])
+            else:
+                engine = load_engine(c, c.models.base, adapter=fwd, name="forward", stage="responses")
+                texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
+                                         c.forward.seed_tag)
+                write_jsonl(out, [{"prompt": p, "response": t, "model": str(fwd)}
+                                  for p, t in zip(prompts, texts, strict=True)])
             self.manifest.finish("responses")
         return [json.loads(x) for x in out.read_text().splitlines()]
 
@@ -443,10 +468,25 @@ class Run:
         write_report(self)
 
 
+def _ray_exec():  # noqa: ANN202 - the module, imported only for run.executor=ray
+    try:
+        from selfalign import ray_exec
+    except ImportError as e:
+        raise ConfigError(f"run.executor=ray needs Ray Data: pip install 'selfalign[ray]' ({e})") from None
+    return ray_exec
+
+
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:
     """Run the stages up to and including `until` (one of STAGES)."""
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; one of {STAGES}")
+    if cfg.run.executor == "ray":  # one Ray instance for the whole run, shut down at the end
+        with _ray_exec().ray_cluster(cfg.ray):
+            return _run_stages(cfg, until)
+    return _run_stages(cfg, until)
+
+
+def _run_stages(cfg: Config, until: str) -> Run:
     from selfalign.models import setup_threads
 
     setup_threads(cfg.run.threads)
