@@ -185,7 +185,9 @@ class RayConfig(_Section):
     concurrency: int = 1  # actors, each holding one engine (one model copy)
     batch_size: int = 0  # rows per engine call; 0 = generation.batch_size (8 when that is auto)
     block_rows: int = 64  # rows per block: the unit of a written file and of a checkpoint commit
-    cpus_per_actor: float = 1.0  # logical CPUs an actor reserves (torch threads: the whole part, >= 1)
+    # logical CPUs an actor reserves; its torch threads: run.threads, else max(1, whole part). On the
+    # local instance, actors must leave 1.25 CPUs for Ray's checkpoint filter and for reads and writes
+    cpus_per_actor: float = 0.5
     gpus_per_actor: float = 0.0  # GPUs an HF-engine actor reserves (generation.backend=hf on GPU nodes)
     tensor_parallel_size: int = 1  # generation.backend=vllm: GPUs per vLLM engine replica
     num_cpus: int = 2  # logical CPUs of the local instance (unused when joining a cluster)

@@ -5,7 +5,7 @@ One job per stage, of the shape Ray can checkpoint:
     read_json / read_parquet (the stage's input: one file or a folder of shards, streamed)
     -> [checkpoint filter: rows whose source_id is committed are dropped; Ray inserts it]
     -> repartition(target_num_rows_per_block=ray.block_rows)  (streaming: blocks of N rows)
-    -> map_batches(EngineActor, concurrency=ray.concurrency)  (each actor holds one engine)
+    -> map_batches(EngineActor, compute=ActorPoolStrategy(size=ray.concurrency))  (an engine each)
     -> write_datasink(RecordSink)  (one JSONL file per block in <output>.parts/, then commit)
 
 Each actor holds selfalign's engine (`generation.load_engine`: the HF engine, or vLLM) and calls
@@ -319,10 +319,12 @@ def write_checkpointed(ds: Any, parts: Path) -> None:
 
 
 def _hf_job(cfg: Config, step: str, ds: Any, spec: str, adapter: str | None, name: str) -> Any:
+    from ray.data import ActorPoolStrategy
+
     rc = cfg.ray
-    return ds.map_batches(
+    return ds.map_batches(  # `concurrency=` is deprecated since Ray 2.51: compute=ActorPoolStrategy
         EngineActor, fn_constructor_args=(cfg.to_dict(), step, spec, adapter, name),
-        batch_size=_batch_size(cfg), batch_format="pyarrow", concurrency=rc.concurrency,
+        batch_size=_batch_size(cfg), batch_format="pyarrow", compute=ActorPoolStrategy(size=rc.concurrency),
         num_cpus=rc.cpus_per_actor, num_gpus=rc.gpus_per_actor or None,
     )
 
