@@ -152,7 +152,8 @@ def test_ray_augment_same_ids_as_local_and_bad_rows_are_errors(tmp_path: Path, t
     assert all(by_id[p.source_id]["response_cut"] == p.response_cut for p in local)
 
 
-@pytest.mark.parametrize("mode", ["generate", "logprob"])
+# logprob mode is the same job with another step: marked slow to keep the default run short
+@pytest.mark.parametrize("mode", ["generate", pytest.param("logprob", marks=pytest.mark.slow)])
 def test_greedy_curation_on_ray_scores_as_local(tmp_path: Path, tiny_model: Path, ray_instance, mode: str) -> None:
     from selfalign.curate import rate_pairs
     from selfalign.generation import load_engine
@@ -205,3 +206,69 @@ def test_local_instance_leaves_a_cpu_for_reads_and_writes() -> None:
     with pytest.raises(ConfigError, match="leaves too little"):  # the resumed job would hang
         ray_exec.check_local_cpus(RayConfig(concurrency=2, cpus_per_actor=0.5))
     ray_exec.check_local_cpus(RayConfig(concurrency=2, cpus_per_actor=0.25))
+
+
+def test_an_engine_error_fails_only_its_row(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-batch steps the actors run: a batch that fails is retried row by row, and only the
+    row the engine fails on becomes an error record (the others are generated as usual)."""
+    from selfalign import augment, curate
+    from selfalign.generation import GenParams, load_engine
+    from selfalign.records import UnlabelledResponse
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.shots=0", "curation.max_new_tokens=4",
+                             "curation.retries=0"])
+    engine = load_engine(cfg, str(tiny_model))
+    real = augment.generate
+
+    def flaky(engine, prompts, params, **kw):  # noqa: ANN001, ANN003, ANN202
+        if any("BOOM" in p for p in prompts):
+            raise RuntimeError("CUDA error: device-side assert")
+        return real(engine, prompts, params, **kw)
+
+    monkeypatch.setattr(augment, "generate", flaky)
+    monkeypatch.setattr(curate, "generate", flaky)
+    rows = [UnlabelledResponse(f"Answer {i}. {'BOOM' if i == 1 else 'fine'}", f"r{i}") for i in range(3)]
+    out = augment.augment_batch(engine, rows, GenParams(max_new_tokens=3))
+    assert [p.source_id for p in out] == ["r0", "r1", "r2"]
+    assert [p.status == "error" for p in out] == [False, True, False]
+    assert out[1].error == "engine_error: RuntimeError: CUDA error: device-side assert"
+    pairs = [AugmentedPair(f"Question {i}?", r.response, r.source_id, "", "") for i, r in enumerate(rows)]
+    rated = curate.rate_batch(engine, pairs, cfg.curation)
+    assert [r.status for r in rated] == ["ok", "error", "ok"] and rated[1].error.startswith("engine_error")
+    assert rated[0].raw_outputs and rated[1].score is None
+
+
+def test_manifest_refuses_a_run_dir_with_another_config(smoke_cfg) -> None:
+    from selfalign.pipeline import Run, RunDirError
+
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.run.executor = "ray"
+    Run(cfg)
+    other = cfg.model_copy(deep=True)
+    other.ray.concurrency = 4  # changes the batches, so what is sampled
+    with pytest.raises(RunDirError, match="ray.concurrency"):
+        Run(other)
+    local = cfg.model_copy(deep=True)
+    local.run.executor = "local"
+    with pytest.raises(RunDirError, match="run.executor"):
+        Run(local)
+    moved = cfg.model_copy(deep=True)
+    moved.ray.address = "10.0.0.1:6379"  # where the cluster is: the same run
+    Run(moved)
+
+
+@pytest.mark.slow
+def test_smoke_pipeline_on_ray(smoke_cfg) -> None:
+    """`selfalign run run.executor=ray` end to end: select, train-forward and report read the records."""
+    from selfalign.pipeline import run_pipeline
+
+    cfg = smoke_cfg.model_copy(deep=True)
+    cfg.run.executor = "ray"
+    run = run_pipeline(cfg)
+    sample = {r["source_id"] for r in read_jsonl(run.path("augment", "sample.jsonl"))}
+    augmented = read_jsonl(run.path("augment", "augmented.jsonl"))
+    assert sorted(r["source_id"] for r in augmented) == sorted(sample)
+    rated = read_jsonl(run.path("curate_1", "rated.jsonl"))
+    assert {r["source_id"] for r in rated} == {r["source_id"] for r in augmented if r["status"] == "ok"}
+    assert len(read_jsonl(run.path("responses.jsonl"))) == cfg.forward.n_responses
+    assert run.path("report.md").exists() and run.path("forward", "adapter_model.safetensors").exists()

@@ -154,11 +154,10 @@ class EngineActor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
         recs = self.step(self.engine, self.cfg, rows)
-        ids = [str(r["source_id"]) for r in rows]
-        if recs and "source_id" in recs[0]:
+        if self.step is respond_rows:  # one record per prompt row, in order; the record has no id
+            ids = [str(r["source_id"]) for r in rows]
+        else:  # augment: one per row; curate: one per `ok` row
             ids = [str(r["source_id"]) for r in recs]
-        elif len(recs) != len(ids):
-            raise RayJobError(f"step returned {len(recs)} records for {len(ids)} rows")
         lines = [json.dumps(r, ensure_ascii=False) for r in recs]
         return pa.table({"source_id": pa.array(ids, pa.string()), "record": pa.array(lines, pa.string())})
 
