@@ -83,10 +83,12 @@ def bench_model(name: str, spec: str, rows: int, gen: list[str], tmp: Path) -> d
                                  f"ray.cpus_per_actor={0.75 / actors}"])
         out = tmp / f"{name}-ray{actors}" / "augmented.jsonl"
         res[f"ray{actors}_s"] = round(run_ray(cfg, spec, shards, out), 2)
+        print(f"[ray_bench] {name}: local {res['local_s']} s, ray{actors} {res[f'ray{actors}_s']} s", flush=True)
     for k in ("local", "ray1", "ray2"):
         res[f"{k}_rows_per_s"] = round(rows / res[f"{k}_s"], 2)
     for k in ("ray1", "ray2"):
         res[f"{k}_vs_local"] = round(res[f"{k}_rows_per_s"] / res["local_rows_per_s"], 3)
+    print(json.dumps(res), flush=True)  # each model as it finishes (a long run may be cut short)
     return res
 
 
