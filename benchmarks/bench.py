@@ -60,7 +60,7 @@ RSS_METHOD = (
 
 @dataclass
 class Sizes:
-    # defaults = the settings of configs/default.yaml, so the ratios are those of a real run
+    # defaults = the settings of the shipped default config, so the ratios are those of a real run
     gen_batch_size: int = 0  # generation.batch_size: 0 = auto (the default config's setting)
     aug_prompts: int = 16  # LIMA responses sampled (sample_single_turn, seed 0)
     aug_response_tokens: int = 320  # generation.max_prompt_tokens: responses cut to this

@@ -1,4 +1,4 @@
-"""The LLaMA-2 lane on CPU: the configs/llama2-7b.yaml code path end to end at tiny sizes, with the
+"""The LLaMA-2 lane on CPU: the llama2-7b config code path end to end at tiny sizes, with the
 real LLaMA-2 tokenizer (../shared/tokenizers, vocabulary 32,000) on tiny random models of context
 4,096 -- the plain template for the base, Meta's chat template for the rater -- on the hf backend
 and on the vLLM backend through a fake vllm package. Asserted on token ids: every prompt opens with

@@ -100,6 +100,9 @@ class RunConfig(_Section):
     # A folder of template files (same names as selfalign/templates/) that replace the shipped
     # ones; stages whose templates change are redone (their keys hash the templates they read).
     templates_dir: Text | None = None
+    # local: generation in this process; ray: augmentation, curation and responses on Ray Data
+    # (`pip install selfalign[ray]`; see the `ray` section and README "Running on a Ray cluster")
+    executor: Literal["local", "ray"] = "local"
 
 
 class ModelsConfig(_Section):
@@ -219,6 +222,28 @@ class ForwardConfig(_Section):
     n_responses: PosInt = 5  # responses printed after training
 
 
+class RayConfig(_Section):
+    """Settings of `run.executor: ray` (read only then)."""
+
+    # None: start a local Ray instance for the run (or join $RAY_ADDRESS when it is set);
+    # "auto" or "ray://head:10001": join that cluster
+    address: Text | None = None
+    concurrency: PosInt = 1  # actors, each holding one engine (one model copy)
+    # rows per engine call; 0 = generation.batch_size (8 when that is auto)
+    batch_size: _int_range(0, extra=" (0: generation.batch_size)") = 0
+    block_rows: PosInt = 64  # rows per block: the unit of a written file and of a checkpoint commit
+    # logical CPUs an actor reserves; its torch threads: run.threads, else max(1, whole part). On the
+    # local instance, actors must leave 1.25 CPUs for Ray's checkpoint filter and for reads and writes
+    cpus_per_actor: NonNegFloat = 0.5
+    gpus_per_actor: NonNegFloat = 0.0  # GPUs an HF-engine actor reserves (generation.backend=hf on GPU nodes)
+    tensor_parallel_size: PosInt = 1  # generation.backend=vllm: GPUs per vLLM engine replica
+    num_cpus: PosInt = 2  # logical CPUs of the local instance (unused when joining a cluster)
+    object_store_mb: PosInt = 512  # object store of the local instance (unused when joining a cluster)
+    # where committed blocks are recorded (storage every node sees: a shared path or s3://...);
+    # None: <stage folder>/ray_checkpoint inside run.out_dir
+    checkpoint_path: Text | None = None
+
+
 class HubConfig(_Section):
     push: bool = False
     namespace: Text | None = None  # user or org; None = the token's user
@@ -239,6 +264,8 @@ class Config(_Section):
     curation: CurationConfig = Field(default_factory=CurationConfig)
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
     # The folder of the config file this was loaded from (None: built-in defaults): relative
     # data paths are looked up there when the working directory does not hold them.
     _config_dir: Path | None = PrivateAttr(default=None)

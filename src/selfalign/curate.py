@@ -16,7 +16,14 @@ from typing import Any
 
 from selfalign.cards import dataset_card
 from selfalign.config import ConfigError, CurationConfig, ModelsConfig
-from selfalign.generation import Engine, GenParams, context_limit, generate, next_token_probs
+from selfalign.generation import (
+    Engine,
+    GenParams,
+    context_limit,
+    generate,
+    next_token_probs,
+    overlong_prompts,
+)
 from selfalign.io import RecordLog, atomic_write_text, write_jsonl
 from selfalign.prompts import (
     PromptTooLong,
@@ -126,6 +133,25 @@ def _score_suffix(tokenizer: Any) -> tuple[str, list[str]]:
     return "Score: ", [str(i) for i in range(1, 6)]
 
 
+def error_rated(p: AugmentedPair, reason: str, cut: bool = False) -> RatedPair:
+    """The record of a pair that could not be rated (kept with its reason, never dropped)."""
+    return RatedPair(p.instruction, p.response, p.source_id, p.source, None, "", [], [], 0, cut, "error", reason)
+
+
+def _rating_inputs(
+    engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int
+) -> tuple[list[str], list[bool], list[str]]:
+    """Prompts (with "Score:" appended in logprob mode), whether each response was cut, and for
+    each pair "" or why its prompt cannot run (longer than the model's context)."""
+    suffix = _score_suffix(engine.tokenizer)[0] if cur.mode == "logprob" else ""
+    # room after the prompt: the generated reasoning and score, or "Score:" and one token
+    new = cur.max_new_tokens if cur.mode == "generate" else \
+        len(engine.tokenizer(suffix, add_special_tokens=False)["input_ids"]) + 1
+    prompts, cut = rating_prompts(engine, pairs, cur.shots, max_response_tokens, new)
+    prompts = [p + suffix for p in prompts]
+    return prompts, cut, overlong_prompts(engine, prompts, 1 if suffix else new)
+
+
 def rate_pairs(
     engine: Engine,
     pairs: list[AugmentedPair],
@@ -134,40 +160,76 @@ def rate_pairs(
     seed: int = 0,
     max_response_tokens: int = 512,
 ) -> list[RatedPair]:
-    """Rate every pair; records are appended to `out_path` as they finish (resumable)."""
+    """Rate every pair; records are appended to `out_path` as they finish (resumable).
+
+    A pair whose rating prompt is longer than the model's context gets a record with status error."""
     log = RecordLog(out_path)
     done = log.done_keys("source_id")
     try:
-        if cur.mode == "generate":
+        if any(p.source_id not in done for p in pairs):
             # all pairs: chunks and seeds must match an uninterrupted run; done pairs are skipped
-            if any(p.source_id not in done for p in pairs):
-                prompts, cut = rating_prompts(engine, pairs, cur.shots, max_response_tokens, cur.max_new_tokens)
-                _rate_generate(engine, pairs, prompts, cut, cur, seed, log, done)
-        else:
-            todo = [p for p in pairs if p.source_id not in done]
-            if todo:
-                _rate_logprob(engine, todo, cur, max_response_tokens, log)
+            prompts, cut, errors = _rating_inputs(engine, pairs, cur, max_response_tokens)
+            for p, c, e in zip(pairs, cut, errors, strict=True):
+                if e and p.source_id not in done:
+                    log.append(asdict(error_rated(p, e, c)))
+            run = [i for i, e in enumerate(errors) if not e]
+            ok, prompts, cut = [pairs[i] for i in run], [prompts[i] for i in run], [cut[i] for i in run]
+            if cur.mode == "generate":
+                _rate_generate(engine, ok, prompts, cut, cur, seed, log, done)
+            else:
+                todo = [i for i, p in enumerate(ok) if p.source_id not in done]
+                if todo:
+                    for rec in score_logprob(engine, [ok[i] for i in todo], [prompts[i] for i in todo],
+                                             [cut[i] for i in todo]):
+                        log.append(asdict(rec))
     finally:
         log.close()
     by_id = {r["source_id"]: r for r in log.records}
     return [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
 
 
-def _rate_logprob(
-    engine: Engine, todo: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, log: RecordLog
-) -> None:
-    """Expected score from the next-token probabilities of 1..5 after "Score:" (one pass)."""
-    suffix, cands = _score_suffix(engine.tokenizer)
-    room = len(engine.tokenizer(suffix, add_special_tokens=False)["input_ids"]) + 1
-    prompts, cut = rating_prompts(engine, todo, cur.shots, max_response_tokens, room)
-    probs = next_token_probs(engine, [p + suffix for p in prompts], cands, desc="rate (logprob)")
-    for p, pr, c in zip(todo, probs, cut, strict=True):
+def rate_batch(
+    engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, seed: int = 0, max_response_tokens: int = 512
+) -> list[RatedPair]:
+    """One record per pair, in order: the Ray executor's step (the same functions as
+    `rate_pairs`). A prompt longer than the model's context, or a pair the engine fails on, gives a
+    record with status error and the reason; the other pairs of the batch are unaffected."""
+    prompts, cut, errors = _rating_inputs(engine, pairs, cur, max_response_tokens)
+
+    def rate(idx: list[int]) -> list[RatedPair]:
+        ps, pr, c = [pairs[i] for i in idx], [prompts[i] for i in idx], [cut[i] for i in idx]
+        if cur.mode == "generate":
+            return rate_chunk(engine, ps, pr, c, cur, seed, progress=False)
+        return score_logprob(engine, ps, pr, c, progress=False)
+
+    run = [i for i, e in enumerate(errors) if not e]
+    out: dict[int, RatedPair] = {}
+    try:
+        out.update(zip(run, rate(run), strict=True))
+    except Exception:  # noqa: BLE001 - one pair at a time, so that a bad pair fails alone
+        for i in run:
+            try:
+                out[i] = rate([i])[0]
+            except Exception as e:  # noqa: BLE001 - recorded on the pair
+                errors[i] = f"engine_error: {type(e).__name__}: {e}"[:500]
+    return [error_rated(p, errors[i], cut[i]) if errors[i] else out[i] for i, p in enumerate(pairs)]
+
+
+def score_logprob(
+    engine: Engine, pairs: list[AugmentedPair], prompts: list[str], cut: list[bool], progress: bool = True
+) -> list[RatedPair]:
+    """Expected score from the next-token probabilities of 1..5 after "Score:" (one pass);
+    `prompts` end with "Score:" (see `_rating_inputs`)."""
+    cands = _score_suffix(engine.tokenizer)[1]
+    probs = next_token_probs(engine, prompts, cands, desc="rate (logprob)", progress=progress)
+    out = []
+    for p, pr, c in zip(pairs, probs, cut, strict=True):
         total = sum(pr)
         score = sum((i + 1) * x for i, x in enumerate(pr)) / total if total > 0 else None
         dist = ", ".join(f"{i + 1}:{x / total:.2f}" for i, x in enumerate(pr)) if total else ""
-        rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                        f"next-token probabilities {dist}", [score] if score else [], [], 0, c)
-        log.append(asdict(rec))
+        out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, score,
+                             f"next-token probabilities {dist}", [score] if score else [], [], 0, c))
+    return out
 
 
 def _rate_generate(
@@ -183,14 +245,18 @@ def _rate_generate(
         idx = order[start : start + chunk]
         if all(pairs[i].source_id in done for i in idx):
             continue
-        _rate_chunk(engine, [pairs[i] for i in idx], [prompts[i] for i in idx], [cut[i] for i in idx], cur,
-                    seed + start, log, f"{start + 1}-{min(start + chunk, len(pairs))}/{len(pairs)}", done)
+        recs = rate_chunk(engine, [pairs[i] for i in idx], [prompts[i] for i in idx], [cut[i] for i in idx], cur,
+                          seed + start, f"{start + 1}-{min(start + chunk, len(pairs))}/{len(pairs)}")
+        for rec in recs:
+            if rec.source_id not in done:
+                log.append(asdict(rec))
 
 
-def _rate_chunk(
+def rate_chunk(
     engine: Engine, todo: list[AugmentedPair], prompts: list[str], cut: list[bool], cur: CurationConfig, seed: int,
-    log: RecordLog, where: str, done: set[str],
-) -> None:
+    where: str = "", progress: bool = True,
+) -> list[RatedPair]:
+    """Rate pairs in generate mode: greedy (or n sampled ratings), then retries of unparsable ones."""
     n = len(todo)
     outputs: list[list[str]] = [[] for _ in range(n)]
     scores: list[list[float]] = [[] for _ in range(n)]
@@ -210,21 +276,22 @@ def _rate_chunk(
     first = GenParams(0.0, 1.0, cur.max_new_tokens, seed) if cur.n_samples == 1 else sampled
     rounds = [first] + [GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + k + 1) for k in range(cur.n_samples - 1)]
     for k, params in enumerate(rounds):
-        take(list(range(n)), generate(engine, prompts, params, desc=f"rate {where} ({k + 1}/{len(rounds)})"))
+        take(list(range(n)), generate(engine, prompts, params, desc=f"rate {where} ({k + 1}/{len(rounds)})",
+                                      progress=progress))
     for attempt in range(cur.retries):
         retry = [i for i in range(n) if not scores[i]]
         if not retry:
             break
         params = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + 1000 + attempt)
-        take(retry, generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1} {where}"))
+        take(retry, generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1} {where}",
+                             progress=progress))
+    out = []
     for i, p in enumerate(todo):
-        if p.source_id in done:
-            continue
         score = sum(scores[i]) / len(scores[i]) if scores[i] else None
         explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
-        rec = RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                        reasoning_of(explained), scores[i], outputs[i], failures[i], cut[i])
-        log.append(asdict(rec))
+        out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, score,
+                             reasoning_of(explained), scores[i], outputs[i], failures[i], cut[i]))
+    return out
 
 
 def select(rated: list[RatedPair], threshold: float) -> list[RatedPair]:

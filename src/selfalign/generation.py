@@ -109,6 +109,28 @@ def release_engine() -> None:
         sys.modules["selfalign.vllm_backend"].release()
 
 
+def context_length(engine: Any) -> int | None:
+    """Tokens the engine's model attends to (prompt + new tokens), or None when unknown (vLLM)."""
+    config = getattr(getattr(engine, "model", None), "config", None)
+    if config is None:
+        return None
+    n = getattr(config.get_text_config(decoder=True), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def overlong_prompts(engine: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
+    """For each prompt, "" or why it cannot run: its tokens + `max_new_tokens` exceed the context."""
+    limit = context_length(engine)
+    if limit is None:
+        return [""] * len(prompts)
+    out = []
+    for p in prompts:
+        n = len(engine.tokenizer(p, add_special_tokens=False)["input_ids"])
+        out.append(f"prompt_too_long: {n} prompt tokens + {max_new_tokens} new > context {limit}"
+                   if n + max_new_tokens > limit else "")
+    return out
+
+
 def _common_prefix_len(seqs: list[list[int]]) -> int:
     if not seqs:
         return 0

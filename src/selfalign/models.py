@@ -140,7 +140,7 @@ def resolve_model(spec: str, cache_dir: str) -> str:
     if spec == "tiny-random":
         from selfalign.tiny import build_tiny_model
 
-        return str(build_tiny_model(Path(cache_dir).expanduser() / "tiny-random-16k"))  # context 16,384
+        return str(build_tiny_model(Path(cache_dir).expanduser() / "tiny-random-16k"))  # TINY_CONTEXT
     p = Path(spec).expanduser()
     if p.exists():
         if not (p / "config.json").is_file():

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from selfalign.config import Config
+from selfalign.config import Config, ConfigError
 from selfalign.io import (
     STORAGE_ERRORS,
     DataError,
@@ -87,6 +87,8 @@ NOT_READ_BY_STAGES = (
     "run.templates_dir", "models.cache_dir", "models.trust_remote_code", "data.samples_if_absent",
     "generation.backend", "generation.batch_size", "generation.max_batch_size", "generation.memory_budget_gb",
     "generation.gpu_memory_utilization", "curation.threshold", "curation.iterations", "hub.",
+    # where generation runs; a run directory refuses another executor or Ray setup (but ray.address)
+    "run.executor", "ray.",
 )
 
 
@@ -173,7 +175,7 @@ def _copy_dir(src: Path, dst: Path) -> None:
 # is cheap: a new threshold re-selects from the stored ratings (no re-rating) and retrains the
 # forward model; the final responses are re-sampled; iterations 1 -> 2 adds the second round.
 RESUMABLE_KEYS = (
-    "run.out_dir", "run.force", "run.threads", "run.device", "run.memory_check", "run.device_memory_gb",
+    "run.out_dir", "run.force", "run.threads", "ray.address", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
     "generation.gpu_memory_utilization",
@@ -308,6 +310,15 @@ class Run:
         arts = {a.format(i=iteration): fingerprint(self.path(a.format(i=iteration))) for a in reads.artifacts}
         return stage_key(stage, values, temps, arts, given)
 
+    def _drop_stale(self, name: str, key: str, out: Path) -> None:
+        """Inputs changed since `out` was written: its records (and Ray's parts) are stale."""
+        if self.manifest.previous_key(name) == key:
+            return
+        if out.exists():
+            out.unlink()
+        if self.cfg.run.executor == "ray":
+            _ray_exec().clear(out, self.cfg.ray)
+
     # --- stages --------------------------------------------------------------------------
     @_once
     def seed(self) -> list[SeedPair]:
@@ -377,15 +388,21 @@ class Run:
         c = self.cfg
         out = self.path("augment", "augmented.jsonl")
         key = self.key("augment")
-        if self.manifest.previous_key("augment") != key and out.exists():
-            out.unlink()  # inputs changed: the old records are stale
+        self._drop_stale("augment", key, out)
         if self._stage("augment", key, [out]):
             from selfalign.augment import augment, status_counts
             from selfalign.generation import GenParams, load_engine
 
-            engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
-            pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
-                            c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
+            if c.run.executor == "ray":
+                _ray_exec().run_job(c, "augment", self.path("augment", "sample.jsonl"), out, c.models.base,
+                                    backward, "backward")
+                order = {r.source_id: i for i, r in enumerate(responses)}
+                pairs = sorted((AugmentedPair(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()),
+                               key=lambda r: order.get(r.source_id, 1 << 30))
+            else:
+                engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
+                pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
+                                c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
             status = status_counts(pairs)
             n_cut = sum(p.response_cut for p in pairs)
             say(f"augment: {len(pairs)} instructions generated; {status}; {n_cut} responses cut to "
@@ -432,14 +449,18 @@ class Run:
         curated_dir = self.path(f"curated_{iteration}")
         key = self.key("curate", iteration, rater=[spec, fingerprint(adapter) if adapter else None])
         name = f"curate-{iteration}"
-        if self.manifest.previous_key(name) != key and rated_path.exists():
-            rated_path.unlink()
+        self._drop_stale(name, key, rated_path)
         if self._stage(name, key, [rated_path]):
             from selfalign.curate import rate_pairs
             from selfalign.generation import load_engine
 
-            engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
-            rated = rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
+            if c.run.executor == "ray":  # reads augmented.jsonl and rates its `ok` rows
+                _ray_exec().run_job(c, "curate", self.path("augment", "augmented.jsonl"), rated_path, spec,
+                                    adapter, rater_name)
+                rated = load_rated(rated_path)
+            else:
+                engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
+                rated = rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)
             self.manifest.finish(name, rater=rater_name)
         else:
             rated = load_rated(rated_path)
@@ -496,16 +517,25 @@ class Run:
         src = self.sources["data.eval_prompts"].resolved
         out = self.path("responses.jsonl")
         key = self.key("responses", c.curation.iterations, source=[src, _file_fp(src)])
+        self._drop_stale("responses", key, out)
         if self._stage("responses", key, [out]):
             from selfalign.forward import load_prompts, sample_responses
             from selfalign.generation import GenParams, load_engine
 
             prompts = load_prompts(src, c.forward.n_responses, c.data.eval_split)
-            engine = load_engine(c, c.models.base, adapter=fwd, name="forward", stage="responses")
-            texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
-                                     c.forward.seed_tag)
-            rows = [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)]
-            write_jsonl(out, rows)
+            if c.run.executor == "ray":
+                tmp = self.path("responses.prompts.jsonl")
+                write_jsonl(tmp, [{"source_id": f"prompt-{i:06d}", "prompt": p} for i, p in enumerate(prompts)])
+                first = {p: i for i, p in reversed(list(enumerate(prompts)))}
+                _ray_exec().run_job(c, "responses", tmp, out, c.models.base, fwd, str(fwd),
+                                    sort_key=lambda r: first[r["prompt"]])
+                rows = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
+            else:
+                engine = load_engine(c, c.models.base, adapter=fwd, name="forward", stage="responses")
+                texts = sample_responses(engine, prompts, GenParams.from_config(c.generation.response, c.run.seed),
+                                         c.forward.seed_tag)
+                rows = [{"prompt": p, "response": t, "model": str(fwd)} for p, t in zip(prompts, texts, strict=True)]
+                write_jsonl(out, rows)
             self.manifest.finish("responses")
             return rows
         return [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
@@ -529,10 +559,25 @@ class Run:
                      self.responses())
 
 
+def _ray_exec():  # noqa: ANN202 - the module, imported only for run.executor=ray
+    try:
+        from selfalign import ray_exec
+    except ImportError as e:
+        raise ConfigError(f"run.executor=ray needs Ray Data: pip install 'selfalign[ray]' ({e})") from None
+    return ray_exec
+
+
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:
     """Run the stages up to and including `until` (one of STAGES)."""
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; one of {STAGES}")
+    if cfg.run.executor == "ray":  # one Ray instance for the whole run, shut down at the end
+        with _ray_exec().ray_cluster(cfg.ray):
+            return _run_stages(cfg, until)
+    return _run_stages(cfg, until)
+
+
+def _run_stages(cfg: Config, until: str) -> Run:
     from selfalign.models import setup_threads
 
     if cfg.generation.backend == "vllm":  # before hours of training: one line if vllm won't do

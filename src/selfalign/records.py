@@ -38,9 +38,10 @@ class AugmentedPair:
     source_id: str
     source: str
     raw_generation: str
-    status: str = "ok"  # ok | empty | too_long | echo
+    status: str = "ok"  # ok | empty | too_long | echo | error (`error` says why)
     generation: dict[str, Any] = field(default_factory=dict)
     response_cut: bool = False  # the response was cut to generation.max_prompt_tokens in the prompt
+    error: str = ""  # why no instruction could be generated (status error): a bad row, an engine error
 
 
 @dataclass
@@ -55,6 +56,8 @@ class RatedPair:
     raw_outputs: list[str] = field(default_factory=list)
     parse_failures: int = 0
     response_cut: bool = False  # the response was cut to curation.max_response_tokens in the prompt
+    status: str = "ok"  # ok | error: the pair could not be rated (`error` says why; score is None)
+    error: str = ""
 
 
 @dataclass

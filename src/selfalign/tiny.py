@@ -14,6 +14,9 @@ import tempfile
 from pathlib import Path
 
 TINY = "tiny-random"
+# Positions the tiny model attends to. Its 512-token byte-level vocabulary makes a rating prompt with
+# three worked examples ~5k tokens long; prompts longer than this are error rows, not run.
+TINY_CONTEXT = 16384
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n{% endfor %}"
@@ -70,7 +73,7 @@ def build_tiny_model(out_dir: Path, chat_template: bool = True, seed: int = 0,
         vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=2,
         # its 512-token vocabulary makes long prompts (3-shot rating: ~5k tokens); LLaMA-2's is 4,096
-        max_position_embeddings=4096 if tokenizer_dir else 16384,
+        max_position_embeddings=4096 if tokenizer_dir else TINY_CONTEXT,
         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
         tie_word_embeddings=False,
     )

@@ -1,0 +1,354 @@
+"""The Ray Data executor (`run.executor: ray`): augmentation, curation and responses on Ray.
+
+One job per stage, of the shape Ray can checkpoint:
+
+    read_json / read_parquet (the stage's input: one file or a folder of shards, streamed)
+    -> [checkpoint filter: rows whose source_id is committed are dropped; Ray inserts it]
+    -> repartition(target_num_rows_per_block=ray.block_rows)  (streaming: blocks of N rows)
+    -> map_batches(EngineActor, compute=ActorPoolStrategy(size=ray.concurrency))  (an engine each)
+    -> write_datasink(RecordSink)  (one JSONL file per block in <output>.parts/, then commit)
+
+Each actor holds selfalign's engine (`generation.load_engine`: the HF engine, or vLLM) and calls
+the same per-batch steps as the local executor (`augment.augment_batch`, `curate.rate_batch`),
+so the records have the same schema; the records are serialised by the actor (`json.dumps`, as
+`io.RecordLog` does) and written verbatim. After the job, the parts are concatenated into the
+stage's usual file (augment/augmented.jsonl, curate_N/rated.jsonl, responses.jsonl).
+
+Resume: `CheckpointConfig(id_column="source_id")` records each written block's ids (two-phase:
+pending, data file, commit); a re-run drops committed rows at read time and deletes data files
+of uncommitted blocks. Ray turns checkpointing off with only a warning when a job does not end in
+a Write, and says nothing when a path starts with something else than a Read (`from_items`: ids are
+recorded but never filtered); `write_checkpointed` refuses both.
+
+Seeds: a batch is seeded by `row_seed(run.seed, <first source_id of the batch>)`. With batched
+transformers sampling the samples depend on which rows share a batch (Ray forms the batches), so
+the guarantee is "every id exactly once", not "the same text as the local executor". Greedy
+decoding (curation) gives the same result up to float rounding. On vLLM (`ray_llm.py`) each
+row has its own seed, `row_seed(run.seed, source_id)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+from ray.data.block import BlockAccessor
+from ray.data.datasource import BlockBasedFileDatasink
+
+from selfalign.config import Config, ConfigError, RayConfig
+from selfalign.io import DataError, data_files, writing
+from selfalign.records import AugmentedPair, UnlabelledResponse
+
+CHECKPOINT_OFF = "doesn't support checkpointing"  # Ray's warning when it turns checkpointing off
+IO_CPUS = 0.25  # logical CPUs of a read or write task (JSON lines: light work)
+FILTER_CPUS = 1.0  # Ray's checkpoint filter actor on a resumed job (Ray's default for map actors, fixed)
+
+
+class RayJobError(DataError):
+    """A Ray job that cannot run as asked (checkpointing would be off, an id written twice, ...)."""
+
+
+def row_seed(seed: int, source_id: str) -> int:
+    """A seed for one row from the run seed and its id: independent of batching and order."""
+    return int(hashlib.sha256(f"{seed}:{source_id}".encode()).hexdigest()[:8], 16)
+
+
+# --- per-batch steps (plain functions: the actor calls them; tests call them without Ray) --------
+
+def _unlabelled(row: dict[str, Any]) -> tuple[UnlabelledResponse, str]:
+    """The row as an UnlabelledResponse, and "" or why it cannot be used."""
+    from selfalign.unlabelled import response_of
+
+    source = row.get("source") if isinstance(row.get("source"), str) else ""
+    try:
+        return UnlabelledResponse(response_of(row), str(row["source_id"]), source), ""
+    except ValueError as e:
+        text = row.get("response") if isinstance(row.get("response"), str) else ""
+        return UnlabelledResponse(text, str(row["source_id"]), source), f"bad_row: {e}"
+
+
+def augment_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One AugmentedPair record per row (unlabelled responses: `source_id` and `response`,
+    `text` or LIMA `conversations`); bad rows and failed generations have status error."""
+    from selfalign.augment import augment_batch, error_pair, generation_settings
+    from selfalign.generation import GenParams
+
+    g = cfg.generation
+    parsed = [_unlabelled(r) for r in rows]
+    good = [i for i, (_, why) in enumerate(parsed) if not why]
+    seed = row_seed(cfg.run.seed, min((parsed[i][0].source_id for i in good), default=""))
+    params = GenParams.from_config(g.instruction, seed)
+    done = augment_batch(engine, [parsed[i][0] for i in good], params, g.max_prompt_tokens, g.max_instruction_chars)
+    out: list[AugmentedPair] = [error_pair(r, generation_settings(engine, params), why) for r, why in parsed]
+    for i, rec in zip(good, done, strict=True):
+        out[i] = rec
+    return [asdict(r) for r in out]
+
+
+def rate_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One RatedPair record per usable row (AugmentedPair rows with status ok; the others are not
+    rated, as in the local executor); failed ratings have status error."""
+    from selfalign.curate import rate_batch
+
+    fields = AugmentedPair.__dataclass_fields__
+    pairs = [AugmentedPair(**{k: v for k, v in r.items() if k in fields}) for r in rows if r.get("status") == "ok"]
+    if not pairs:
+        return []
+    seed = row_seed(cfg.run.seed, min(p.source_id for p in pairs))
+    return [asdict(r) for r in rate_batch(engine, pairs, cfg.curation, seed, cfg.curation.max_response_tokens)]
+
+
+def respond_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One {"prompt", "response", "model"} record per prompt row (as the local responses.jsonl)."""
+    from selfalign.forward import sample_responses
+    from selfalign.generation import GenParams, overlong_prompts
+    from selfalign.prompts import forward_messages, render_prompt
+
+    g = cfg.generation.response
+    seed = row_seed(cfg.run.seed, min((str(r["source_id"]) for r in rows), default=""))
+    prompts = [str(r["prompt"]) for r in rows]
+    rendered = [render_prompt(engine.tokenizer, forward_messages(p, cfg.forward.seed_tag)) for p in prompts]
+    errors = overlong_prompts(engine, rendered, g.max_new_tokens)
+    run = [i for i, e in enumerate(errors) if not e]
+    texts = dict(zip(run, sample_responses(engine, [prompts[i] for i in run], GenParams.from_config(g, seed),
+                                           cfg.forward.seed_tag), strict=True))
+    out = []
+    for i, p in enumerate(prompts):
+        rec = {"prompt": p, "response": texts.get(i, ""), "model": engine.name}
+        if errors[i]:
+            rec.update(status="error", error=errors[i])
+        out.append(rec)
+    return out
+
+
+STEPS: dict[str, Callable[[Any, Config, list[dict[str, Any]]], list[dict[str, Any]]]] = {
+    "augment": augment_rows, "curate": rate_rows, "responses": respond_rows,
+}
+
+
+class EngineActor:
+    """A Ray actor holding one engine; called with a batch (a pyarrow Table of input rows), it
+    returns the batch's records as (source_id, JSON line) columns."""
+
+    def __init__(self, cfg: dict[str, Any], step: str, spec: str, adapter: str | None, name: str) -> None:
+        import torch
+
+        self.cfg = Config.model_validate(cfg)
+        threads = self.cfg.run.threads or max(1, int(self.cfg.ray.cpus_per_actor))
+        torch.set_num_threads(threads)
+        from selfalign.generation import load_engine
+
+        self.step = STEPS[step]
+        stage = "curate" if step == "curate" else step
+        self.engine = load_engine(self.cfg, spec, adapter=adapter, name=name, stage=stage)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        recs = self.step(self.engine, self.cfg, rows)
+        if self.step is respond_rows:  # one record per prompt row, in order; the record has no id
+            ids = [str(r["source_id"]) for r in rows]
+        else:  # augment: one per row; curate: one per `ok` row
+            ids = [str(r["source_id"]) for r in recs]
+        lines = [json.dumps(r, ensure_ascii=False) for r in recs]
+        return pa.table({"source_id": pa.array(ids, pa.string()), "record": pa.array(lines, pa.string())})
+
+
+class RecordSink(BlockBasedFileDatasink):
+    """Writes each block's `record` column, one JSON line per row, to one .jsonl file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path, file_format="jsonl")
+
+    def write_block_to_file(self, block: BlockAccessor, file: Any) -> None:
+        lines = block.to_arrow().column("record").to_pylist()
+        file.write("".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+# --- the cluster and the job -------------------------------------------------------------------
+
+def check_local_cpus(rc: RayConfig) -> None:
+    """Refuse actors that would hold the CPUs that reads, writes and (on a resumed job) Ray's
+    checkpoint filter actor need: they would wait forever (Ray Data does not say so; the job hangs).
+    CPUs here are Ray's logical ones: an actor's torch threads are `run.threads` (or max(1, its CPUs))."""
+    actors = rc.concurrency * rc.cpus_per_actor
+    room = rc.num_cpus - FILTER_CPUS - IO_CPUS
+    if actors > room:
+        raise ConfigError(
+            f"ray.concurrency x ray.cpus_per_actor = {actors:g} leaves too little of the local Ray instance "
+            f"(ray.num_cpus={rc.num_cpus}) for Ray's checkpoint filter ({FILTER_CPUS:g} CPU) and reads and "
+            f"writes ({IO_CPUS:g}): lower ray.cpus_per_actor (e.g. {room / rc.concurrency:g}) or raise ray.num_cpus")
+
+
+@contextmanager
+def ray_cluster(rc: RayConfig) -> Iterator[None]:
+    """Join `ray.address` (or $RAY_ADDRESS), or start a small local instance for the run (no
+    dashboard, `ray.num_cpus` logical CPUs, a `ray.object_store_mb` object store); shut it down
+    at the end. An instance this process already holds is used as it is, and left running."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = rc.address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": "warning", "log_to_driver": True}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        check_local_cpus(rc)
+        ray.init(num_cpus=rc.num_cpus, object_store_memory=rc.object_store_mb << 20, **kwargs)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def read_rows(paths: list[Path]) -> Any:
+    """A dataset over JSONL/JSON or Parquet files (one kind per stage input), read in parallel."""
+    import ray
+
+    kinds = {p.suffix.lower() for p in paths}
+    if kinds == {".parquet"}:
+        return ray.data.read_parquet([str(p) for p in paths], num_cpus=IO_CPUS)
+    if kinds <= {".jsonl", ".json"}:
+        return ray.data.read_json([str(p) for p in paths], num_cpus=IO_CPUS)
+    raise DataError(f"run.executor=ray reads .jsonl/.json or .parquet shards, not a mix of {sorted(kinds)}")
+
+
+def checkpoint_dir(out_path: Path, rc: RayConfig) -> str:
+    """Where the job's committed ids are recorded: beside the output, or under ray.checkpoint_path
+    (one folder per output file)."""
+    if rc.checkpoint_path is None:
+        return str(out_path.with_name(out_path.name + ".ray_checkpoint"))
+    tag = hashlib.sha256(str(out_path.resolve()).encode()).hexdigest()[:12]
+    return f"{rc.checkpoint_path.rstrip('/')}/{out_path.stem}-{tag}"
+
+
+def parts_dir(out_path: Path) -> Path:
+    return out_path.with_name(out_path.name + ".parts")
+
+
+def clear(out_path: Path, rc: RayConfig) -> None:
+    """Remove the parts and checkpoint of a stage's output (its inputs changed: they are stale)."""
+    shutil.rmtree(parts_dir(out_path), ignore_errors=True)
+    ck = checkpoint_dir(out_path, rc)
+    if "://" not in ck:
+        shutil.rmtree(ck, ignore_errors=True)
+
+
+def _batch_size(cfg: Config) -> int:
+    return cfg.ray.batch_size or cfg.generation.batch_size or 8
+
+
+def _absolute(spec: str) -> str:
+    """A local model folder as an absolute path (actors may run elsewhere than the driver's cwd)."""
+    p = Path(spec).expanduser()
+    return str(p.resolve()) if p.exists() else spec
+
+
+def run_job(
+    cfg: Config, step: str, inputs: str | Path, out_path: Path, spec: str, adapter: str | Path | None, name: str,
+    sort_key: Callable[[dict[str, Any]], Any] | None = None,
+) -> Path:
+    """Run one stage's rows through Ray and write `out_path` (JSONL); resumable (see module doc).
+
+    `inputs`: a file or a folder of .jsonl/.json/.parquet shards; every row has a unique `source_id`.
+    `sort_key`: order of the merged records (None: the order of the part files)."""
+    from ray.data import DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    rc = cfg.ray
+    out_path = Path(out_path).resolve()
+    files = data_files(Path(inputs).resolve())
+    parts = parts_dir(out_path)
+    with writing(parts):
+        parts.mkdir(parents=True, exist_ok=True)
+    if cfg.generation.backend == "vllm":
+        from selfalign import ray_llm
+
+        run = ray_llm.vllm_job
+    else:
+        run = _hf_job
+    with ray_cluster(rc):
+        ctx = DataContext.get_current()
+        before = ctx.checkpoint_config
+        ctx.checkpoint_config = CheckpointConfig(
+            id_column="source_id", checkpoint_path=checkpoint_dir(out_path, rc), delete_checkpoint_on_success=False)
+        try:
+            ds = read_rows(files).repartition(target_num_rows_per_block=rc.block_rows)
+            ds = run(cfg, step, ds, _absolute(spec), str(Path(adapter).resolve()) if adapter else None, name)
+            write_checkpointed(ds, parts)
+        finally:
+            ctx.checkpoint_config = before
+    merge_parts(parts, out_path, sort_key)
+    return out_path
+
+
+def write_checkpointed(ds: Any, parts: Path) -> None:
+    """Write the records of `ds` into `parts` with the current checkpoint config; refuse a job Ray
+    would run without checkpointing (Ray only warns, or says nothing: see below)."""
+    from ray.data._internal.logical.operators import Read, ReadFiles  # what Ray's planner checks
+
+    def sources(op: Any) -> Iterator[Any]:  # where each path of the plan starts
+        if isinstance(op, (Read, ReadFiles)) or not op.input_dependencies:
+            yield op
+        for dep in () if isinstance(op, (Read, ReadFiles)) else op.input_dependencies:
+            yield from sources(dep)
+
+    # Ray checks that the plan ends in a Write and warns otherwise, but a path that starts with
+    # something else than a Read (from_items, from_pandas) passes its check, and nothing filters it
+    not_read = sorted({type(op).__name__ for op in sources(ds._logical_plan.dag) if not isinstance(op, (Read, ReadFiles))})
+    if not_read:
+        raise RayJobError(f"Ray would run this job without checkpointing (it starts with {', '.join(not_read)}, "
+                          "not a read), so a re-run could not resume")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=f".*{CHECKPOINT_OFF}.*")
+        try:
+            ds.write_datasink(RecordSink(str(parts)), ray_remote_args={"num_cpus": IO_CPUS})
+        except UserWarning as e:
+            raise RayJobError(f"Ray would run this job without checkpointing, so a re-run could not resume ({e})") from None
+
+
+def _hf_job(cfg: Config, step: str, ds: Any, spec: str, adapter: str | None, name: str) -> Any:
+    from ray.data import ActorPoolStrategy
+
+    rc = cfg.ray
+    return ds.map_batches(  # `concurrency=` is deprecated since Ray 2.51: compute=ActorPoolStrategy
+        EngineActor, fn_constructor_args=(cfg.to_dict(), step, spec, adapter, name),
+        batch_size=_batch_size(cfg), batch_format="pyarrow", compute=ActorPoolStrategy(size=rc.concurrency),
+        num_cpus=rc.cpus_per_actor, num_gpus=rc.gpus_per_actor or None,
+    )
+
+
+def merge_parts(parts: Path, out_path: Path, sort_key: Callable[[dict[str, Any]], Any] | None = None) -> int:
+    """Concatenate the part files into `out_path` (atomically); refuse an id written twice.
+    Returns the number of records."""
+    seen: set[str] = set()
+    tmp = out_path.with_name(f".{out_path.name}.merge.tmp")
+    lines: list[tuple[Any, str]] = []
+    with writing(out_path), open(tmp, "w", encoding="utf-8") as f:
+        for part in sorted(parts.glob("*.jsonl")):
+            for line in part.read_text(encoding="utf-8").splitlines():
+                rec = json.loads(line)
+                key = str(rec.get("source_id", rec.get("prompt")))
+                if "source_id" in rec and key in seen:
+                    raise RayJobError(f"{part}: source_id {key!r} was written twice")
+                seen.add(key)
+                if sort_key is None:
+                    f.write(line + "\n")
+                else:
+                    lines.append((sort_key(rec), line))
+        for _, line in sorted(lines, key=lambda x: x[0]):
+            f.write(line + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out_path)
+    return len(seen) if sort_key is None else len(lines)
