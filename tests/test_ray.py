@@ -63,7 +63,7 @@ def test_sigkill_after_a_committed_block_then_rerun_resumes(tmp_path: Path, tiny
     ids = {f"{f.name}:{k}" for f in shards.glob("*.jsonl") for k in range(1, len(read_jsonl(f)) + 1)}
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-c", "from selfalign.cli import main; main()", "augment",
-           "--config", str(REPO / "configs" / "smoke.yaml"), f"run.out_dir={run_dir}",
+           "--config", "smoke", f"run.out_dir={run_dir}",
            f"models.base={tiny_model}", f"models.rater={tiny_model}", f"data.unlabelled={shards}",
            f"data.unlabelled_n={N_ROWS}", "ray.block_rows=40", *RAY_OPTS, *FAST_GEN]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
