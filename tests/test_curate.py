@@ -15,7 +15,7 @@ from selfalign.curate import (
     select,
     write_curated,
 )
-from selfalign.generation import Engine
+from selfalign.generation import HFEngine
 from selfalign.prompts import rating_fewshot, rating_messages, rating_prompt
 from selfalign.records import AugmentedPair, RatedPair
 
@@ -158,7 +158,7 @@ def test_rate_pairs_retries_failures_and_resumes(tmp_path: Path, monkeypatch: py
         return out
 
     monkeypatch.setattr(curate, "generate", fake_generate)
-    engine = Engine(model=None, tokenizer=FakeTok())
+    engine = HFEngine(model=None, tokenizer=FakeTok())
     pairs = [AugmentedPair(f"instr {k}", resp, str(k), "s", "") for k, resp in
              enumerate(["fine answer", "NOSCORE answer", "NEVER answer"])]
     cur = load_config(None, ["curation.retries=2"]).curation

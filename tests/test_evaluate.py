@@ -23,7 +23,7 @@ from selfalign.evaluate import (
     wilson_interval,
 )
 from selfalign.evaluate import judge as ev  # judge_pairwise calls generate from there
-from selfalign.generation import Engine
+from selfalign.generation import Engine, HFEngine
 from selfalign.records import SeedPair
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -143,7 +143,7 @@ def test_outcome_needs_both_orders() -> None:
 def fake_engine(tiny_model: Path) -> Engine:
     from selfalign.models import load_tokenizer
 
-    return Engine(model=None, tokenizer=load_tokenizer(str(tiny_model)), batch_size=4, name="judge")
+    return HFEngine(model=None, tokenizer=load_tokenizer(str(tiny_model)), batch_size=4, name="judge")
 
 
 INSTR = [f"Tell me about item {i}" for i in range(4)]

@@ -360,13 +360,13 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
 
     elif isinstance(exp, Status):
         import selfalign.augment as aug
-        from selfalign.generation import Engine, GenParams
+        from selfalign.generation import GenParams, HFEngine
         from selfalign.models import load_tokenizer
         from selfalign.records import UnlabelledResponse
 
         outputs = case.data
         monkeypatch.setattr(aug, "generate", _fake_generate(outputs))
-        engine = Engine(None, load_tokenizer(str(tiny_model)), 2, "fake")
+        engine = HFEngine(None, load_tokenizer(str(tiny_model)), 2, "fake")
         responses = [UnlabelledResponse(f"Response number {i} is a fine answer.", f"r{i}") for i in range(len(outputs))]
         pairs = aug.augment(engine, responses, GenParams(), tmp_path / "augmented.jsonl")
         counts = aug.status_counts(pairs)
@@ -377,12 +377,12 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
     elif isinstance(exp, Unscored):
         import selfalign.curate as cur
         from selfalign.config import CurationConfig
-        from selfalign.generation import Engine
+        from selfalign.generation import HFEngine
         from selfalign.models import load_tokenizer
         from selfalign.records import AugmentedPair
 
         monkeypatch.setattr(cur, "generate", _fake_generate([case.data] * 100))
-        engine = Engine(None, load_tokenizer(str(tiny_model)), 2, "fake")
+        engine = HFEngine(None, load_tokenizer(str(tiny_model)), 2, "fake")
         pairs = [AugmentedPair(f"Question {i}?", f"Answer {i}.", f"p{i}", "s", "") for i in range(3)]
         settings = CurationConfig(mode="generate", retries=2, n_samples=1, shots=1, threshold=1.0)
         rated = cur.rate_pairs(engine, pairs, settings, tmp_path / "rated.jsonl")

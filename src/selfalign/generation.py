@@ -14,7 +14,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -40,9 +40,25 @@ class GenParams:
         return cls(s.temperature, s.top_p, s.max_new_tokens, seed)
 
 
+class Engine(Protocol):
+    """What the stages use of a generation engine; implemented by `HFEngine` (transformers, here)
+    and `vllm_backend.VllmEngine`. The stages call `generate` / `next_token_probs` below."""
+
+    tokenizer: Any
+    name: str
+    batch_size: int
+    context: int | None  # the model's context; prompts are cut to fit it (None: no limit)
+
+    def generate(self, prompts: list[str], params: GenParams, on_result: Callable[[int, str], None] | None = None,
+                 desc: str = "generate", progress: bool = True, skip: set[int] | None = None) -> list[str]: ...
+
+    def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
+                         progress: bool = True) -> list[list[float]]: ...
+
+
 @dataclass
-class Engine:
-    """A loaded model + tokenizer (with an optional adapter) and batching settings."""
+class HFEngine:
+    """A loaded transformers model + tokenizer (with an optional adapter) and batching settings."""
 
     model: Any
     tokenizer: Any
@@ -55,6 +71,14 @@ class Engine:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def generate(self, prompts: list[str], params: GenParams, on_result: Callable[[int, str], None] | None = None,
+                 desc: str = "generate", progress: bool = True, skip: set[int] | None = None) -> list[str]:
+        return _hf_generate(self, prompts, params, on_result, desc, progress, skip)
+
+    def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
+                         progress: bool = True) -> list[list[float]]:
+        return _hf_next_token_probs(self, prompts, candidates, desc, progress)
 
 
 def context_limit(engine: Any, max_new_tokens: int) -> int | None:
@@ -98,7 +122,7 @@ def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name:
     memory.check(cfg, spec, path, device, lora=lora, stage=stage, tokenizer=tok)  # at the batch size used
     model, tok = load_model(spec, cfg.models, device=cfg.run.device, adapter=adapter)
     text = model.config.get_text_config(decoder=True)
-    return Engine(model, tok, batch, name or spec, context=getattr(text, "max_position_embeddings", None))
+    return HFEngine(model, tok, batch, name or spec, context=getattr(text, "max_position_embeddings", None))
 
 
 def release_engine() -> None:
@@ -144,7 +168,7 @@ def _common_prefix_len(seqs: list[list[int]]) -> int:
     return n
 
 
-def _shared_prefix(engine: Engine, encoded: list[list[int]]) -> tuple[int, Any]:
+def _shared_prefix(engine: HFEngine, encoded: list[list[int]]) -> tuple[int, Any]:
     """(length, KV cache) of the token prefix shared by all prompts, or (0, None).
 
     The cache is kept on the engine: later calls whose prompts start with the same prefix (the
@@ -268,7 +292,6 @@ def _sample_kwargs(params: GenParams) -> dict[str, Any]:
     return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
 
 
-@torch.inference_mode()
 def generate(
     engine: Engine,
     prompts: list[str],
@@ -278,24 +301,29 @@ def generate(
     progress: bool = True,
     skip: set[int] | None = None,
 ) -> list[str]:
-    """Completions for `prompts` (already rendered text), in input order.
+    """Completions for `prompts` (already rendered text), in input order, from any `Engine`.
 
     `on_result(i, text)` is called as each completion is ready, so a caller can persist it.
     `skip` holds indices already done (a resumed stage): batches are formed over all prompts
     and seeded by position, exactly as in an uninterrupted run, so a resumed run produces the
     same completions; batches that are entirely done are not run, and done items are not reported.
     """
-    skip = skip or set()
     if not prompts:
         return []
-    if not isinstance(engine, Engine):  # the vLLM backend: batching is vLLM's job
-        todo = [i for i in range(len(prompts)) if i not in skip]
-        texts = [""] * len(prompts)
-        for i, t in zip(todo, engine.generate([prompts[i] for i in todo], params), strict=True):
-            texts[i] = t
-            if on_result is not None:
-                on_result(i, t)
-        return texts
+    return engine.generate(prompts, params, on_result, desc, progress, skip)
+
+
+@torch.inference_mode()
+def _hf_generate(
+    engine: HFEngine,
+    prompts: list[str],
+    params: GenParams,
+    on_result: Callable[[int, str], None] | None,
+    desc: str,
+    progress: bool,
+    skip: set[int] | None,
+) -> list[str]:
+    skip = skip or set()
     tok, model = engine.tokenizer, engine.model
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared, prefix_cache = _shared_prefix(engine, encoded)
@@ -331,17 +359,20 @@ def generate(
     return [r if r is not None else "" for r in results]
 
 
-@torch.inference_mode()
 def next_token_probs(
     engine: Engine, prompts: list[str], candidates: list[str], desc: str = "score", progress: bool = True
 ) -> list[list[float]]:
     """For each prompt, the probabilities of each candidate's first token as the next token.
 
-    One forward pass per batch, no generation (the fast curation mode). Shares the prefix
-    cache like `generate`.
-    """
-    if not isinstance(engine, Engine):
-        raise RuntimeError("curation.mode=logprob needs generation.backend=hf")
+    One forward pass per batch, no generation (the fast curation mode); the hf engine shares the
+    prefix cache like `generate`."""
+    return engine.next_token_probs(prompts, candidates, desc, progress)
+
+
+@torch.inference_mode()
+def _hf_next_token_probs(
+    engine: HFEngine, prompts: list[str], candidates: list[str], desc: str, progress: bool
+) -> list[list[float]]:
     tok, model = engine.tokenizer, engine.model
     cand_ids = [tok(c, add_special_tokens=False)["input_ids"][-1] for c in candidates]
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]

@@ -107,7 +107,7 @@ def lora_request_args(adapter: str | Path) -> tuple[str, int, str]:
 
 @dataclass
 class VllmEngine:
-    """Same role as `generation.Engine`. `make_llm(max_model_len)` builds the `vllm.LLM` (or a
+    """A `generation.Engine` on vLLM. `make_llm(max_model_len)` builds the `vllm.LLM` (or a
     fake) on the first `generate`, sized to that call's prompts; the stages pass all their prompts
     in the first call (`batch_size` is large, so curation rates in one chunk)."""
 
@@ -127,7 +127,25 @@ class VllmEngine:
         """Token ids as the hf backend encodes them: the rendered text holds its BOS already."""
         return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
-    def generate(self, prompts: list[str], params: Any) -> list[str]:
+    def generate(self, prompts: list[str], params: Any, on_result: Callable[[int, str], None] | None = None,
+                 desc: str = "generate", progress: bool = True, skip: set[int] | None = None) -> list[str]:
+        """`generation.Engine.generate`: vLLM batches by itself, so all prompts not in `skip` go in
+        one call; `on_result(i, text)` is called for each of them, in order."""
+        skip = skip or set()
+        todo = [i for i in range(len(prompts)) if i not in skip]
+        texts = [""] * len(prompts)
+        if todo:
+            for i, t in zip(todo, self._generate([prompts[i] for i in todo], params), strict=True):
+                texts[i] = t
+                if on_result is not None:
+                    on_result(i, t)
+        return texts
+
+    def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
+                         progress: bool = True) -> list[list[float]]:
+        raise VllmError("curation.mode=logprob needs generation.backend=hf")
+
+    def _generate(self, prompts: list[str], params: Any) -> list[str]:
         ids = self.encode(prompts)
         need = max(len(i) for i in ids) + params.max_new_tokens
         if self.context and need > self.context:

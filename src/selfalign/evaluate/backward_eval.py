@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config
-from selfalign.generation import Engine, GenParams, generate
+from selfalign.generation import GenParams, HFEngine, generate
 from selfalign.prompts import backward_prompt
 from selfalign.records import SeedPair
 
@@ -80,7 +80,7 @@ def evaluate_backward(cfg: Config, run_dir: Path, heldout: Sequence[SeedPair], n
         base = target_nll(model, rows, tok.pad_token_id, bs)
     better = sum(1 for (a, n), (b, _) in zip(adapted, base, strict=True) if n and a < b)
 
-    engine = Engine(model, tok, bs, "backward")
+    engine = HFEngine(model, tok, bs, "backward")
     shown = list(heldout)[:n_examples]
     prompts = [backward_prompt(tok, p.response, cfg.generation.max_prompt_tokens)[0] for p in shown]
     params = GenParams(0.0, 1.0, cfg.generation.instruction.max_new_tokens, cfg.run.seed)
