@@ -96,14 +96,7 @@ def test_missing_or_invalid_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+from selfalign.pipeline import _flat  # noqa: E402  (dotted key -> value)
 
 
 def test_class_defaults_and_shipped_default_yaml_agree() -> None:

@@ -142,9 +142,12 @@ def test_prompts_and_writers_take_arbitrary_json(tmp_path_factory, values: list)
     # every writer takes anything a reader produced, lone surrogates included
     as_rows = [v if isinstance(v, dict) else {"value": v} for v in values]
     write_jsonl(d / "w.jsonl", as_rows)
-    with RecordLog(d / "log.jsonl") as log:
+    log = RecordLog(d / "log.jsonl")
+    try:
         for r in as_rows:
             log.append(r)
+    finally:
+        log.close()
     # one record a line, even for readers that split on every Unicode line break (U+2028, U+0085)
     assert RecordLog(d / "log.jsonl").records == [json.loads(x) for x in (d / "w.jsonl").read_text().splitlines()]
 

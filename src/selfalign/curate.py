@@ -147,9 +147,21 @@ def _rating_inputs(
     # room after the prompt: the generated reasoning and score, or "Score:" and one token
     new = cur.max_new_tokens if cur.mode == "generate" else \
         len(engine.tokenizer(suffix, add_special_tokens=False)["input_ids"]) + 1
-    prompts, cut = rating_prompts(engine, pairs, cur.shots, max_response_tokens, new)
-    prompts = [p + suffix for p in prompts]
-    return prompts, cut, overlong_prompts(engine, prompts, 1 if suffix else new)
+    limit = context_limit(engine, new)
+    prompts, cut, too_long = [], [], []
+    for p in pairs:  # the response is cut to fit; a pair whose prompt cannot fit even so is an error row
+        try:
+            prompt, c = fit_prompt(engine.tokenizer, lambda r, p=p: render_prompt(
+                engine.tokenizer, rating_messages(p.instruction, r, cur.shots)), p.response, max_response_tokens, limit)
+        except PromptTooLong as e:
+            prompt, c = "", True
+            too_long.append(f"prompt_too_long: {e}")
+        else:
+            too_long.append("")
+        prompts.append(prompt + suffix)
+        cut.append(c)
+    over = overlong_prompts(engine, prompts, 1 if suffix else new)
+    return prompts, cut, [t or o for t, o in zip(too_long, over, strict=True)]
 
 
 def rate_pairs(

@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from selfalign.config import Config, SamplingConfig
+from selfalign.memory import MIN_SHARED_PREFIX
 
 # `past_key_values` works on every transformers 5.x; newer releases warn that it is renamed.
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
 warnings.filterwarnings("ignore", message=".*past_key_values.*cache_params.*")
 
-MIN_SHARED_PREFIX = 32  # tokens; shorter shared prefixes are not worth caching
 
 
 @dataclass

@@ -21,6 +21,7 @@ from selfalign.config import Config, LoraConfig, TrainConfig
 from selfalign.models import ModelError
 
 GiB = 1024**3
+MIN_SHARED_PREFIX = 32  # tokens; shorter shared prefixes are not worth caching (generation.py)
 QLORA_CONFIG = "llama2-7b-qlora-t4"  # a shipped config (selfalign config list)
 CUDA_CONTEXT = int(0.75 * GiB)  # CUDA context + allocator slack, ~0.5-1 GB on A100/T4
 CPU_RUNTIME = int(1.0 * GiB)  # python, torch and transformers in the process (~1 GB RSS here)
@@ -259,7 +260,6 @@ def plan_generation(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: b
         "prefill": b * ctx * shape.hidden * 8 * dtype_bytes + b * shape.vocab * 4 * 2,
         "overhead": CUDA_CONTEXT if cuda else CPU_RUNTIME,
     }
-    from selfalign.generation import MIN_SHARED_PREFIX
 
     tokens = prompt_tokens(cfg, stage, tokenizer) if stage is not None else None
     if tokens is not None and tokens.shared >= MIN_SHARED_PREFIX:

@@ -46,7 +46,10 @@ from ray.data.datasource import BlockBasedFileDatasink
 
 from selfalign.config import Config, ConfigError, RayConfig
 from selfalign.io import DataError, data_files, writing
-from selfalign.records import AugmentedPair, UnlabelledResponse
+from selfalign.ray_rows import ray_batch_size as _batch_size
+from selfalign.ray_rows import row_seed as row_seed
+from selfalign.ray_rows import unlabelled_row as _unlabelled
+from selfalign.records import AugmentedPair
 
 CHECKPOINT_OFF = "doesn't support checkpointing"  # Ray's warning when it turns checkpointing off
 IO_CPUS = 0.25  # logical CPUs of a read or write task (JSON lines: light work)
@@ -57,24 +60,7 @@ class RayJobError(DataError):
     """A Ray job that cannot run as asked (checkpointing would be off, an id written twice, ...)."""
 
 
-def row_seed(seed: int, source_id: str) -> int:
-    """A seed for one row from the run seed and its id: independent of batching and order."""
-    return int(hashlib.sha256(f"{seed}:{source_id}".encode()).hexdigest()[:8], 16)
-
-
 # --- per-batch steps (plain functions: the actor calls them; tests call them without Ray) --------
-
-def _unlabelled(row: dict[str, Any]) -> tuple[UnlabelledResponse, str]:
-    """The row as an UnlabelledResponse, and "" or why it cannot be used."""
-    from selfalign.unlabelled import response_of
-
-    source = row.get("source") if isinstance(row.get("source"), str) else ""
-    try:
-        return UnlabelledResponse(response_of(row), str(row["source_id"]), source), ""
-    except ValueError as e:
-        text = row.get("response") if isinstance(row.get("response"), str) else ""
-        return UnlabelledResponse(text, str(row["source_id"]), source), f"bad_row: {e}"
-
 
 def augment_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One AugmentedPair record per row (unlabelled responses: `source_id` and `response`,
@@ -242,10 +228,6 @@ def clear(out_path: Path, rc: RayConfig) -> None:
     ck = checkpoint_dir(out_path, rc)
     if "://" not in ck:
         shutil.rmtree(ck, ignore_errors=True)
-
-
-def _batch_size(cfg: Config) -> int:
-    return cfg.ray.batch_size or cfg.generation.batch_size or 8
 
 
 def _absolute(spec: str) -> str:

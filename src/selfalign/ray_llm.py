@@ -26,7 +26,9 @@ from dataclasses import asdict
 from typing import Any
 
 from selfalign.config import Config
-from selfalign.ray_exec import _batch_size, _unlabelled, row_seed
+from selfalign.ray_rows import ray_batch_size as _batch_size
+from selfalign.ray_rows import row_seed
+from selfalign.ray_rows import unlabelled_row as _unlabelled
 from selfalign.records import AugmentedPair, RatedPair
 from selfalign.vllm_backend import engine_options, sampling_options
 
@@ -35,11 +37,17 @@ LOGPROBS = 20  # top log-probabilities returned for the token after "Score:" (lo
 
 def processor_config(cfg: Config, base: str, adapters: list[str]) -> Any:
     """The `ray.data.llm.vLLMEngineProcessorConfig` of a stage: engine_kwargs from
-    `vllm_backend.engine_options` (enable_lora, max_lora_rank, max_loras, max_model_len, dtype,
-    seed) plus `ray.tensor_parallel_size`; prompts are rendered and decoded by selfalign and vLLM."""
+    `vllm_backend.engine_options` (enable_lora, max_lora_rank, max_loras, max_model_len: the
+    model's context, dtype, seed, gpu_memory_utilization) plus `ray.tensor_parallel_size`; prompts are rendered and decoded by selfalign and vLLM."""
     from ray.data.llm import vLLMEngineProcessorConfig
 
-    opts = engine_options(cfg, base, adapters)
+    from selfalign.models import model_context
+
+    # the model's own context (every prompt is cut to fit it); the training length when the driver
+    # cannot read the model's config. "auto": vLLM picks the dtype on the GPU workers.
+    context = model_context(base, cfg.models.trust_remote_code) or max(cfg.train_forward.max_seq_len,
+                                                                       cfg.train_backward.max_seq_len)
+    opts = engine_options(cfg, base, adapters, context, "auto" if cfg.models.dtype == "auto" else cfg.models.dtype)
     model = opts.pop("model")
     opts["tensor_parallel_size"] = cfg.ray.tensor_parallel_size
     return vLLMEngineProcessorConfig(
