@@ -98,6 +98,13 @@ def choose_rater(models: ModelsConfig, run_dir: Path, iteration: int = 1) -> tup
     return models.rater, None, models.rater
 
 
+def _fit_rating_prompt(engine: Engine, p: AugmentedPair, shots: int, max_response_tokens: int,
+                       limit: int | None) -> tuple[str, bool]:
+    """The rating prompt of one pair, its response cut to fit (see `prompts.fit_prompt`)."""
+    return fit_prompt(engine.tokenizer, lambda r: render_prompt(engine.tokenizer, rating_messages(p.instruction, r, shots)),
+                      p.response, max_response_tokens, limit)
+
+
 def rating_prompts(
     engine: Engine, pairs: list[AugmentedPair], shots: int, max_response_tokens: int, max_new_tokens: int = 0
 ) -> tuple[list[str], list[bool]]:
@@ -107,8 +114,7 @@ def rating_prompts(
     out, cut = [], []
     for p in pairs:
         try:
-            prompt, c = fit_prompt(engine.tokenizer, lambda r, p=p: render_prompt(
-                engine.tokenizer, rating_messages(p.instruction, r, shots)), p.response, max_response_tokens, limit)
+            prompt, c = _fit_rating_prompt(engine, p, shots, max_response_tokens, limit)
         except PromptTooLong as e:
             raise ConfigError(f"curation: {e} (pair {p.source_id}, instruction of {len(p.instruction)} characters); "
                               "lower curation.shots, curation.max_new_tokens or generation.instruction.max_new_tokens"
@@ -151,8 +157,7 @@ def _rating_inputs(
     prompts, cut, too_long = [], [], []
     for p in pairs:  # the response is cut to fit; a pair whose prompt cannot fit even so is an error row
         try:
-            prompt, c = fit_prompt(engine.tokenizer, lambda r, p=p: render_prompt(
-                engine.tokenizer, rating_messages(p.instruction, r, cur.shots)), p.response, max_response_tokens, limit)
+            prompt, c = _fit_rating_prompt(engine, p, cur.shots, max_response_tokens, limit)
         except PromptTooLong as e:
             prompt, c = "", True
             too_long.append(f"prompt_too_long: {e}")
