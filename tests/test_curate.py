@@ -201,3 +201,89 @@ def test_parse_score_never_raises_and_stays_in_range(text: str) -> None:
 def test_parse_score_round_trip(n: int, reasoning: str) -> None:
     """Any reasoning without digits, then the requested last line, parses back to the score."""
     assert parse_score(f"{reasoning}\nScore: {n}") == n
+
+
+def _ranked_pairs(n: int = 5) -> list[AugmentedPair]:
+    return [AugmentedPair(f"Write about item {k}.", f"Item {k} is a thing. " * (k + 1), str(k), "s", "")
+            for k in range(n)]
+
+
+@pytest.mark.parametrize("mode", ["likelihood", "combined"])
+def test_likelihood_modes_write_parts_and_rank_scores(tiny_model: Path, tmp_path: Path, mode: str) -> None:
+    import math
+
+    from selfalign.generation import load_engine
+    from selfalign.likelihood import pair_likelihoods
+
+    cfg = load_config(None, [f"models.base={tiny_model}", f"curation.mode={mode}"])
+    engine = load_engine(cfg, str(tiny_model))
+    pairs = _ranked_pairs()
+    out = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl", max_response_tokens=12)
+    direct = pair_likelihoods(engine.model, engine.tokenizer, [(p.instruction, p.response) for p in pairs], 12,
+                              progress=False)
+    for r, d in zip(out, direct, strict=True):
+        assert r.parts["ifd"] == pytest.approx(d.ifd, abs=1e-4)
+        want = 1 - d.ifd if mode == "likelihood" else d.end_logprob + math.log(max(1 - d.ifd, 1e-4))
+        assert r.parts["value"] == pytest.approx(want, abs=1e-3)
+        assert r.response_cut == d.cut
+    assert any(r.response_cut for r in out)  # the long responses were cut to 12 tokens (head and tail)
+    # scores are the rank of the value: 1 for the lowest, 5 for the highest, in value order
+    by_value = sorted(out, key=lambda r: r.parts["value"])
+    assert [r.score for r in by_value] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
+    saved = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [s["score"] for s in saved] == [r.score for r in out] and all("parts" in s for s in saved)
+
+
+def test_likelihood_mode_resumes_without_rescoring(tiny_model: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.curate as curate
+    from selfalign.generation import load_engine
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=combined"])
+    engine = load_engine(cfg, str(tiny_model))
+    pairs = _ranked_pairs(6)
+    whole = rate_pairs(engine, pairs, cfg.curation, tmp_path / "whole.jsonl")
+    monkeypatch.setattr(curate, "_LIKELIHOOD_CHUNK", 2)
+    real, calls, kill = curate.score_likelihood, [], [True]
+
+    def failing(engine, chunk, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append([p.source_id for p in chunk])
+        if len(calls) == 2 and kill.pop():
+            raise RuntimeError("killed")
+        return real(engine, chunk, *a, **k)
+
+    monkeypatch.setattr(curate, "score_likelihood", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
+    calls.clear()
+    kill.append(False)
+    again = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
+    assert calls == [["2", "3"], ["4", "5"]]  # the first chunk was not scored again
+    assert [r.score for r in again] == [r.score for r in whole]
+    assert [r.parts["value"] for r in again] == pytest.approx([r.parts["value"] for r in whole], abs=1e-4)
+
+
+def test_rate_batch_likelihood_rows_rank_like_the_local_stage(tiny_model: Path, tmp_path: Path) -> None:
+    from selfalign.curate import finish_ranked, rate_batch
+    from selfalign.generation import load_engine
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=likelihood"])
+    engine = load_engine(cfg, str(tiny_model))
+    pairs = _ranked_pairs(4)
+    local = rate_pairs(engine, pairs, cfg.curation, tmp_path / "local.jsonl", max_response_tokens=256)
+    rows = rate_batch(engine, pairs[:2], cfg.curation, max_response_tokens=256) + \
+        rate_batch(engine, pairs[2:], cfg.curation, max_response_tokens=256)
+    assert all(r.score is None for r in rows)  # rows alone have no rank
+    ranked = finish_ranked(rows, tmp_path / "ray.jsonl")
+    assert [r.score for r in ranked] == [r.score for r in local]
+
+
+def test_rank_scores_ties_singletons_and_unvalued() -> None:
+    from selfalign.curate import rank_scores
+
+    def rec(v):  # noqa: ANN001, ANN202
+        return RatedPair("i", "r", str(v), "s", None, "", parts={"value": v})
+
+    out = rank_scores([rec(0.3), rec(None), rec(0.1), rec(0.3)])
+    assert [r.score for r in out] == [pytest.approx(4.0), None, 1.0, pytest.approx(4.0)]
+    assert rank_scores([rec(2.0)])[0].score == 5.0

@@ -1,18 +1,36 @@
 """Self-curation: a rater scores each (instruction, response) pair 1-5; good pairs are kept.
 
-The rating prompt is the paper's Table 1 text (templates/rating_prompt.txt) with k worked
-examples before it. Two modes: `generate` (the rater writes reasoning then "Score: N", parsed
-robustly, retried on failure) and `logprob` (one forward pass: the expected score from the
-rater's next-token probabilities of 1..5 after "Score:").
+Four modes (`curation.mode`):
+
+- `generate`: the paper's Table 1 rating prompt (templates/rating_prompt.txt) with k worked
+  examples before it; the rater writes reasoning then "Score: N" (parsed robustly, retried).
+- `logprob`: the same prompt, one forward pass: the expected score from the rater's next-token
+  probabilities of 1..5 after "Score:".
+- `likelihood`: no rating prompt; two forward passes of the response (`likelihood.py`), with and
+  without the instruction. The value is 1 - IFD, the share of the response's NLL per token that the
+  instruction explains (Li et al. 2024): near 0 for a response the instruction does not explain.
+- `combined`: log p(the response ends where it ends | instruction, response) + log(1 - IFD): the
+  log-probability that the response is complete, plus the log of the share the instruction
+  explains. A mismatched pair fails the second term, a truncated response the first; appended
+  boilerplate fails both (the model does not expect the turn to end after it, and the instruction
+  explains none of it).
+
+The likelihood modes have no 1-5 scale of their own: a pair's score is 1 + 4 x its rank fraction
+among the pairs rated together (`rank_scores`: lowest 1, highest 5, ties share a rank), so a
+threshold of 4 keeps the top quarter. Their records carry `parts` (the NLLs, IFD, end
+log-probability, worst segment ratio and the value), so a user can see why a pair was kept.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from tqdm import tqdm
 
 from selfalign.cards import dataset_card
 from selfalign.config import ConfigError, CurationConfig, ModelsConfig
@@ -25,6 +43,7 @@ from selfalign.generation import (
     overlong_prompts,
 )
 from selfalign.io import RecordLog, atomic_write_text, write_jsonl
+from selfalign.likelihood import pair_likelihoods
 from selfalign.prompts import (
     PromptTooLong,
     fit_prompt,
@@ -32,6 +51,10 @@ from selfalign.prompts import (
     render_prompt,
 )
 from selfalign.records import AugmentedPair, RatedPair
+
+MODES = ("generate", "logprob", "likelihood", "combined")
+RANKED_MODES = ("likelihood", "combined")  # scored by rank among the pairs rated together
+_LIKELIHOOD_CHUNK = 32  # pairs per logged chunk (an interruption loses at most one)
 
 _NUM = r"(\d+(?:\.\d+)?)"
 # "Score: 4", "score: 4/5", "**Score:** 5", "Score = 4.5", "Rating: 3"
@@ -180,6 +203,8 @@ def rate_pairs(
     """Rate every pair; records are appended to `out_path` as they finish (resumable).
 
     A pair whose rating prompt is longer than the model's context gets a record with status error."""
+    if cur.mode in RANKED_MODES:
+        return _rate_likelihood(engine, pairs, cur, Path(out_path), max_response_tokens)
     log = RecordLog(out_path)
     done = log.done_keys("source_id")
     try:
@@ -211,10 +236,16 @@ def rate_batch(
     """One record per pair, in order: the Ray executor's step (the same functions as
     `rate_pairs`). A prompt longer than the model's context, or a pair the engine fails on, gives a
     record with status error and the reason; the other pairs of the batch are unaffected."""
-    prompts, cut, errors = _rating_inputs(engine, pairs, cur, max_response_tokens)
+    if cur.mode in RANKED_MODES:  # unranked: the driver ranks the whole set (`rank_scores`)
+        prompts, cut = [""] * len(pairs), [False] * len(pairs)
+        errors = [""] * len(pairs)
+    else:
+        prompts, cut, errors = _rating_inputs(engine, pairs, cur, max_response_tokens)
 
     def rate(idx: list[int]) -> list[RatedPair]:
         ps, pr, c = [pairs[i] for i in idx], [prompts[i] for i in idx], [cut[i] for i in idx]
+        if cur.mode in RANKED_MODES:
+            return score_likelihood(engine, ps, cur, max_response_tokens, progress=False)
         if cur.mode == "generate":
             return rate_chunk(engine, ps, pr, c, cur, seed, progress=False)
         return score_logprob(engine, ps, pr, c, progress=False)
@@ -230,6 +261,93 @@ def rate_batch(
             except Exception as e:  # noqa: BLE001 - recorded on the pair
                 errors[i] = f"engine_error: {type(e).__name__}: {e}"[:500]
     return [error_rated(p, errors[i], cut[i]) if errors[i] else out[i] for i, p in enumerate(pairs)]
+
+
+def _likelihood_value(mode: str, ifd: float, end_logprob: float) -> float | None:
+    """The value a likelihood mode ranks by (see the module docstring); None when not finite."""
+    explained = 1.0 - ifd
+    if mode == "likelihood":
+        value = explained
+    else:  # combined; a share <= 0 (the instruction makes the response less likely) is floored
+        value = end_logprob + math.log(max(explained, 1e-4))
+    return value if math.isfinite(value) else None
+
+
+def score_likelihood(
+    engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, progress: bool = True
+) -> list[RatedPair]:
+    """Records of the likelihood modes: `parts` and the value, score None until `rank_scores`."""
+    model = getattr(engine, "model", None)
+    if model is None:
+        raise ConfigError(f"curation.mode={cur.mode} reads the model's token probabilities: it needs "
+                          "generation.backend=hf")
+    res = pair_likelihoods(model, engine.tokenizer, [(p.instruction, p.response) for p in pairs],
+                           max_response_tokens, batch_size=max(1, getattr(engine, "batch_size", 8)),
+                           progress=progress)
+    out = []
+    for p, r in zip(pairs, res, strict=True):
+        parts = {k: (round(v, 5) if math.isfinite(v) else None) if isinstance(v, float) else v
+                 for k, v in asdict(r).items()}
+        value = _likelihood_value(cur.mode, r.ifd, r.end_logprob)
+        parts["value"] = round(value, 5) if value is not None else None
+        why = (f"IFD {parts['ifd']} (NLL {parts['nll_conditional']} with the instruction, "
+               f"{parts['nll_unconditional']} without), log p(end) {parts['end_logprob']}")
+        out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, None, why, [], [], 0, r.cut,
+                             parts=parts))
+    return out
+
+
+def rank_scores(rated: list[RatedPair]) -> list[RatedPair]:
+    """Scores 1-5 of likelihood-mode records from their values: 1 + 4 x rank fraction among the
+    records with a value (ties share the mean rank; a single record scores 5). Others unchanged."""
+    valued = [i for i, r in enumerate(rated) if r.parts.get("value") is not None]
+    order = sorted(valued, key=lambda i: rated[i].parts["value"])
+    ranks: dict[int, float] = {}
+    k = 0
+    while k < len(order):
+        j = k
+        while j + 1 < len(order) and rated[order[j + 1]].parts["value"] == rated[order[k]].parts["value"]:
+            j += 1
+        for m in range(k, j + 1):
+            ranks[order[m]] = (k + j) / 2
+        k = j + 1
+    n = len(order)
+    out = []
+    for i, r in enumerate(rated):
+        if i in ranks:
+            score = round(1 + 4 * ranks[i] / (n - 1), 4) if n > 1 else 5.0
+            r = RatedPair(**{**asdict(r), "score": score, "ratings": [score]})
+        out.append(r)
+    return out
+
+
+def finish_ranked(rated: list[RatedPair], out_path: Path) -> list[RatedPair]:
+    """Rank the likelihood-mode records of one rating run and rewrite its file with the scores."""
+    ranked = rank_scores(rated)
+    write_jsonl(Path(out_path), [asdict(r) for r in ranked])
+    return ranked
+
+
+def _rate_likelihood(
+    engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, out_path: Path, max_response_tokens: int
+) -> list[RatedPair]:
+    """The likelihood modes: chunks of pairs logged as they finish (resumable), then ranked."""
+    log = RecordLog(out_path)
+    done = log.done_keys("source_id")
+    todo = [p for p in pairs if p.source_id not in done]
+    bar = tqdm(total=len(todo), desc=f"rate ({cur.mode})", unit="pair", disable=not todo)
+    try:
+        for start in range(0, len(todo), _LIKELIHOOD_CHUNK):
+            chunk = todo[start : start + _LIKELIHOOD_CHUNK]
+            for rec in score_likelihood(engine, chunk, cur, max_response_tokens, progress=False):
+                log.append(asdict(rec))
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        log.close()
+    by_id = {r["source_id"]: r for r in log.records}
+    rated = [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
+    return finish_ranked(rated, out_path)
 
 
 def score_logprob(

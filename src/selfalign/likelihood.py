@@ -4,6 +4,8 @@
   "Superfiltering"): NLL(response | instruction) / NLL(response). Below 1 the instruction makes
   the response easier to predict; near or above 1 it does not help (a mismatched pair).
 - end: log p(end of turn | instruction, response): a response cut mid-sentence rarely ends there.
+  A response longer than `max_response_tokens` keeps its beginning and its last `tail_tokens`
+  tokens (joined), so that its end is always scored.
 - worst segment: the response split into `segments` parts, the largest per-part ratio of
   conditional to unconditional NLL: a part the instruction does not explain (appended boilerplate)
   scores near 1 even when the rest of the response is on topic.
@@ -34,6 +36,7 @@ class PairLikelihood:
     end_logprob: float  # log p(end-of-turn tokens | instruction, response)
     worst_segment_ratio: float  # max over segments of conditional / unconditional segment NLL
     n_tokens: int  # response tokens scored (after the cut to max_response_tokens)
+    cut: bool = False  # the response was longer than max_response_tokens (its middle was left out)
 
 
 @torch.inference_mode()
@@ -82,21 +85,30 @@ def _segment_ratio(cond: list[float], uncond: list[float], segments: int) -> flo
     return max(ratios) if ratios else float("nan")
 
 
+def head_and_tail(ids: list[int], max_tokens: int, tail_tokens: int) -> list[int]:
+    """`ids` when it fits in `max_tokens`, else its first tokens and its last `tail_tokens` ones."""
+    if len(ids) <= max_tokens:
+        return ids
+    tail = min(tail_tokens, max_tokens // 2)
+    return ids[: max_tokens - tail] + (ids[-tail:] if tail else [])
+
+
 def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_response_tokens: int = 256,
-                     segments: int = 3, batch_size: int = 8, progress: bool = True) -> list[PairLikelihood]:
+                     segments: int = 3, batch_size: int = 8, progress: bool = True,
+                     tail_tokens: int = 32) -> list[PairLikelihood]:
     """The likelihood parts of each (instruction, response) pair, two forward passes per pair."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    cond_seqs, cond_starts, uncond_seqs, n_resp, n_end = [], [], [], [], []
+    cond_seqs, cond_starts, uncond_seqs, n_resp, n_end, cuts = [], [], [], [], [], []
     for instruction, response in pairs:
-        resp = tokenizer(response, add_special_tokens=False)["input_ids"][:max_response_tokens]
-        cut = len(resp) < len(tokenizer(response, add_special_tokens=False)["input_ids"])
-        text = tokenizer.decode(resp, skip_special_tokens=True)
+        full = tokenizer(response, add_special_tokens=False)["input_ids"]
+        resp = head_and_tail(full, max_response_tokens, tail_tokens)
+        cuts.append(len(resp) < len(full))
         messages = forward_messages(instruction)
         prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-        full_target = render_target(tokenizer, messages, text)
-        end_ids = tokenizer(full_target[len(text):], add_special_tokens=False)["input_ids"] if not cut and \
-            full_target.startswith(text) else []
+        full_target = render_target(tokenizer, messages, response)
+        end_ids = tokenizer(full_target[len(response):], add_special_tokens=False)["input_ids"] if \
+            full_target.startswith(response) else []
         cond_seqs.append(prompt + resp + end_ids)
         cond_starts.append(len(prompt))
         uncond_seqs.append(bos + resp)
@@ -106,7 +118,7 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
     uncond = token_logprobs(model, uncond_seqs, [max(1, len(bos))] * len(pairs), pad, batch_size,
                             "likelihood", progress)
     out = []
-    for c, u, n, e in zip(cond, uncond, n_resp, n_end, strict=True):
+    for c, u, n, e, was_cut in zip(cond, uncond, n_resp, n_end, cuts, strict=True):
         resp_c = c[:n]
         # without BOS the first response token has no context: it is not scored in either pass
         resp_u = u if bos else [float("nan")] + u
@@ -117,7 +129,7 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
         out.append(PairLikelihood(
             nll_conditional=nc, nll_unconditional=nu, ifd=nc / nu if nu > 0 else float("nan"),
             end_logprob=sum(c[n : n + e]) if e else float("nan"),
-            worst_segment_ratio=_segment_ratio(resp_c, resp_u, segments), n_tokens=len(resp_c)))
+            worst_segment_ratio=_segment_ratio(resp_c, resp_u, segments), n_tokens=len(resp_c), cut=was_cut))
     return out
 
 

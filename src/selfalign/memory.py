@@ -215,7 +215,7 @@ def prompt_tokens(cfg: Config, stage: str, tokenizer: Any = None) -> PromptToken
     )
 
     g, cur = cfg.generation, cfg.curation
-    new = cur.max_new_tokens if cur.mode == "generate" else 8  # logprob: "Score:" and one token
+    new = cur.max_new_tokens if cur.mode == "generate" else 8  # logprob: "Score:" and one token (likelihood: none)
     variable = {
         "augment": g.max_prompt_tokens + g.instruction.max_new_tokens,
         # a response cut to max_response_tokens, an instruction the backward model wrote

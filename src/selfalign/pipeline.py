@@ -451,13 +451,15 @@ class Run:
         name = f"curate-{iteration}"
         self._drop_stale(name, key, rated_path)
         if self._stage(name, key, [rated_path]):
-            from selfalign.curate import rate_pairs
+            from selfalign.curate import RANKED_MODES, finish_ranked, rate_pairs
             from selfalign.generation import load_engine
 
             if c.run.executor == "ray":  # reads augmented.jsonl and rates its `ok` rows
                 _ray_exec().run_job(c, "curate", self.path("augment", "augmented.jsonl"), rated_path, spec,
                                     adapter, rater_name)
                 rated = load_rated(rated_path)
+                if c.curation.mode in RANKED_MODES:  # rows are scored alone; the rank needs them all
+                    rated = finish_ranked(rated, rated_path)
             else:
                 engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
                 rated = rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)

@@ -25,7 +25,7 @@ import math
 from dataclasses import asdict
 from typing import Any
 
-from selfalign.config import Config
+from selfalign.config import Config, ConfigError
 from selfalign.ray_rows import ray_batch_size as _batch_size
 from selfalign.ray_rows import row_seed
 from selfalign.ray_rows import unlabelled_row as _unlabelled
@@ -176,8 +176,13 @@ def vllm_job(cfg: Config, step: str, ds: Any, spec: str, adapter: str | None, na
     """The stage's rows through a vLLM processor; returns (source_id, record) rows."""
     from ray.data.llm import build_processor
 
+    from selfalign.curate import RANKED_MODES
     from selfalign.models import resolve_model
 
+    if step == "curate" and cfg.curation.mode in RANKED_MODES:
+        raise ConfigError(f"curation.mode={cfg.curation.mode} reads the model's token probabilities of whole "
+                          "responses: it needs generation.backend=hf (the vLLM processor rates with generate "
+                          "or logprob)")
     base = resolve_model(spec, cfg.models.cache_dir)
     if step == "curate":  # only `ok` pairs are rated, as in the local executor
         ds = ds.filter(lambda r: r.get("status") == "ok")

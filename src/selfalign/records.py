@@ -58,6 +58,7 @@ class RatedPair:
     response_cut: bool = False  # the response was cut to curation.max_response_tokens in the prompt
     status: str = "ok"  # ok | error: the pair could not be rated (`error` says why; score is None)
     error: str = ""
+    parts: dict[str, Any] = field(default_factory=dict)  # likelihood modes: the scores behind `score`
 
 
 @dataclass
