@@ -58,6 +58,8 @@ class RatedPair:
     response_cut: bool = False  # the response was cut to curation.max_response_tokens in the prompt
     status: str = "ok"  # ok | error: the pair could not be rated (`error` says why; score is None)
     error: str = ""
+    # curation.force_score: the rater was given "Score:" after its output (its last raw output)
+    forced_score: bool = False
 
 
 @dataclass
