@@ -133,6 +133,12 @@ def test_cut_at_stop_keeps_the_first_completed_stop_string() -> None:
     assert cut_at_stop("text", ()) == "text"
 
 
+def test_stop_strings_come_from_the_config() -> None:
+    cfg = load_config(None, ['generation.instruction.stop=["\\n\\n", "###"]'])
+    assert GenParams.from_config(cfg.generation.instruction, 3).stop == ("\n\n", "###")
+    assert GenParams.from_config(load_config(None, []).generation.response).stop == ()
+
+
 def _stop_from(text: str) -> str:
     """A stop string taken from a greedy output after its first few characters: it is produced,
     and not at once. Plain ASCII without spaces: outputs are stripped, and a byte-level model can

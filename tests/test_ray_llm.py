@@ -58,6 +58,13 @@ def test_requests_carry_the_prompt_seed_and_adapter_of_the_row(tiny_model: Path)
     bad = ray_llm.vllm_request(conf, "augment", str(tiny_model), None, {"source_id": "x", "response": None}, tok)
     assert bad["__error__"].startswith("bad_row") and bad["sampling_params"]["max_tokens"] == 1
     assert bad["sampling_params"].keys() == sp.keys()  # an error row has the same fields (one Arrow schema)
+    assert "stop" not in sp  # generation.instruction.stop is [] by default
+    stopped = load_config(None, ['generation.instruction.stop=["\\n\\n"]'])
+    req = ray_llm.vllm_request(json.dumps(stopped.to_dict()), "augment", str(tiny_model), None, row, tok)
+    assert req["sampling_params"]["stop"] == ["\n\n"] and req["sampling_params"]["include_stop_str_in_output"]
+    rec = ray_llm.vllm_record(json.dumps(stopped.to_dict()), "augment", "backward",
+                              _out(row, generated_text=" What is it?\n\nMore text"))
+    assert json.loads(rec["record"])["instruction"] == "What is it?"
 
     lp = load_config(None, ["curation.mode=logprob"])
     pair = {"source_id": "p1", "instruction": "Name the capital.", "response": "Paris.", "source": "s", "status": "ok"}

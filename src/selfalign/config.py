@@ -85,6 +85,15 @@ NonNegFloat = _float_range(0.0)
 Text = Annotated[str, AfterValidator(_non_empty)]
 
 
+def _some_text(v: str) -> str:
+    if not v:
+        raise ValueError("must not be empty")
+    return v
+
+
+StopString = Annotated[str, AfterValidator(_some_text)]  # whitespace is a stop string ("\n\n")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -169,6 +178,9 @@ class SamplingConfig(_Section):
     temperature: NonNegFloat = 1.0  # 0 = greedy
     top_p: _float_range(0.0, 1.0, lo_open=True) = 0.9
     max_new_tokens: PosInt = 64
+    # strings that end generation, kept in the text (which is then stripped), e.g. ["\n\n"]: an
+    # instruction ends at its first blank line; [] = until end of sequence or max_new_tokens
+    stop: list[StopString] = []
 
 
 class GenerationConfig(_Section):

@@ -40,7 +40,7 @@ class GenParams:
 
     @classmethod
     def from_config(cls, s: SamplingConfig, seed: int = 0) -> GenParams:
-        return cls(s.temperature, s.top_p, s.max_new_tokens, seed)
+        return cls(s.temperature, s.top_p, s.max_new_tokens, seed, tuple(s.stop))
 
 
 class Engine(Protocol):

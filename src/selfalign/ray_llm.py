@@ -89,7 +89,7 @@ def vllm_request(cfg: str, step: str, base: str, adapter: str | None, row: dict[
     if step == "augment":
         r, error = _unlabelled(row)
         g = c.generation.instruction
-        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed)
+        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed, g.stop)
         if not error:
             text, cut = truncate_tokens(tok, r.response, c.generation.max_prompt_tokens)
             prompt = render_prompt(tok, backward_messages(text))
@@ -109,7 +109,7 @@ def vllm_request(cfg: str, step: str, base: str, adapter: str | None, row: dict[
     else:
         g = c.generation.response
         prompt = render_prompt(tok, forward_messages(str(row["prompt"]), c.forward.seed_tag))
-        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed)
+        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed, g.stop)
     if error:  # vLLM still gets a request (a processor maps rows one to one): one token, discarded; the
         # other keys stay, so that every row of a block has the same sampling_params fields in Arrow
         params = {**params, "temperature": 0.0, "max_tokens": 1}
@@ -136,6 +136,7 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
     """The processor's output row as the stage's record: {"source_id", "record" (a JSON line)}."""
     from selfalign.augment import error_pair, make_pair
     from selfalign.curate import error_rated, parse_score_detail, reasoning_of
+    from selfalign.prompts import cut_at_stop
 
     c = _config(cfg)
     src = json.loads(row["__row__"])
@@ -148,6 +149,7 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
     if step == "augment":
         r, _ = _unlabelled(src)
         g = c.generation.instruction
+        text = cut_at_stop(text, g.stop).strip()
         settings = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
                     "seed": row_seed(c.run.seed, sid), "model": name}
         pair = error_pair(r, settings, error, cut) if error else make_pair(r, text, settings, cut,
@@ -166,7 +168,6 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
                               [score] if score else [], [], 0, cut)
         else:
             from selfalign.curate import RATING_STOPS
-            from selfalign.prompts import cut_at_stop
 
             text = cut_at_stop(text, RATING_STOPS).strip()
             score, _ = parse_score_detail(text)
@@ -174,7 +175,7 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
                               [score] if score is not None else [], [text], int(score is None), cut)
         rec = asdict(rated)
     else:
-        rec = {"prompt": src["prompt"], "response": text, "model": name}
+        rec = {"prompt": src["prompt"], "response": cut_at_stop(text, c.generation.response.stop).strip(), "model": name}
         if error:
             rec.update(status="error", error=error)
     return {"source_id": sid, "record": json.dumps(rec, ensure_ascii=False)}
