@@ -7,6 +7,7 @@ from hypothesis import strategies as st
 
 from selfalign.config import load_config
 from selfalign.curate import (
+    RATING_STOPS,
     curation_stats,
     parse_score,
     parse_score_detail,
@@ -147,6 +148,7 @@ def test_rate_pairs_retries_failures_and_resumes(tmp_path: Path, monkeypatch: py
 
     def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True):
         calls.append(len(prompts))
+        assert params.stop == RATING_STOPS  # every rating pass stops at the score line
         out = []
         for p in prompts:
             if "NOSCORE" in p and params.temperature == 0:
@@ -175,6 +177,70 @@ def test_rate_pairs_retries_failures_and_resumes(tmp_path: Path, monkeypatch: py
     assert calls == [] and [r.score for r in again] == [5.0, 5.0, None]
     lines = (tmp_path / "rated.jsonl").read_text().splitlines()
     assert len(lines) == 3 and len({json.loads(x)["source_id"] for x in lines}) == 3
+
+
+def test_rating_stops_are_score_lines_the_parser_reads() -> None:
+    for stop in RATING_STOPS:
+        assert parse_score(f"Some reasoning.\n{stop}") == float(stop[-1])
+        assert reasoning_of(f"Some reasoning.\n{stop}") == "Some reasoning."
+    assert {s[-1] for s in RATING_STOPS} == set("12345")
+
+
+def _forcing_generate(seen: list[tuple[list[str], object]]):
+    """A rater that rambles past its budget on LONG pairs and answers " 4" after a forced "Score:"."""
+
+    def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True):
+        seen.append((prompts, params))
+        return [" 4\nand more" if p.endswith("Score:") else
+                "It rambles on and on" if "LONG" in p else "Fine.\nScore: 5" for p in prompts]
+
+    return fake_generate
+
+
+@pytest.mark.parametrize("force", [True, False])
+def test_force_score_reads_the_score_after_the_unfinished_output(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, force: bool) -> None:
+    import selfalign.curate as curate
+
+    seen: list[tuple[list[str], object]] = []
+    monkeypatch.setattr(curate, "generate", _forcing_generate(seen))
+    engine = HFEngine(model=None, tokenizer=FakeTok())
+    pairs = [AugmentedPair("instr 0", "fine answer", "0", "s", ""), AugmentedPair("instr 1", "LONG answer", "1", "s", "")]
+    cur = load_config(None, ["curation.retries=1", f"curation.force_score={str(force).lower()}"]).curation
+    out = rate_pairs(engine, pairs, cur, tmp_path / "rated.jsonl")
+    stats = curation_stats(out, 4.0)
+    assert out[0].score == 5.0 and not out[0].forced_score
+    assert out[1].parse_failures == 2  # first pass + 1 retry; the forced pass is not a parse failure
+    assert stats["parse_failure_rate"] == round(2 / 3, 3)  # over generated outputs, not forced ones
+    if not force:
+        assert out[1].score is None and not out[1].forced_score and len(seen) == 2
+        assert stats["forced_score"] == 0
+        return
+    prompts, params = seen[-1]
+    assert len(prompts) == 1 and prompts[0].endswith("It rambles on and on\nScore:")
+    assert params.temperature == 0 and params.max_new_tokens <= 4
+    assert out[1].score == 4.0 and out[1].forced_score and out[1].ratings == [4.0]
+    assert out[1].raw_outputs[-1] == "It rambles on and on\nScore: 4"
+    assert (stats["forced_score"], stats["forced_scored"]) == (1, 1)
+
+
+def test_force_score_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None:
+    """The forced pass on a real engine: pairs without a score get one more output, the first one
+    plus a "Score:" line, and a score only from that line."""
+    from selfalign.generation import load_engine
+
+    cfg = load_config(None, ["curation.shots=0", "curation.retries=0", "curation.max_new_tokens=6",
+                             "curation.force_score=true", "generation.batch_size=2"])
+    engine = load_engine(cfg, str(tiny_model))
+    pairs = [AugmentedPair(f"instruction {k}?", f"response number {k}.", str(k), "s", "") for k in range(3)]
+    out = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
+    assert any(r.forced_score for r in out), "the tiny model wrote a score: nothing was forced"
+    for r in out:
+        assert r.forced_score == (parse_score(r.raw_outputs[0]) is None)
+        if r.forced_score:
+            assert len(r.raw_outputs) == 2 and r.raw_outputs[1].startswith(r.raw_outputs[0].rstrip())
+            line = r.raw_outputs[1].splitlines()[-1]
+            assert line.startswith("Score:") and r.score == parse_score(line)
 
 
 def test_logprob_mode_gives_expected_score(tiny_model: Path, tmp_path: Path) -> None:

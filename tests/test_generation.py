@@ -121,3 +121,75 @@ def test_auto_batch_size_follows_the_memory_budget(tiny_model: Path) -> None:
     assert 1 < b < 32
     with pytest.raises(Exception, match="batch_size"):
         load_config(None, ["generation.batch_size=-1"])
+
+
+def test_cut_at_stop_keeps_the_first_completed_stop_string() -> None:
+    from selfalign.prompts import cut_at_stop
+
+    assert cut_at_stop("Good.\nScore: 4\nMore text", ("Score: 4", "Score: 5")) == "Good.\nScore: 4"
+    # the string completed first wins, not the first listed
+    assert cut_at_stop("a Score:5 b Score: 4", ("Score: 4", "Score:5")) == "a Score:5"
+    assert cut_at_stop("no stop here", ("Score: 4",)) == "no stop here"
+    assert cut_at_stop("text", ()) == "text"
+
+
+def test_stop_strings_come_from_the_config() -> None:
+    cfg = load_config(None, ['generation.instruction.stop=["\\n\\n", "###"]'])
+    assert GenParams.from_config(cfg.generation.instruction, 3).stop == ("\n\n", "###")
+    assert GenParams.from_config(load_config(None, []).generation.response).stop == ()
+
+
+def _stop_from(text: str) -> str:
+    """A stop string taken from a greedy output after its first few characters: it is produced,
+    and not at once. Plain ASCII without spaces: outputs are stripped, and a byte-level model can
+    write half a character (decoded as U+FFFD)."""
+    body = text.strip()
+    for i in range(len(body) // 3, len(body) - 3):
+        if all(c.isascii() and c.isalnum() for c in body[i : i + 3]):
+            return body[i : i + 3]
+    raise AssertionError(f"no stop string to pick from the tiny model's greedy output {body!r}")
+
+
+def _count_new_tokens(engine) -> list[int]:
+    """Record how many tokens each `model.generate` call produced (per batch, padding included)."""
+    seen: list[int] = []
+    real = engine.model.generate
+
+    def counting(*args, **kwargs):
+        out = real(*args, **kwargs)
+        seen.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        return out
+
+    engine.model.generate = counting
+    return seen
+
+
+def test_stop_strings_cut_generation(tiny_model: Path) -> None:
+    cfg = load_config(None, ["generation.batch_size=1"])
+    engine = load_engine(cfg, str(tiny_model))
+    steps = _count_new_tokens(engine)
+    prompts = ["short", "a much longer prompt than the others here", "mid length prompt"]
+    free = generate(engine, prompts, GenParams(temperature=0, max_new_tokens=24), progress=False)
+    free_steps = list(steps)
+    for k, (prompt, full) in enumerate(zip(prompts, free, strict=True)):
+        stop = _stop_from(full)
+        out = generate(engine, [prompt], GenParams(temperature=0, max_new_tokens=24, stop=(stop,)), progress=False)[0]
+        assert out.endswith(stop) and full.startswith(out) and len(out) < len(full)
+        assert out.count(stop) == 1  # cut at its first occurrence
+        assert steps[-1] < free_steps[k]  # generation stopped there, not only the text was cut
+
+
+def test_batched_generation_with_stops_matches_one_by_one(tiny_model: Path) -> None:
+    cfg = load_config(None, ["generation.batch_size=1"])
+    engine = load_engine(cfg, str(tiny_model))
+    prompts = ["short", "a much longer prompt than the others here", "mid length prompt", "another prompt"]
+    free = generate(engine, prompts, GenParams(temperature=0, max_new_tokens=24), progress=False)
+    # each row stops at its own string, at a different step; rows that stopped wait for the others
+    stops = tuple(_stop_from(t) for t in free[:2])
+    params = GenParams(temperature=0, max_new_tokens=24, stop=stops)
+    one_by_one = generate(engine, prompts, params, progress=False)
+    engine.batch_size = 4
+    batched = generate(engine, prompts, params, progress=False)
+    assert batched == one_by_one
+    assert batched[0].endswith(stops[0]) and batched[1].endswith(stops[1])
+    assert all(f.startswith(b) for f, b in zip(free, batched, strict=True))

@@ -57,12 +57,28 @@ def test_requests_carry_the_prompt_seed_and_adapter_of_the_row(tiny_model: Path)
     assert other["sampling_params"]["seed"] != sp["seed"] and "model" not in other
     bad = ray_llm.vllm_request(conf, "augment", str(tiny_model), None, {"source_id": "x", "response": None}, tok)
     assert bad["__error__"].startswith("bad_row") and bad["sampling_params"]["max_tokens"] == 1
+    assert bad["sampling_params"].keys() == sp.keys()  # an error row has the same fields (one Arrow schema)
+    assert "stop" not in sp  # generation.instruction.stop is [] by default
+    stopped = load_config(None, ['generation.instruction.stop=["\\n\\n"]'])
+    req = ray_llm.vllm_request(json.dumps(stopped.to_dict()), "augment", str(tiny_model), None, row, tok)
+    assert req["sampling_params"]["stop"] == ["\n\n"] and req["sampling_params"]["include_stop_str_in_output"]
+    rec = ray_llm.vllm_record(json.dumps(stopped.to_dict()), "augment", "backward",
+                              _out(row, generated_text=" What is it?\n\nMore text"))
+    assert json.loads(rec["record"])["instruction"] == "What is it?"
 
     lp = load_config(None, ["curation.mode=logprob"])
     pair = {"source_id": "p1", "instruction": "Name the capital.", "response": "Paris.", "source": "s", "status": "ok"}
     req = ray_llm.vllm_request(json.dumps(lp.to_dict()), "curate", str(tiny_model), None, pair, tok)
     assert req["prompt"].endswith("Score:") or req["prompt"].endswith("Score: ")
     assert req["sampling_params"]["logprobs"] == ray_llm.LOGPROBS and req["sampling_params"]["max_tokens"] == 1
+    assert "stop" not in req["sampling_params"]
+
+    from selfalign.curate import RATING_STOPS
+
+    gen = load_config(None, ["curation.mode=generate", "curation.max_new_tokens=50"])
+    req = ray_llm.vllm_request(json.dumps(gen.to_dict()), "curate", str(tiny_model), None, pair, tok)
+    sp = req["sampling_params"]
+    assert sp["stop"] == list(RATING_STOPS) and sp["include_stop_str_in_output"] is True and sp["max_tokens"] == 50
 
 
 def _out(row: dict, **vllm: object) -> dict:
@@ -85,6 +101,9 @@ def test_records_from_vllm_rows_have_the_local_schema() -> None:
     gen = ray_llm.vllm_record(conf, "curate", "rater", _out(pair, generated_text="Relevant.\nScore: 4"))
     rated = RatedPair(**json.loads(gen["record"]))
     assert rated.score == 4.0 and rated.reasoning == "Relevant." and rated.raw_outputs == ["Relevant.\nScore: 4"]
+    # text past the score line (a vLLM without stop strings) is cut there, as the local executor does
+    past = ray_llm.vllm_record(conf, "curate", "rater", _out(pair, generated_text="Relevant.\nScore: 4\nScore: 1"))
+    assert RatedPair(**json.loads(past["record"])).raw_outputs == ["Relevant.\nScore: 4"]
 
     lp = json.dumps(load_config(None, ["curation.mode=logprob"]).to_dict())
     top = {"101": {"logprob": math.log(0.6), "decoded_token": " 5"}, "102": {"logprob": math.log(0.2), "decoded_token": " 3"},

@@ -58,6 +58,24 @@ def test_lora_rank_is_rounded_to_a_rank_vllm_accepts(tmp_path: Path) -> None:
 def test_sampling_options() -> None:
     assert sampling_options(0.0, 0.9, 32, 1) == {"temperature": 0.0, "max_tokens": 32, "seed": 1}
     assert sampling_options(0.7, 0.9, 32, 1) == {"temperature": 0.7, "top_p": 0.9, "max_tokens": 32, "seed": 1}
+    stopped = sampling_options(0.0, 0.9, 32, 1, ("Score: 4", "", "\n\n"))
+    assert stopped["stop"] == ["Score: 4", "\n\n"] and stopped["include_stop_str_in_output"] is True
+
+
+def test_stop_strings_reach_vllm_and_the_text_keeps_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake vLLM (like the real one without stops) returns text past the score line: the
+    request carries the stop strings, and the engine's text ends with the one that came first."""
+    fake = install(monkeypatch)
+    fake.reply = lambda ids, sp: "Clear.\nScore: 4\nScore: 5 and more"
+    eng = VllmEngine(_Tok(), lambda n: sys.modules["vllm"].LLM("m", max_model_len=n), context=64, name="rater",
+                     make_sampling=sys.modules["vllm"].SamplingParams)
+    stop = ("Score: 5", "Score: 4")
+    assert generate(eng, ["<s> a b"], GenParams(0.0, 1.0, 16, 3, stop)) == ["Clear.\nScore: 4"]
+    sp = fake.engines[-1].requests[-1][1]
+    assert sp["stop"] == list(stop) and sp["include_stop_str_in_output"] is True
+    assert generate(eng, ["<s> a b"], GenParams(0.0, 1.0, 16, 3)) == ["Clear.\nScore: 4\nScore: 5 and more"]
+    assert "stop" not in fake.engines[-1].requests[-1][1]
+    release()
 
 
 def test_lora_request_ids_are_stable_and_distinct(tmp_path: Path) -> None:

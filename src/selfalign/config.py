@@ -85,6 +85,15 @@ NonNegFloat = _float_range(0.0)
 Text = Annotated[str, AfterValidator(_non_empty)]
 
 
+def _some_text(v: str) -> str:
+    if not v:
+        raise ValueError("must not be empty")
+    return v
+
+
+StopString = Annotated[str, AfterValidator(_some_text)]  # whitespace is a stop string ("\n\n")
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -169,6 +178,9 @@ class SamplingConfig(_Section):
     temperature: NonNegFloat = 1.0  # 0 = greedy
     top_p: _float_range(0.0, 1.0, lo_open=True) = 0.9
     max_new_tokens: PosInt = 64
+    # strings that end generation, kept in the text (which is then stripped), e.g. ["\n\n"]: an
+    # instruction ends at its first blank line; [] = until end of sequence or max_new_tokens
+    stop: list[StopString] = []
 
 
 class GenerationConfig(_Section):
@@ -200,7 +212,10 @@ class CurationConfig(_Section):
     shots: NonNegInt = 3  # few-shot worked examples prepended to the rating prompt
     threshold: _float_range(1.0, 5.0) = 4.0  # keep pairs with score >= threshold
     n_samples: _int_range(1, 64) = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)
-    retries: _int_range(0, 64) = 1  # re-sample a rating whose score cannot be parsed
+    retries: _int_range(0, 64) = 1  # re-sample (at `temperature`) a rating whose score cannot be parsed
+    # after the retries, a pair still without a score gets "Score:" appended to its first output
+    # and one greedy pass of a few tokens reads the score (generate mode, local executor)
+    force_score: bool = False
     temperature: NonNegFloat = 0.7  # used for retries and n_samples > 1
     max_new_tokens: PosInt = 64
     max_response_tokens: PosInt = 256  # responses are cut to this many tokens in the rating prompt

@@ -3,7 +3,8 @@
 Four modes (`curation.mode`):
 
 - `generate`: the paper's Table 1 rating prompt (templates/rating_prompt.txt) with k worked
-  examples before it; the rater writes reasoning then "Score: N" (parsed robustly, retried).
+  examples before it; the rater writes reasoning then "Score: N"; generation stops at that line,
+  it is parsed robustly, re-sampled on failure, and optionally forced (see `_force_scores`).
 - `logprob`: the same prompt, one forward pass: the expected score from the rater's next-token
   probabilities of 1..5 after "Score:".
 - `likelihood`: no rating prompt; two forward passes of the response (`likelihood.py`), with and
@@ -64,6 +65,11 @@ _SCORE_RE = re.compile(
 )
 # A bare number on the last non-empty line: "4", "4/5", "4.", "(5)"
 _TRAILING_RE = re.compile(r"^\W{0,3}" + _NUM + r"\s*(?:/\s*(\d+))?\W{0,3}$")
+# Generate mode stops at the score line, so that a rater does not spend its token budget past it:
+# the score forms of _SCORE_RE that are cheap to list, with the digit (vLLM and the HF engine
+# both stop on plain strings). Caveat: "Score: 10/10" or "Score: 4.5" would stop at "Score: 1" /
+# "Score: 4"; the rating prompt asks for a 1-5 score, which is what raters write.
+RATING_STOPS = tuple(f"{form}{i}" for form in ("Score: ", "Score:", "Score:** ") for i in range(1, 6))
 
 
 def parse_score_detail(text: str) -> tuple[float | None, str]:
@@ -160,6 +166,12 @@ def _score_suffix(tokenizer: Any) -> tuple[str, list[str]]:
     if full[: len(base)] == base and len(full) - len(base) == 1:
         return "Score:", [f" {i}" for i in range(1, 6)]
     return "Score: ", [str(i) for i in range(1, 6)]
+
+
+def force_score_prompt(tokenizer: Any, prompt: str, output: str) -> str:
+    """The rating prompt, the rater's unfinished output and a score line to complete: the
+    `_score_suffix` of logprob mode, on a new line."""
+    return f"{prompt}{output.rstrip()}\n{_score_suffix(tokenizer)[0]}"
 
 
 def error_rated(p: AugmentedPair, reason: str, cut: bool = False) -> RatedPair:
@@ -406,10 +418,12 @@ def rate_chunk(
             else:
                 scores[i].append(s)
 
-    # First pass: greedy for a single rating, sampled when averaging n ratings.
-    sampled = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed)
-    first = GenParams(0.0, 1.0, cur.max_new_tokens, seed) if cur.n_samples == 1 else sampled
-    rounds = [first] + [GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + k + 1) for k in range(cur.n_samples - 1)]
+    # First pass: greedy for a single rating, sampled when averaging n ratings. Every pass stops
+    # at the score line (RATING_STOPS).
+    stop, budget = RATING_STOPS, cur.max_new_tokens
+    sampled = GenParams(cur.temperature, 0.9, budget, seed, stop)
+    first = GenParams(0.0, 1.0, budget, seed, stop) if cur.n_samples == 1 else sampled
+    rounds = [first] + [GenParams(cur.temperature, 0.9, budget, seed + k + 1, stop) for k in range(cur.n_samples - 1)]
     for k, params in enumerate(rounds):
         take(list(range(n)), generate(engine, prompts, params, desc=f"rate {where} ({k + 1}/{len(rounds)})",
                                       progress=progress))
@@ -417,16 +431,46 @@ def rate_chunk(
         retry = [i for i in range(n) if not scores[i]]
         if not retry:
             break
-        params = GenParams(cur.temperature, 0.9, cur.max_new_tokens, seed + 1000 + attempt)
+        params = GenParams(cur.temperature, 0.9, budget, seed + 1000 + attempt, stop)
         take(retry, generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1} {where}",
                              progress=progress))
+    forced = _force_scores(engine, prompts, outputs, scores, seed, where, progress) if cur.force_score else set()
     out = []
     for i, p in enumerate(todo):
         score = sum(scores[i]) / len(scores[i]) if scores[i] else None
         explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
         out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                             reasoning_of(explained), scores[i], outputs[i], failures[i], cut[i]))
+                             reasoning_of(explained), scores[i], outputs[i], failures[i], cut[i],
+                             forced_score=i in forced))
     return out
+
+
+def _force_scores(engine: Engine, prompts: list[str], outputs: list[list[str]], scores: list[list[float]],
+                  seed: int, where: str, progress: bool) -> set[int]:
+    """curation.force_score: each pair still without a score after the retries (its rater ran out
+    of tokens before the score line, or wrote none) gets one greedy pass over the rating prompt +
+    its first output + "\nScore:", of a few tokens; a parsable score there is its score. The
+    forced output is appended to the pair's outputs and is not a parse failure. Returns the
+    indices of the pairs forced (a prompt that would not fit the model's context is not)."""
+    todo = [i for i in range(len(prompts)) if not scores[i]]
+    if not todo:
+        return set()
+    new = 3  # the digit, with its space and a newline where the tokenizer splits them
+    asked = [force_score_prompt(engine.tokenizer, prompts[i], outputs[i][0]) for i in todo]
+    fits = [i for i, why in zip(todo, overlong_prompts(engine, asked, new), strict=True) if not why]
+    asked = [a for i, a in zip(todo, asked, strict=True) if i in fits]
+    if not fits:
+        return set()
+    suffix = _score_suffix(engine.tokenizer)[0]
+    texts = generate(engine, asked, GenParams(0.0, 1.0, new, seed, RATING_STOPS), desc=f"force score {where}",
+                     progress=progress)
+    for i, text in zip(fits, texts, strict=True):
+        line = f"{suffix.rstrip()} {text.strip().split(chr(10))[0]}"  # "Score: 4"
+        outputs[i].append(f"{outputs[i][0].rstrip()}\n{line}")
+        s, _ = parse_score_detail(line)
+        if s is not None:
+            scores[i].append(s)
+    return set(fits)
 
 
 def select(rated: list[RatedPair], threshold: float) -> list[RatedPair]:
@@ -437,7 +481,7 @@ def select(rated: list[RatedPair], threshold: float) -> list[RatedPair]:
 def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
     scored = [r.score for r in rated if r.score is not None]
     hist = {str(i): sum(1 for s in scored if int(s + 0.5) == i) for i in range(1, 6)}  # half up
-    n_out = sum(len(r.raw_outputs) for r in rated)
+    n_out = sum(len(r.raw_outputs) - r.forced_score for r in rated)  # generated, not forced
     n_fail = sum(r.parse_failures for r in rated)
     return {
         "rated": len(rated),
@@ -448,6 +492,9 @@ def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
         "mean_score": round(sum(scored) / len(scored), 3) if scored else None,
         "histogram": hist,
         "parse_failure_rate": round(n_fail / n_out, 3) if n_out else 0.0,
+        # curation.force_score: pairs given the forced score line, and those that got a score so
+        "forced_score": sum(r.forced_score for r in rated),
+        "forced_scored": sum(r.forced_score and r.score is not None for r in rated),
         "response_cut": sum(r.response_cut for r in rated),  # cut to fit the rating prompt
     }
 

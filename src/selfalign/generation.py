@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from selfalign.config import Config, SamplingConfig
 from selfalign.memory import MIN_SHARED_PREFIX
+from selfalign.prompts import cut_at_stop
 
 # `past_key_values` works on every transformers 5.x; newer releases warn that it is renamed.
 warnings.filterwarnings("ignore", message=".*past_key_values.*deprecated.*")
@@ -34,10 +35,12 @@ class GenParams:
     top_p: float = 0.9
     max_new_tokens: int = 64
     seed: int = 0
+    # generation ends at the first of these strings; the returned text ends with it ("Score: 4")
+    stop: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, s: SamplingConfig, seed: int = 0) -> GenParams:
-        return cls(s.temperature, s.top_p, s.max_new_tokens, seed)
+        return cls(s.temperature, s.top_p, s.max_new_tokens, seed, tuple(s.stop))
 
 
 class Engine(Protocol):
@@ -286,6 +289,42 @@ def _batch(
     return ids, mask, kwargs
 
 
+@functools.cache
+def _stop_criteria_class() -> type:
+    """StopOnText, defined on first use (transformers is imported lazily)."""
+    from transformers import StoppingCriteria
+
+    class StopOnText(StoppingCriteria):
+        """Stops a row once its generated text holds one of `stop`. Only the generated tokens are
+        decoded (transformers' `stop_strings` also matches across the prompt's last tokens, so a
+        stop of "\\n\\n" would end at once after a prompt ending in "\\n"), and the match is
+        on decoded text, as `cut_at_stop` cuts. A string completed at this step lies within its
+        last len(string) tokens (each decodes to a character or more), so only a short tail is
+        decoded at each step."""
+
+        def __init__(self, tokenizer: Any, stop: Sequence[str], start: int) -> None:
+            self.tokenizer, self.stop, self.start = tokenizer, tuple(s for s in stop if s), start
+            self.window = max(len(s) for s in self.stop) + 4  # + room for a cut first token
+
+        def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+            tail = input_ids[:, self.start :][:, -self.window :]
+            texts = self.tokenizer.batch_decode(tail, skip_special_tokens=True)
+            return torch.tensor([any(s in t for s in self.stop) for t in texts], dtype=torch.bool,
+                                device=input_ids.device)
+
+    return StopOnText
+
+
+def _stop_kwargs(tokenizer: Any, stop: Sequence[str], prompt_len: int) -> dict[str, Any]:
+    """`stopping_criteria` for `model.generate` (none without stop strings). A batch runs until all
+    its rows have stopped; rows that stopped get padding, and their text is cut by `cut_at_stop`."""
+    if not any(stop):
+        return {}
+    from transformers import StoppingCriteriaList
+
+    return {"stopping_criteria": StoppingCriteriaList([_stop_criteria_class()(tokenizer, stop, prompt_len)])}
+
+
 def _sample_kwargs(params: GenParams) -> dict[str, Any]:
     if params.temperature <= 0:
         return {"do_sample": False}
@@ -346,11 +385,12 @@ def _hf_generate(
             pad_token_id=pad,
             eos_token_id=stop,
             **_sample_kwargs(params),
+            **_stop_kwargs(tok, params.stop, ids.shape[1]),
             **kwargs,
         )
         new = out[:, ids.shape[1] :]
         for r, i in enumerate(idx):
-            text = tok.decode(new[r], skip_special_tokens=True).strip()
+            text = cut_at_stop(tok.decode(new[r], skip_special_tokens=True), params.stop).strip()
             results[i] = text
             if on_result is not None and i not in skip:
                 on_result(i, text)

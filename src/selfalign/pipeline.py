@@ -67,7 +67,8 @@ STAGE_READS: dict[str, Reads] = {
                       templates=("templates.json:forward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
     # curation.threshold is not read: selection from the stored ratings is redone on every run
     "curate": Reads(config=("models.rater", "models.dtype", "models.load_in_4bit", "curation.mode",
-                            "curation.shots", "curation.n_samples", "curation.retries", "curation.temperature",
+                            "curation.shots", "curation.n_samples", "curation.retries", "curation.force_score",
+                            "curation.temperature",
                             "curation.max_new_tokens", "curation.max_response_tokens", "run.seed"),
                     templates=("rating_prompt.txt", "rating_fewshot.json", _PLAIN),
                     artifacts=("augment/augmented.jsonl",)),

@@ -8,7 +8,7 @@ split into (prompt_text, target_text) so that the loss mask is exact.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -213,3 +213,11 @@ def fit_prompt(
                                 f"over the {limit} the model's context leaves")
         keep = max(0, keep - over)  # tokens can merge differently at the cut: check again
         prompt = build(keep)
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> str:
+    """`text` up to and including the stop string that is completed first (where generation
+    stopped), or all of it when none occurs. Every engine cuts with this, so that all return
+    the same text whatever their own stopping rule (vLLM's, or a batch that ran on)."""
+    ends = [i + len(s) for s in stop if s and (i := text.find(s)) >= 0]
+    return text[: min(ends)] if ends else text

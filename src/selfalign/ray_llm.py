@@ -9,7 +9,8 @@ stage (backward model, M0, M1) as the row's `model` (a LoRA request; the path mu
 every node sees). The records have the schema of the local executor.
 
 Differences from the HF engine, by design of one request per row: curation in generate mode does
-one greedy rating per pair (no sampled retries; `ratings` is empty when the output has no score);
+one greedy rating per pair, stopped at the score line (no sampled retries, no curation.force_score;
+`ratings` is empty when the output has no score);
 logprob mode reads the top-20 log-probabilities of the token after "Score:". Rows vLLM fails on
 (`should_continue_on_error`) are records with status error and vLLM's message.
 
@@ -88,7 +89,7 @@ def vllm_request(cfg: str, step: str, base: str, adapter: str | None, row: dict[
     if step == "augment":
         r, error = _unlabelled(row)
         g = c.generation.instruction
-        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed)
+        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed, g.stop)
         if not error:
             text, cut = truncate_tokens(tok, r.response, c.generation.max_prompt_tokens)
             prompt = render_prompt(tok, backward_messages(text))
@@ -101,14 +102,17 @@ def vllm_request(cfg: str, step: str, base: str, adapter: str | None, row: dict[
 
             prompt += _score_suffix(tok)[0]
             params = {"temperature": 0.0, "max_tokens": 1, "logprobs": LOGPROBS, "seed": seed}
-        else:
-            params = sampling_options(0.0, 1.0, cur.max_new_tokens, seed)
+        else:  # stops at the score line, as the local executor (curate.RATING_STOPS)
+            from selfalign.curate import RATING_STOPS
+
+            params = sampling_options(0.0, 1.0, cur.max_new_tokens, seed, RATING_STOPS)
     else:
         g = c.generation.response
         prompt = render_prompt(tok, forward_messages(str(row["prompt"]), c.forward.seed_tag))
-        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed)
-    if error:  # vLLM still gets a request (a processor maps rows one to one): one token, discarded
-        params = {"temperature": 0.0, "max_tokens": 1, "seed": seed}
+        params = sampling_options(g.temperature, g.top_p, g.max_new_tokens, seed, g.stop)
+    if error:  # vLLM still gets a request (a processor maps rows one to one): one token, discarded; the
+        # other keys stay, so that every row of a block has the same sampling_params fields in Arrow
+        params = {**params, "temperature": 0.0, "max_tokens": 1}
     out = {"prompt": prompt, "sampling_params": params, "__row__": json.dumps(row, ensure_ascii=False, default=str),
            "__error__": error, "__cut__": cut}
     if adapter:
@@ -132,6 +136,7 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
     """The processor's output row as the stage's record: {"source_id", "record" (a JSON line)}."""
     from selfalign.augment import error_pair, make_pair
     from selfalign.curate import error_rated, parse_score_detail, reasoning_of
+    from selfalign.prompts import cut_at_stop
 
     c = _config(cfg)
     src = json.loads(row["__row__"])
@@ -144,6 +149,7 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
     if step == "augment":
         r, _ = _unlabelled(src)
         g = c.generation.instruction
+        text = cut_at_stop(text, g.stop).strip()
         settings = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
                     "seed": row_seed(c.run.seed, sid), "model": name}
         pair = error_pair(r, settings, error, cut) if error else make_pair(r, text, settings, cut,
@@ -161,12 +167,15 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
             rated = RatedPair(p.instruction, p.response, sid, p.source, score, f"next-token probabilities {dist}",
                               [score] if score else [], [], 0, cut)
         else:
+            from selfalign.curate import RATING_STOPS
+
+            text = cut_at_stop(text, RATING_STOPS).strip()
             score, _ = parse_score_detail(text)
             rated = RatedPair(p.instruction, p.response, sid, p.source, score, reasoning_of(text),
                               [score] if score is not None else [], [text], int(score is None), cut)
         rec = asdict(rated)
     else:
-        rec = {"prompt": src["prompt"], "response": text, "model": name}
+        rec = {"prompt": src["prompt"], "response": cut_at_stop(text, c.generation.response.stop).strip(), "model": name}
         if error:
             rec.update(status="error", error=error)
     return {"source_id": sid, "record": json.dumps(rec, ensure_ascii=False)}

@@ -59,6 +59,8 @@ class RatedPair:
     status: str = "ok"  # ok | error: the pair could not be rated (`error` says why; score is None)
     error: str = ""
     parts: dict[str, Any] = field(default_factory=dict)  # likelihood modes: the scores behind `score`
+    # curation.force_score: the rater was given "Score:" after its output (its last raw output)
+    forced_score: bool = False
 
 
 @dataclass

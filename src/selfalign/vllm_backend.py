@@ -13,7 +13,9 @@ extra; a version outside it is refused at the start of a run with one line):
   is tokenized by vLLM with `add_special_tokens=True`, which adds a second BOS to a prompt whose
   text (chat template or plain template) already starts with `<s>`.
 - `LLM.generate(prompts, sampling_params, *, lora_request=LoRARequest(name, int_id, path))`;
-  `SamplingParams(temperature, top_p, max_tokens, seed)`.
+  `SamplingParams(temperature, top_p, max_tokens, seed, stop, include_stop_str_in_output)`:
+  `stop` strings end a request (matched on the generated text only), and the returned text keeps
+  the stop string with `include_stop_str_in_output=True` (the default False drops it).
 - The engine is created on the first `generate` of a stage, with `max_model_len` = the longest
   prompt + the new tokens, capped by the model's context (every prompt was cut to fit it), and
   one engine lives at a time: `release()` shuts it down (`llm_engine.engine_core.shutdown()`,
@@ -28,13 +30,14 @@ from __future__ import annotations
 import gc
 import json
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config
 from selfalign.models import ModelError
+from selfalign.prompts import cut_at_stop
 
 VLLM_VERSIONS = ">=0.33,<0.35"  # keep in step with the `vllm` extra in pyproject.toml
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vllm.config.lora.MaxLoRARanks
@@ -92,11 +95,17 @@ def engine_options(cfg: Config, base_path: str, adapters: list[str | Path], max_
     return opts
 
 
-def sampling_options(temperature: float, top_p: float, max_new_tokens: int, seed: int) -> dict[str, Any]:
-    """Keyword arguments for `vllm.SamplingParams(...)`; temperature 0 means greedy."""
+def sampling_options(temperature: float, top_p: float, max_new_tokens: int, seed: int,
+                     stop: Sequence[str] = ()) -> dict[str, Any]:
+    """Keyword arguments for `vllm.SamplingParams(...)`; temperature 0 means greedy. `stop`: the
+    strings that end generation, kept in the returned text (as `generation.GenParams.stop`)."""
     if temperature <= 0:
-        return {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": seed}
-    return {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "seed": seed}
+        opts: dict[str, Any] = {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": seed}
+    else:
+        opts = {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "seed": seed}
+    if any(stop):
+        opts.update(stop=[s for s in stop if s], include_stop_str_in_output=True)
+    return opts
 
 
 def lora_request_args(adapter: str | Path) -> tuple[str, int, str]:
@@ -158,13 +167,15 @@ class VllmEngine:
                   f"{f', context {self.context}' if self.context else ''})", flush=True)
             self.llm = self.make_llm(need)
             _CURRENT.append(self)
-        sp = self.make_sampling(**sampling_options(params.temperature, params.top_p, params.max_new_tokens, params.seed))
+        stop = getattr(params, "stop", ())
+        sp = self.make_sampling(**sampling_options(params.temperature, params.top_p, params.max_new_tokens, params.seed,
+                                                   stop))
         kwargs: dict[str, Any] = {}
         if self.adapter is not None:
             args = lora_request_args(self.adapter)
             kwargs["lora_request"] = self.make_lora(*args) if self.make_lora else args
         outputs = self.llm.generate([self.make_prompt(prompt_token_ids=i) for i in ids], sp, **kwargs)
-        return [o.outputs[0].text.strip() for o in outputs]
+        return [cut_at_stop(o.outputs[0].text, stop).strip() for o in outputs]
 
 
 _CURRENT: list[VllmEngine] = []  # the engine holding a live vllm.LLM (at most one)
