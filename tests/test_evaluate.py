@@ -12,6 +12,7 @@ import pytest
 
 from selfalign.evaluate import (
     CORRUPTION_KINDS,
+    TEXT_KINDS,
     first_sentence,
     judge_pairwise,
     pairwise_outcome,
@@ -40,7 +41,7 @@ def test_each_corruption_kind_does_what_it_says() -> None:
     bad = plant_corruptions(PAIRS, seed=0)
     assert len(bad) == len(PAIRS)
     kinds = [k for _, _, k in bad]
-    assert sorted(kinds) == sorted(list(CORRUPTION_KINDS) * 2)  # spread evenly
+    assert sorted(kinds) == sorted(list(TEXT_KINDS) * 2)  # spread evenly
     instructions = [p.instruction for p in PAIRS]
     responses = [p.response for p in PAIRS]
     for p, (ins, resp, kind) in zip(PAIRS, bad, strict=True):
@@ -227,8 +228,10 @@ def _valid_png(path: Path) -> None:
     assert mpimg.imread(str(path)).shape[0] > 50
 
 
-def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
-    from selfalign.evaluate import evaluate_run, load_heldout, write_eval_report
+def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfalign import io as sio
+    from selfalign.evaluate import LENGTH, eval_modes, evaluate_run, load_heldout, write_eval_report
+    from selfalign.evaluate import run as ev_run
     from selfalign.pipeline import run_pipeline
 
     cfg = smoke_cfg.model_copy(deep=True)
@@ -245,35 +248,55 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture) ->
     assert len(unused) == 5 and info["excluded_as_trained"] == 8
     assert not {p.instruction for p in unused} & trained
 
-    res = evaluate_run(cfg, n_heldout=6, n_prompts=3)
+    human = Path(__file__).parent / "data" / "oasst1_messages.jsonl"
+    res = evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human)
     out = capsys.readouterr().out
     assert "evaluate: done" in out
     saved = json.loads((d / "eval" / "evaluation.json").read_text())
-    assert saved["curation"]["n_good"] == 6 and saved["curation"]["n_bad"] == 6
-    assert 0.0 <= saved["curation"]["roc_auc"] <= 1.0
-    assert set(saved["curation"]["by_kind"]) <= {"good", *CORRUPTION_KINDS}
-    assert len((d / "eval" / "rated_eval.jsonl").read_text().splitlines()) == 12
+    c = saved["curation"]
+    assert c["n_good"] == 6 and c["n_bad"] == 6
+    assert 0.0 <= c["roc_auc"] <= 1.0
+    assert set(c["by_kind"]) <= {"good", *CORRUPTION_KINDS}
+    assert set(c["modes"]) == {*eval_modes(), LENGTH} and c["mode"] == cfg.curation.mode
+    for row in c["modes"].values():
+        assert set(row["auc_by_kind"]) == set(c["kinds"]) and row["human_auc"] is not None
+    assert c["human"]["n_prompts"] == 3
+    # 6 held-out pairs: every kind but one is planted (the shipped sample seed has no non-English prose)
+    assert "other_language" in c["planted"]["skipped_kinds"] and "base_instruction" in c["kinds"]
+    for mode in eval_modes():
+        assert len((d / "eval" / f"rated_planted_{mode}.jsonl").read_text().splitlines()) == 12
+        assert len((d / "eval" / f"rated_human_{mode}.jsonl").read_text().splitlines()) == 6
     heldout = [json.loads(x) for x in (d / "eval" / "heldout.jsonl").read_text().splitlines()]
     assert not {h["instruction"] for h in heldout} & trained
     b = saved["backward"]
     assert b["n_pairs"] == 6 and b["base"]["nll_per_token"] > 0 and b["backward"]["nll_per_token"] > 0
     assert len(b["examples"]) == 5
-    comps = [(c["x"], c["y"]) for c in saved["forward"]["comparisons"]]
+    comps = [(x["x"], x["y"]) for x in saved["forward"]["comparisons"]]
     assert comps == [("forward", "base"), ("forward", "forward_1")]
-    for c in saved["forward"]["comparisons"]:
-        assert c["win"] + c["tie"] + c["loss"] == c["n"] == 3 and c["ci_method"] == "wilson"
+    for x in saved["forward"]["comparisons"]:
+        assert x["win"] + x["tie"] + x["loss"] == x["n"] == 3 and x["ci_method"] == "wilson"
     assert set(saved["forward"]["lengths"]) == {"base", "forward", "forward_1"}
-    assert res["curation"] == saved["curation"]
+    assert res["curation"] == c
 
     for name in ("funnel", "scores", "loss", "eval_scores", "pairwise"):
         _valid_png(d / f"{name}.png")
+    _valid_png(d / "eval" / "curation_modes.png")
     page = (d / "report.html").read_text()
-    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 5
-    assert "Evaluation" in page and "Wilson" in page
+    assert page.startswith("<!DOCTYPE html>") and page.count("data:image/png;base64,") == 6
+    assert "Evaluation" in page and "Wilson" in page and "Curation modes" in page
     report = (d / "report.md").read_text()
     assert report.count("## Evaluation") == 1 and "## Counts" in report and "ROC AUC" in report
-    assert "![funnel](funnel.png)" in report
+    assert "![funnel](funnel.png)" in report and "![curation_modes](eval/curation_modes.png)" in report
+    modes_table = report[report.index("### Curation modes"):].split("\n\n")[1].splitlines()
+    assert len(modes_table) == 2 + len(eval_modes()) + 1  # header, rule, one row per mode, length
     # re-rendering replaces the section instead of adding a second one
     write_eval_report(d, saved)
     again = (d / "report.md").read_text()
     assert again.count("## Evaluation") == 1 and "## Responses of the forward model" in again
+
+    # re-running reuses the ratings, responses and judgments (their inputs did not change)
+    monkeypatch.setattr(sio.RecordLog, "append", lambda *a: pytest.fail("a rating was redone"))
+    monkeypatch.setattr(ev_run, "model_responses", lambda *a: pytest.fail("responses were regenerated"))
+    monkeypatch.setattr(ev_run, "judge_pairwise", lambda *a: pytest.fail("judgments were redone"))
+    rerun = evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human, report=False)
+    assert rerun["curation"] == c and rerun["forward"]["comparisons"] == saved["forward"]["comparisons"]

@@ -222,16 +222,22 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
               help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
 @click.option("--judge-tokens", default=None, type=int,
               help="max new tokens of the pairwise judge (default: curation.max_new_tokens)")
+@click.option("--n-human", default=40, show_default=True, type=int,
+              help="prompts of the human-judged set (best- vs last-ranked OASST1 reply; 0 = none)")
+@click.option("--human", "human_path", default=None,
+              help="OASST1 messages file of the human-judged set "
+                   "(default ../shared/data/oasst1/en_validation_messages.jsonl, skipped when absent)")
 @_overrides
 @_guard
 def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: str, judge_tokens: int | None,
-                 overrides: tuple[str, ...]) -> None:
-    """Evaluate a finished run offline: rater AUC on planted bad pairs, backward NLL, forward win rate."""
-    from selfalign.evaluate import evaluate_run
+                 n_human: int, human_path: str | None, overrides: tuple[str, ...]) -> None:
+    """Evaluate a finished run offline: every curation mode's AUC on planted bad pairs and a
+    human-judged set, backward NLL, forward win rate. Re-running resumes."""
+    from selfalign.evaluate import DEFAULT_OASST1_MESSAGES, evaluate_run
 
     cfg = _load(config, overrides)
     evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
-                 judge_max_new_tokens=judge_tokens)
+                 judge_max_new_tokens=judge_tokens, n_human=n_human, human_path=human_path or DEFAULT_OASST1_MESSAGES)
 
 
 @main.group("config")

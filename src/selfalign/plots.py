@@ -178,3 +178,25 @@ def plot_pairwise(comparisons: Sequence[dict[str, Any]], path: Path) -> Path | N
     ax.set_title("Pairwise judgments (a win must hold in both orders)")
     ax.legend(loc="lower right")
     return _save(fig, path)
+
+
+def plot_mode_aucs(columns: Sequence[str], rows: dict[str, Sequence[float | None]], path: Path) -> Path | None:
+    """Grouped bars: ROC AUC of each curation mode (and the length baseline) per column (overall,
+    each corruption kind, the human-judged set); a missing AUC is left out; chance = 0.5."""
+    if not rows or not columns:
+        return None
+    fig = _figure(max(7.0, 1.3 * len(columns) + 2), 4.2)
+    ax = fig.add_subplot()
+    width = 0.8 / len(rows)
+    for k, (mode, values) in enumerate(rows.items()):
+        xs = [c + (k - (len(rows) - 1) / 2) * width for c in range(len(columns))]
+        keep = [(x, v) for x, v in zip(xs, values, strict=True) if v is not None]
+        ax.bar([x for x, _ in keep], [v for _, v in keep], width, label=mode,
+               hatch="//" if mode == "length" else None, edgecolor="black" if mode == "length" else None)
+    ax.axhline(0.5, color="black", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(range(len(columns)), list(columns), rotation=25, ha="right")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("ROC AUC (good vs bad)")
+    ax.set_title("Curation modes: AUC per set and corruption kind")
+    ax.legend(fontsize="small", ncols=min(len(rows) + 1, 4), loc="lower left")
+    return _save(fig, path)

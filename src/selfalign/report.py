@@ -171,6 +171,18 @@ def write_report(
 Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows)
 
 
+def mode_columns(curation: dict[str, Any]) -> tuple[list[str], dict[str, list[float | None]]]:
+    """The AUC columns of the curation-modes table (overall, each kind, human) and each mode's row."""
+    kinds = list(curation.get("kinds", []))
+    rows = {m: [r.get("auc"), *(r.get("auc_by_kind", {}).get(k) for k in kinds), r.get("human_auc")]
+            for m, r in curation.get("modes", {}).items()}
+    return ["overall", *kinds, "human"], rows
+
+
+def _pr(at: dict[str, Any] | None) -> str:
+    return f"{_f(at['precision'])} / {_f(at['recall'])}" if at else "–"
+
+
 def eval_tables(results: dict[str, Any]) -> list[Table]:
     """The evaluation tables, as data (rendered to Markdown and HTML)."""
     tables: list[Table] = []
@@ -179,6 +191,7 @@ def eval_tables(results: dict[str, Any]) -> list[Table]:
         at = c["at_threshold"]
         tables.append(("Curation quality: rater on held-out good vs planted bad pairs", ["metric", "value"], [
             ["rater", str(c.get("rater", ""))],
+            ["curation mode (the run's)", str(c.get("mode", ""))],
             ["held-out good / planted bad", f"{c['n_good']} / {c['n_bad']}"],
             ["ROC AUC (ties 1/2, unscored = 0)", _f(c["roc_auc"])],
             [f"precision at threshold {c['threshold']}", _f(at["precision"])],
@@ -186,6 +199,15 @@ def eval_tables(results: dict[str, Any]) -> list[Table]:
             ["unscored pairs", f"{c['unscored']} ({_f(c['unscored_rate'])})"],
             ["parse-failure rate", _f(c["parse_failure_rate"])],
         ]))
+        if c.get("modes"):
+            cols, aucs = mode_columns(c)
+            h = c.get("human", {})
+            skipped = "; ".join(f"{k}: {v}" for k, v in c.get("planted", {}).get("skipped_kinds", {}).items())
+            title = (f"Curation modes: ROC AUC good vs bad (overall = all planted kinds; human = best- vs last-ranked "
+                     f"OASST1 replies, {h.get('n_prompts', 0)} prompts; length = response-length baseline)"
+                     + (f"; skipped: {skipped}" if skipped else ""))
+            tables.append((title, ["mode", *(f"AUC {k}" for k in cols), f"P / R at {c['threshold']}"],
+                           [[m, *(_f(v) for v in aucs[m]), _pr(c["modes"][m].get("at_threshold"))] for m in aucs]))
         tables.append(("Precision / recall of kept pairs by threshold", ["threshold", "kept", "precision", "recall"],
                        [[_f(r["threshold"], 1), str(r["kept"]), _f(r["precision"]), _f(r["recall"])] for r in c["by_threshold"]]))
         tables.append(("Mean score by kind", ["kind", "n", "mean score", "unscored", "kept"],
@@ -214,8 +236,15 @@ def eval_tables(results: dict[str, Any]) -> list[Table]:
     return tables
 
 
-def eval_markdown(results: dict[str, Any], plots: dict[str, Path] | None = None) -> str:
-    """The "## Evaluation" section of report.md."""
+def _rel(path: Path, run_dir: Path | None) -> str:
+    path = Path(path)
+    if run_dir is not None and path.is_relative_to(run_dir):
+        return path.relative_to(run_dir).as_posix()
+    return path.name
+
+
+def eval_markdown(results: dict[str, Any], plots: dict[str, Path] | None = None, run_dir: Path | None = None) -> str:
+    """The "## Evaluation" section of report.md (plot links relative to `run_dir`)."""
     h = results.get("heldout", {})
     lines = ["## Evaluation", "",
              f"`selfalign evaluate` on {results.get('created', '')}: {h.get('n')} held-out pairs from "
@@ -224,7 +253,7 @@ def eval_markdown(results: dict[str, Any], plots: dict[str, Path] | None = None)
     for title, header, rows in eval_tables(results):
         lines += [f"### {title}", "", table(header, rows), ""]
     if plots:
-        lines += ["### Plots", ""] + [f"![{k}]({p.name})" for k, p in plots.items()] + [""]
+        lines += ["### Plots", ""] + [f"![{k}]({_rel(p, run_dir)})" for k, p in plots.items()] + [""]
     return "\n".join(lines)
 
 
@@ -299,8 +328,12 @@ def write_eval_report(run_dir: Path, results: dict[str, Any] | None) -> dict[str
         "loss": pl.plot_loss_curves(run_dir, run_dir / "loss.png"),
     }
     if results:
-        made["eval_scores"] = pl.plot_eval_scores(run_dir / "eval" / "rated_eval.jsonl", run_dir / "eval_scores.png",
-                                                  results.get("curation", {}).get("threshold", threshold))
+        cur = results.get("curation", {})
+        if cur.get("records"):
+            made["eval_scores"] = pl.plot_eval_scores(Path(cur["records"]), run_dir / "eval_scores.png",
+                                                      cur.get("threshold", threshold))
+        if cur.get("modes"):
+            made["curation_modes"] = pl.plot_mode_aucs(*mode_columns(cur), run_dir / "eval" / "curation_modes.png")
         made["pairwise"] = pl.plot_pairwise(results.get("forward", {}).get("comparisons", []), run_dir / "pairwise.png")
     plots = {k: p for k, p in made.items() if p is not None}
     atomic_write_text(run_dir / "report.html", render_html(run_dir, results, plots))
@@ -309,6 +342,6 @@ def write_eval_report(run_dir: Path, results: dict[str, Any] | None) -> dict[str
     if results:
         md = run_dir / "report.md"
         old = md.read_text(encoding="utf-8") if md.is_file() else "# selfalign run report\n"
-        atomic_write_text(md, replace_section(old, eval_markdown(results, plots)))
+        atomic_write_text(md, replace_section(old, eval_markdown(results, plots, run_dir)))
         files["report.md"] = md
     return files

@@ -4,15 +4,19 @@ Each question is answered on data the run never trained on (`heldout.py`):
 
 1. **Curation quality** (`rater_eval.py`): held-out human-written pairs (good) and planted bad
    pairs made from them (`corruptions.py`: swapped instruction, response cut to its first
-   sentence, unrelated response, web boilerplate appended), rated exactly as curation rates;
-   ROC AUC, precision/recall of "kept" by threshold, mean score per kind (`stats.py`).
+   sentence, unrelated response, web boilerplate appended, an instruction written by the untrained
+   base model, a response in another language), plus a human-judged set (`human.py`: best- vs
+   last-ranked OASST1 replies), rated exactly as curation rates with every curation mode and a
+   response-length baseline; ROC AUC overall, per kind and on the human set, precision/recall of
+   "kept" by threshold, mean score per kind (`stats.py`).
 2. **Backward model** (`backward_eval.py`): NLL per token of the true instruction given the
    response, base model vs backward adapter, and a few generated instructions.
 3. **Forward model** (`judge.py`): pairwise win rate vs the base model (and M2 vs M1), judged by
    the rater in both orders, with Wilson intervals.
 
 `run.evaluate_run` runs all three and writes `<run>/eval/evaluation.json` (records beside it:
-`heldout.jsonl`, `rated_eval.jsonl`, `responses.jsonl`, `judgments.jsonl`); the report side
+`heldout.jsonl`, `rated_<set>_<mode>.jsonl`, `responses.jsonl`, `judgments.jsonl`; an interrupted
+evaluation resumes, reusing what matches its inputs, `resume.py`); the report side
 (`selfalign.report.write_eval_report`) renders `report.html`, PNG plots and the "## Evaluation"
 section of `report.md`.
 """
@@ -21,12 +25,15 @@ from selfalign.evaluate.backward_eval import evaluate_backward, target_nll
 from selfalign.evaluate.corruptions import (
     CORRUPTION_KINDS,
     GOOD,
+    TEXT_KINDS,
+    assign_kinds,
     boilerplate_text,
     eval_pairs,
     first_sentence,
     plant_corruptions,
 )
 from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL, load_heldout
+from selfalign.evaluate.human import DEFAULT_OASST1_MESSAGES, load_human_pairs, ranked_pairs
 from selfalign.evaluate.judge import (
     comparisons,
     forward_models,
@@ -37,9 +44,15 @@ from selfalign.evaluate.judge import (
     summarize_outcomes,
 )
 from selfalign.evaluate.rater_eval import (
+    LENGTH,
     REPORT_THRESHOLDS,
     curation_metrics,
+    eval_modes,
     evaluate_curation,
+    foreign_responses,
+    length_scores,
+    mode_metrics,
+    planted_set,
     rater_spec,
 )
 from selfalign.evaluate.run import check_run, evaluate_run
@@ -47,7 +60,9 @@ from selfalign.evaluate.stats import length_stats, precision_recall, roc_auc, wi
 from selfalign.report import replace_section, write_eval_report
 
 __all__ = [
-    "CORRUPTION_KINDS", "DEFAULT_OASST1_VAL", "GOOD", "REPORT_THRESHOLDS", "boilerplate_text", "check_run",
+    "CORRUPTION_KINDS", "DEFAULT_OASST1_MESSAGES", "DEFAULT_OASST1_VAL", "GOOD", "LENGTH", "REPORT_THRESHOLDS",
+    "TEXT_KINDS", "assign_kinds", "boilerplate_text", "check_run", "eval_modes", "foreign_responses",
+    "length_scores", "load_human_pairs", "mode_metrics", "planted_set", "ranked_pairs",
     "comparisons", "curation_metrics", "eval_pairs", "evaluate_backward", "evaluate_curation", "evaluate_run",
     "first_sentence", "forward_models", "judge_pairwise", "length_stats", "load_heldout", "model_responses",
     "pairwise_outcome", "parse_verdict", "plant_corruptions", "precision_recall", "rater_spec",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -9,11 +10,41 @@ from typing import Any
 
 from selfalign.config import Config
 from selfalign.evaluate.backward_eval import evaluate_backward
+from selfalign.evaluate.corruptions import normalized
 from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL, load_heldout
+from selfalign.evaluate.human import DEFAULT_OASST1_MESSAGES, load_human_pairs
 from selfalign.evaluate.judge import comparisons, forward_models, judge_pairwise, model_responses
-from selfalign.evaluate.rater_eval import evaluate_curation, rater_spec
+from selfalign.evaluate.rater_eval import evaluate_curation, planted_set, rater_spec
+from selfalign.evaluate.resume import cached, texts_hash
 from selfalign.evaluate.stats import length_stats
 from selfalign.io import DataError, write_json, write_jsonl
+from selfalign.records import AugmentedPair, SeedPair
+
+
+def adapter_hash(adapter: Path | None) -> str:
+    """sha256 over the files of an adapter folder ("" for none): a retrained adapter differs."""
+    if adapter is None:
+        return ""
+    return texts_hash([(f.name, hashlib.sha256(f.read_bytes()).hexdigest())
+                       for f in sorted(Path(adapter).iterdir()) if f.is_file()])
+
+
+def human_set(cfg: Config, path: str | Path, n: int, heldout: list[SeedPair]
+              ) -> tuple[list[AugmentedPair], dict[str, Any]]:
+    """The human-judged set (`human.load_human_pairs`), held-out instructions excluded; empty (and
+    said) when `n` is 0 or the default file is absent."""
+    from selfalign.pipeline import say
+
+    if n <= 0:
+        return [], {"n_prompts": 0, "note": "not asked for (--n-human 0)"}
+    if Path(path) == DEFAULT_OASST1_MESSAGES and not Path(path).is_file():
+        note = f"{path} not found: no human-judged set (pass --human PATH)"
+        say(f"evaluate: {note}")
+        return [], {"n_prompts": 0, "path": str(path), "note": note}
+    pairs, info = load_human_pairs(path, n, cfg.run.seed, {normalized(p.instruction) for p in heldout})
+    say(f"evaluate: human-judged set: {info['n_prompts']} prompts with best- and last-ranked OASST1 replies "
+        f"from {info['path']}")
+    return pairs, info
 
 
 def check_run(run_dir: Path) -> None:
@@ -32,16 +63,21 @@ def evaluate_run(
     report: bool = True,
     judge_max_new_tokens: int | None = None,
     oasst1_val: str | Path = DEFAULT_OASST1_VAL,
+    n_human: int = 40,
+    human_path: str | Path = DEFAULT_OASST1_MESSAGES,
 ) -> dict[str, Any]:
     """Evaluate the finished run in `cfg.run.out_dir`; writes `eval/` and (with `report`) the reports.
 
     `heldout_source`, `oasst1_val`: see `load_heldout`. `judge_max_new_tokens`: room for the
-    pairwise judge's reasoning and verdict (default: `curation.max_new_tokens`).
+    pairwise judge's reasoning and verdict (default: `curation.max_new_tokens`). `n_human`,
+    `human_path`: the human-judged set (`human.py`; 0 leaves it out). Re-running resumes: records,
+    responses and judgments whose inputs match are reused (`resume.py`).
     """
     from selfalign.forward import load_prompts
     from selfalign.generation import load_engine
     from selfalign.models import setup_threads
     from selfalign.pipeline import resolve_data, say
+    from selfalign.prompts import prompt_file
 
     run_dir = Path(cfg.run.out_dir)
     check_run(run_dir)
@@ -66,26 +102,43 @@ def evaluate_run(
     src = resolve_data(cfg.data.eval_prompts, "prompts.jsonl", cfg)
     prompts = load_prompts(src, n_prompts, cfg.data.eval_split)
     models = forward_models(run_dir)
-    responses = {name: model_responses(cfg, adapter, prompts, name) for name, adapter in models.items()}
+    responses = {}
+    for name, adapter in models.items():
+        fp = {"models": cfg.models.model_dump(), "adapter": str(adapter or ""), "adapter_hash": adapter_hash(adapter),
+              "generation": cfg.generation.response.model_dump(), "tag": cfg.forward.seed_tag, "seed": cfg.run.seed,
+              "prompts": texts_hash(prompts)}
+        responses[name], reused = cached(ev / f"responses_{name}.json", fp,
+                                         lambda a=adapter, n=name: model_responses(cfg, a, prompts, n))
+        if reused:
+            say(f"evaluate: responses of {name} reused from {ev / f'responses_{name}.json'}")
     write_jsonl(ev / "responses.jsonl", [{"model": name, "adapter": str(models[name] or ""), "prompt": p, "response": r}
                                          for name, texts in responses.items() for p, r in zip(prompts, texts, strict=True)])
     seconds["responses"] = round(time.perf_counter() - t, 1)
 
     t = time.perf_counter()
+    planted, planted_info = planted_set(cfg, heldout, ev)
+    human, human_info = human_set(cfg, human_path, n_human, heldout)
     spec, adapter, rater_name = rater_spec(cfg, run_dir)
+    rater_fp = {"rater": spec, "adapter": str(adapter or ""), "adapter_hash": adapter_hash(adapter),
+                "models": cfg.models.model_dump()}
     rater = load_engine(cfg, spec, adapter=adapter, name=rater_name)
-    curation = evaluate_curation(cfg, rater, heldout, ev / "rated_eval.jsonl")
-    curation["rater"] = rater_name
+    curation = evaluate_curation(cfg, rater, planted, human, ev, (spec, adapter), planted_info["kinds"])
+    curation.update(rater=rater_name, planted=planted_info, human=human_info)
     seconds["curation"] = round(time.perf_counter() - t, 1)
-    say(f"evaluate: rater ROC AUC {curation['roc_auc']} (good vs planted bad), precision/recall at "
-        f"{curation['threshold']}: {curation['at_threshold']['precision']}/{curation['at_threshold']['recall']}")
+    say(f"evaluate: rater ROC AUC {curation['roc_auc']} (mode {cfg.curation.mode}, good vs planted bad), "
+        f"precision/recall at {curation['threshold']}: "
+        f"{curation['at_threshold']['precision']}/{curation['at_threshold']['recall']}")
 
     t = time.perf_counter()
     comps: list[dict[str, Any]] = []
     judged: list[dict[str, Any]] = []
+    judge_tokens = judge_max_new_tokens or cfg.curation.max_new_tokens
     for x, y in comparisons(models):
-        got = judge_pairwise(rater, prompts, responses[x], responses[y], judge_max_new_tokens or cfg.curation.max_new_tokens,
-                             cfg.curation.max_response_tokens, cfg.run.seed)
+        fp = {**rater_fp, "x": texts_hash(responses[x]), "y": texts_hash(responses[y]), "prompts": texts_hash(prompts),
+              "max_new_tokens": judge_tokens, "max_response_tokens": cfg.curation.max_response_tokens,
+              "seed": cfg.run.seed, "template": texts_hash([prompt_file("pairwise_prompt.txt")])}
+        got, _ = cached(ev / f"judgments_{x}_vs_{y}.json", fp, lambda x=x, y=y, r=rater: judge_pairwise(
+            r, prompts, responses[x], responses[y], judge_tokens, cfg.curation.max_response_tokens, cfg.run.seed))
         comps.append({"x": x, "y": y, "x_adapter": str(models[x] or cfg.models.base),
                       "y_adapter": str(models[y] or cfg.models.base), **got["summary"],
                       "examples": [{k: it[k] for k in ("instruction", "x", "y", "verdict_x_as_a", "verdict_x_as_b", "outcome")}
