@@ -23,6 +23,14 @@ Resumable: each arm/seed adapter lives in `<run>/ablate/<arm>-s<seed>/` (trainin
 resumes in `.work/`), each measurement is appended to `<run>/ablate/results.jsonl`. An arm/seed
 whose key (config it reads, its training examples, steps, seed, held-out pairs) matches a stored
 measurement is skipped; one whose key changed starts fresh.
+
+Cost: arms x seeds trainings of `steps` optimizer steps, plus one held-out measurement per model
+and one of the base model:
+
+    T ~= 5 * seeds * steps * t_step + (5 * seeds + 1) * t_measure(n_heldout) + (10 * seeds + 1) * t_load
+
+t_step: one LoRA step at train_forward.batch_size x max_seq_len; t_measure: one forward pass over
+the held-out pairs (about n_heldout * (mean example tokens) / inference tokens per second).
 """
 
 from __future__ import annotations
@@ -54,7 +62,9 @@ ARMS: dict[str, str] = {
     "longest": "(e) seed + longest augmented",
 }
 BASELINE = "seed"
-DEFAULT_STEPS = 24  # when the run has no forward model to take the number of steps from
+# When the run has no forward model to take the number of steps from: about what the default
+# config's forward model takes (48 seed + the curated pairs, batch 4, one epoch).
+DEFAULT_STEPS = 16
 N_BOOT = 2000
 
 
@@ -147,6 +157,7 @@ def heldout_rows(tok: Any, pairs: Sequence[SeedPair], cfg: Config) -> tuple[list
         else:
             got.pop("truncated")
             rows.append(got)
+    rows.sort(key=lambda r: len(r["input_ids"]))  # batches of similar length: less padding to compute
     return rows, dropped
 
 
