@@ -230,7 +230,8 @@ def ablate(
     rows, dropped = heldout_rows(tok, heldout, cfg)
     if len(rows) < 2:
         raise ConfigError(f"ablate: only {len(rows)} held-out pairs fit train_forward.max_seq_len ({dropped})")
-    held_hash = stage_key([(p.source_id, p.instruction, p.response) for p in heldout], cfg.train_forward.max_seq_len)
+    # the measured token rows themselves, in their order: pairs, template, tokenizer, max_seq_len
+    held_hash = hashlib.sha256(json.dumps([[r["input_ids"], r["labels"]] for r in rows]).encode()).hexdigest()[:16]
     say(f"ablate: {len(ARMS)} arms x {seeds} seeds, {steps} steps each (from {steps_from}); "
         f"{len(rows)} held-out pairs from {held_info['path']}; {len(curated)} curated of "
         f"{sum(p.status == 'ok' for p in augmented)} ok augmented pairs")
@@ -282,13 +283,15 @@ def _run_arm(run: Run, log: RecordLog, d: ArmData, key: str, steps: int, rows: S
         say(f"ablate {progress}: training {name}: {n_seed} seed + {len(d.augmented)} augmented examples")
         train_forward(cfg, run.seed(), d.augmented, out, name=f"ablate {name}")
     trained = json.loads((out / "training_info.json").read_text(encoding="utf-8"))
+    t = time.perf_counter()
     got = measure(cfg, out, rows)
+    measure_seconds = round(time.perf_counter() - t, 2)
     nll = sum(x for x, _ in got) / max(sum(n for _, n in got), 1)
     say(f"ablate {progress}: {name}: held-out NLL/token {nll:.4f} after {trained['steps']} steps")
     log.append({"kind": "nll", "arm": d.arm, "seed": d.seed, "key": key, "n_seed": n_seed,
                 "n_augmented": len(d.augmented), "n_examples": trained["n_examples"], "steps": trained["steps"],
                 "train_seconds": trained["seconds"], "loss_first": trained["first_loss"],
-                "loss_last": trained["last_loss"], "augmented_ids": [p.source_id for p in d.augmented], "nll_per_token": round(nll, 4),
+                "loss_last": trained["last_loss"], "measure_seconds": measure_seconds, "augmented_ids": [p.source_id for p in d.augmented], "nll_per_token": round(nll, 4),
                 "nll": [x for x, _ in got], "tokens": [n for _, n in got]})
 
 

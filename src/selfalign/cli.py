@@ -239,14 +239,14 @@ def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: st
 @_config_opt
 @click.option("--seeds", default=2, show_default=True, type=int, help="training seeds per arm (run.seed, run.seed+1, ...)")
 @click.option("--steps", default=None, type=int,
-              help="optimizer steps of every arm (default: the steps of the run's forward model, else 24)")
+              help="optimizer steps of every arm (default: the steps of the run's forward model, else 16)")
 @click.option("--n-heldout", default=100, show_default=True, type=int,
               help="held-out pairs whose reference NLL is measured")
 @click.option("--heldout", default="auto", show_default=True,
               help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
 @click.option("--judge", is_flag=True,
               help="also a pairwise win rate vs seed only, judged by the rater (off by default: at 135M the "
-                   "judge answers 'A' about 95%% of the time)")
+                   "judge answers 'A' about 95% of the time)")
 @click.option("--judge-prompts", default=20, show_default=True, type=int, help="held-out prompts for --judge")
 @_overrides
 @_guard
