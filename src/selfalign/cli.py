@@ -5,6 +5,7 @@
     selfalign generate --adapter DIR [--prompts FILE] [key=value ...]
     selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
     selfalign evaluate [--n-heldout N] [--n-prompts N] [key=value ...]
+    selfalign ablate [--seeds N] [--steps N] [--n-heldout N] [--judge] [key=value ...]
     selfalign plan [--device-memory-gb GB] [key=value ...]
     selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
 
@@ -238,6 +239,30 @@ def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: st
     cfg = _load(config, overrides)
     evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
                  judge_max_new_tokens=judge_tokens, n_human=n_human, human_path=human_path or DEFAULT_OASST1_MESSAGES)
+
+
+@main.command("ablate")
+@_config_opt
+@click.option("--seeds", default=2, show_default=True, type=int, help="training seeds per arm (run.seed, run.seed+1, ...)")
+@click.option("--steps", default=None, type=int,
+              help="optimizer steps of every arm (default: the steps of the run's forward model, else 16)")
+@click.option("--n-heldout", default=100, show_default=True, type=int,
+              help="held-out pairs whose reference NLL is measured")
+@click.option("--heldout", default="auto", show_default=True,
+              help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
+@click.option("--judge", is_flag=True,
+              help="also a pairwise win rate vs seed only, judged by the rater (off by default: at 135M the "
+                   "judge answers 'A' about 95% of the time)")
+@click.option("--judge-prompts", default=20, show_default=True, type=int, help="held-out prompts for --judge")
+@_overrides
+@_guard
+def ablate_cmd(config: str | None, seeds: int, steps: int | None, n_heldout: int, heldout: str, judge: bool,
+               judge_prompts: int, overrides: tuple[str, ...]) -> None:
+    """Data-quality ablation: seed only / + curated / + random / + all / + longest augmented pairs."""
+    from selfalign.ablate import ablate
+
+    ablate(_load(config, overrides), seeds=seeds, steps=steps, n_heldout=n_heldout, heldout_source=heldout,
+           judge=judge, judge_prompts=judge_prompts)
 
 
 @main.group("config")

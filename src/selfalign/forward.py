@@ -8,6 +8,7 @@ tag is used, to ask for answers in the assistant style.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,12 @@ from selfalign.config import Config, ForwardConfig
 from selfalign.generation import Engine, GenParams, context_limit, generate
 from selfalign.io import DataError, is_blank
 from selfalign.prompts import fit_prompt, forward_messages, render_prompt
-from selfalign.records import RatedPair, RejectLog, SeedPair
+from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair
 from selfalign.train import TrainExample, TrainResult, train_lora
 
 
 def forward_examples(
-    seed: list[SeedPair], curated: list[RatedPair], fwd: ForwardConfig
+    seed: Sequence[SeedPair], curated: Sequence[RatedPair | AugmentedPair], fwd: ForwardConfig
 ) -> list[TrainExample]:
     out = [TrainExample(forward_messages(p.instruction, fwd.seed_tag), p.response, p.source_id) for p in seed]
     out += [TrainExample(forward_messages(p.instruction, fwd.augmented_tag), p.response, p.source_id) for p in curated]
@@ -28,7 +29,8 @@ def forward_examples(
 
 
 def train_forward(
-    cfg: Config, seed: list[SeedPair], curated: list[RatedPair], out_dir: Path, name: str = "forward"
+    cfg: Config, seed: Sequence[SeedPair], curated: Sequence[RatedPair | AugmentedPair], out_dir: Path,
+    name: str = "forward",
 ) -> TrainResult:
     examples = forward_examples(seed if cfg.forward.use_seed else [], curated, cfg.forward)
     if not examples:

@@ -199,4 +199,35 @@ def plot_mode_aucs(columns: Sequence[str], rows: dict[str, Sequence[float | None
     ax.set_ylabel("ROC AUC (good vs bad)")
     ax.set_title("Curation modes: AUC per set and corruption kind")
     ax.legend(fontsize="small", ncols=min(len(rows) + 1, 4), loc="lower left")
+
+
+def plot_ablation(results: dict[str, Any], path: Path) -> Path | None:
+    """Held-out NLL per token per ablation arm (95% interval), and the difference vs seed only."""
+    arms = [a for a in results.get("arms", []) if a.get("nll_per_token") is not None]
+    if not arms:
+        return None
+    fig = _figure(11, 0.5 * len(arms) + 1.8)
+    ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    labels = [a["label"] for a in arms][::-1]
+    for ax, key, ci_key, title in ((ax1, "nll_per_token", "ci95", "held-out NLL per token (lower is better)"),
+                                   (ax2, "delta", "delta_ci95", "difference vs seed only")):
+        vals = [a[key] for a in arms][::-1]
+        lo = [a[key] - a[ci_key][0] for a in arms][::-1]
+        hi = [a[ci_key][1] - a[key] for a in arms][::-1]
+        colors = [GOOD_COLOR if v <= 0 else BAD_COLOR for v in vals] if key == "delta" else "#457b9d"
+        ax.barh(labels, vals, xerr=[lo, hi], color=colors, capsize=4)
+        ax.set_title(title)
+        ax.set_xlabel("mean over seeds; error bar: 95% bootstrap interval")
+    base = results.get("base_nll_per_token")
+    if base is not None:
+        ax1.axvline(base, color="black", linestyle="--", label=f"base model {base:.3f}")
+        ax1.legend(loc="lower right")
+    low = min(a["ci95"][0] for a in arms)
+    high = max([a["ci95"][1] for a in arms] + ([base] if base is not None else []))
+    ax1.set_xlim(max(0.0, low - 0.1 * (high - low + 1e-6) - 0.05), high + 0.1 * (high - low + 1e-6) + 0.05)
+    from matplotlib.ticker import MaxNLocator
+
+    ax2.xaxis.set_major_locator(MaxNLocator(4))
+    ax2.axvline(0, color="black", linewidth=0.8)
+    ax2.tick_params(labelleft=False)
     return _save(fig, path)

@@ -257,6 +257,39 @@ def eval_markdown(results: dict[str, Any], plots: dict[str, Path] | None = None,
     return "\n".join(lines)
 
 
+def _ci(pair: Sequence[float] | None) -> str:
+    return f"[{_f(pair[0], 4)}, {_f(pair[1], 4)}]" if pair else "–"
+
+
+def ablation_markdown(results: dict[str, Any], plot: str | None = None) -> str:
+    """`ablate/report.md`: one row per arm, mean over seeds, intervals, difference vs seed only."""
+    h = results["heldout"]
+    judged = any("judge_vs_seed" in a for a in results["arms"])
+    header = ["arm", "train examples (seed + augmented)", "steps", "mean NLL/token", "95% interval",
+              "delta vs seed only", "95% interval of delta"] + (["judge win rate vs seed only [95% Wilson]"] if judged else [])
+    rows = []
+    for a in results["arms"]:
+        n_aug = "/".join(str(n) for n in a["n_augmented"]) or "–"
+        row = [a["label"], f"{a['n_seed']} + {n_aug}", "/".join(str(s) for s in a["steps"]) or "–",
+               _f(a.get("nll_per_token"), 4), _ci(a.get("ci95")), _f(a.get("delta"), 4), _ci(a.get("delta_ci95"))]
+        if judged:
+            j = a.get("judge_vs_seed")
+            row.append(f"{_f(j['win_rate'])} {_ci(j['win_rate_ci95'])} (n={j['n']})" if j else "–")
+        rows.append(row)
+    lines = ["## Ablation", "",
+             f"Forward models trained from `{results['base']}` with the run's forward settings, "
+             f"{results['steps']} optimizer steps each ({results['steps_from']}), training seeds "
+             f"{', '.join(str(s) for s in results['seeds'])}. Measure: {results['measure']}, on {h['n_measured']} "
+             f"held-out pairs from `{h['path']}` ({h['excluded_as_trained']} left out as trained on). "
+             f"Interval: {results['interval']}. The base model without an adapter: "
+             f"{_f(results['base_nll_per_token'], 4)} NLL/token.", "", table(header, rows), ""]
+    if not judged:
+        lines += [f"Judge win rate not measured (`--judge`: {results['judge_note']}).", ""]
+    if plot:
+        lines += [f"![ablation]({plot})", ""]
+    return "\n".join(lines)
+
+
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:0.5em 0 1.5em;font-size:0.9em}th,td{border:1px solid #ccc;padding:4px 8px;
 text-align:left;vertical-align:top}th{background:#f3f3f3}img{max-width:100%;border:1px solid #eee;margin:0.5em 0}

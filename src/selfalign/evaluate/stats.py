@@ -71,3 +71,58 @@ def length_stats(texts: Sequence[str]) -> dict[str, Any]:
         "median_chars": statistics.median(lens) if lens else None,
         "empty": sum(1 for t in texts if not t.strip()),
     }
+
+
+def bootstrap_nll(
+    nll: dict[str, Sequence[Sequence[float]]],
+    tokens: Sequence[int],
+    baseline: str,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+) -> dict[str, dict[str, Any]]:
+    """Mean NLL per token of each arm, its interval, and its difference with `baseline`.
+
+    `nll[arm][s][i]`: summed NLL of held-out pair i under the arm's model of training seed s;
+    `tokens[i]`: its number of target tokens (the same for every model). An arm's value is the
+    mean over its seeds of (summed NLL / summed tokens over the pairs).
+
+    Interval: two-level percentile bootstrap. Each resample draws the held-out pairs with
+    replacement (the same draw for every arm, so differences are paired over pairs), then each
+    arm's seeds with replacement (independently per arm: seeds are not shared across arms).
+    With one seed only the pairs vary.
+    """
+    import numpy as np
+
+    if baseline not in nll:
+        raise ValueError(f"baseline arm {baseline!r} has no measurement")
+    tok = np.asarray(tokens, dtype=float)
+    n_pairs = len(tok)
+    if n_pairs == 0 or tok.sum() <= 0:
+        raise ValueError("no held-out target tokens to average over")
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((n_boot, n_pairs))
+    np.add.at(weights, (np.arange(n_boot)[:, None], rng.integers(0, n_pairs, (n_boot, n_pairs))), 1.0)
+    tok_b = weights @ tok  # (n_boot,)
+    draws: dict[str, Any] = {}
+    point: dict[str, float] = {}
+    for arm, per_seed in nll.items():
+        m = np.asarray(per_seed, dtype=float)  # (seeds, pairs)
+        if m.ndim != 2 or m.shape[1] != n_pairs or m.shape[0] == 0:
+            raise ValueError(f"arm {arm!r}: expected (seeds, {n_pairs}) NLL values, got shape {m.shape}")
+        point[arm] = float((m.sum(1) / tok.sum()).mean())
+        by_seed = (weights @ m.T) / np.maximum(tok_b, 1e-12)[:, None]  # (n_boot, seeds)
+        picks = rng.integers(0, m.shape[0], (n_boot, m.shape[0]))
+        draws[arm] = np.take_along_axis(by_seed, picks, axis=1).mean(1)
+    lo_q, hi_q = 50 * (1 - confidence), 50 * (1 + confidence)
+    out: dict[str, dict[str, Any]] = {}
+    for arm, d in draws.items():
+        diff = d - draws[baseline]
+        out[arm] = {
+            "nll_per_token": round(point[arm], 4),
+            "ci95": [round(float(np.percentile(d, lo_q)), 4), round(float(np.percentile(d, hi_q)), 4)],
+            "delta": round(point[arm] - point[baseline], 4),
+            "delta_ci95": [round(float(np.percentile(diff, lo_q)), 4), round(float(np.percentile(diff, hi_q)), 4)],
+            "n_seeds": len(nll[arm]),
+        }
+    return out
