@@ -4,7 +4,7 @@
     selfalign train-backward | augment | curate | train-forward [--config FILE|NAME] [key=value ...]
     selfalign generate --adapter DIR [--prompts FILE] [key=value ...]
     selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
-    selfalign evaluate [--n-heldout N] [--n-prompts N] [key=value ...]
+    selfalign evaluate [--n-heldout N] [--n-prompts N] [--n-recovery N] [key=value ...]
     selfalign plan [--device-memory-gb GB] [key=value ...]
     selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
 
@@ -218,20 +218,23 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
               help="held-out seed pairs to rate (each also gets one planted bad copy)")
 @click.option("--n-prompts", default=20, show_default=True, type=int,
               help="held-out prompts for the pairwise win rate")
+@click.option("--n-recovery", default=40, show_default=True, type=int,
+              help="augmented pairs whose true (LIMA) prompt the base and backward models try to recover")
 @click.option("--heldout", default="auto", show_default=True,
               help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
 @click.option("--judge-tokens", default=None, type=int,
               help="max new tokens of the pairwise judge (default: curation.max_new_tokens)")
 @_overrides
 @_guard
-def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: str, judge_tokens: int | None,
-                 overrides: tuple[str, ...]) -> None:
-    """Evaluate a finished run offline: rater AUC on planted bad pairs, backward NLL, forward win rate."""
+def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, n_recovery: int, heldout: str,
+                 judge_tokens: int | None, overrides: tuple[str, ...]) -> None:
+    """Evaluate a finished run offline: rater AUC on planted bad pairs, backward NLL, instruction
+    recovery, forward win rate."""
     from selfalign.evaluate import evaluate_run
 
     cfg = _load(config, overrides)
     evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
-                 judge_max_new_tokens=judge_tokens)
+                 judge_max_new_tokens=judge_tokens, n_recovery=n_recovery)
 
 
 @main.group("config")
