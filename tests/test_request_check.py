@@ -78,14 +78,17 @@ def test_other_statuses_come_first() -> None:
     assert "not_request" in STATUSES and len(set(STATUSES)) == len(STATUSES)
 
 
-def test_copy_share_is_measured_on_word_trigrams() -> None:
-    resp = "one two three four five six seven eight nine ten"
-    assert copies_response("two three four five", resp)  # 2 of 2 trigrams
-    assert copies_response("one two three four five xx yy", resp)  # 3 of 5 = 0.6: the boundary is a copy
-    assert not copies_response("Write: one two three four xx", resp)  # 2 of 4 = 0.5
-    assert not copies_response("one two three xx yy zz", resp)  # 1 of 4
-    assert not copies_response("one two", resp)  # no trigram: never a copy
-    assert copies_response("ONE, two; three!", resp)  # case and punctuation do not matter
+def test_copy_share_is_measured_on_word_trigrams_of_the_response_start() -> None:
+    resp = " ".join(f"w{i}" for i in range(60))  # w0 w1 ... w59
+    assert copies_response("w0 w1 w2 w3 w4 w5", resp)  # 4 of 4 trigrams
+    assert copies_response("w0 w1 w2 w3 w4 x y", resp)  # 3 of 5 = 0.6: the boundary is a copy
+    assert not copies_response("Write: w0 w1 w2 w3 x y", resp)  # 2 of 5
+    assert not copies_response("w0 w1 w2 w3 w4", resp)  # 3 trigrams: too short to judge as a copy
+    assert copies_response("W0, w1; w2! w3 w4 w5", resp)  # case and punctuation do not matter
+    # the start is the instruction's length + 10 words: 6 words -> w0..w15
+    assert copies_response("w10 w11 w12 w13 w14 w15", resp)
+    assert not copies_response("w13 w14 w15 w16 w17 w18", resp)  # w16.. are past the start: 1 of 4
+    assert not copies_response("w30 w31 w32 w33 w34 w35", resp)  # restated later on: not the start
 
 
 def test_words_are_unicode_and_lowercased() -> None:

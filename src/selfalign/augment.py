@@ -26,26 +26,31 @@ _STOP_MARKERS = ("### Assistant", "### Human", "<|im_start|>", "<|im_end|>", "[/
 _LEAD_MARKS = re.compile(r"^[\s#>*_`~\"'\u201c\u201d\u2018\u2019\-\u2022\d.):(\[\]]+")
 _WORD = re.compile(r"[\w']+")  # Unicode letters and digits: "écrivez" is one word
 COPY_NGRAM = 3  # word n-grams compared with the response start
-COPY_WINDOW = 200  # words of the response start they are looked up in
+COPY_MIN_NGRAMS = 4  # shorter instructions (< 6 words) are judged by their form alone
+COPY_SLACK = 10  # the response start: as many words as the instruction has, plus these
 COPY_SHARE = 0.6  # at least this share of the instruction's n-grams found there: a copy, not a request
 
 
 def words(text: str) -> list[str]:
-    """Lowercased word tokens (runs of Unicode letters, digits, "_" and apostrophes): the unit of the request check and of
-    `evaluate.recovery.rouge_l_f1`."""
+    """Lowercased word tokens (runs of Unicode letters, digits, "_" and apostrophes): the unit of
+    the request check and of `evaluate.recovery.rouge_l_f1`."""
     return _WORD.findall(text.lower())
 
 
+def _ngrams(w: list[str]) -> set[tuple[str, ...]]:
+    return {tuple(w[i : i + COPY_NGRAM]) for i in range(len(w) - COPY_NGRAM + 1)}
+
+
 def copies_response(instruction: str, response: str) -> bool:
-    """True when the instruction mostly repeats the response's start: at least COPY_SHARE of its
-    word 3-grams occur among the 3-grams of the response's first COPY_WINDOW words (instructions
-    of fewer than 3 words have none, so are never a copy)."""
+    """True when the instruction mostly repeats the response's start: it has at least
+    COPY_MIN_NGRAMS word 3-grams and at least COPY_SHARE of them occur among the 3-grams of the
+    response's first (instruction length + COPY_SLACK) words. The window is the start, not the
+    first paragraph: a human prompt that the answer restates a few sentences in is not a copy."""
     w = words(instruction)
-    grams = {tuple(w[i : i + COPY_NGRAM]) for i in range(len(w) - COPY_NGRAM + 1)}
-    if not grams:
+    grams = _ngrams(w)
+    if len(grams) < COPY_MIN_NGRAMS:
         return False
-    r = words(response)[:COPY_WINDOW]
-    start = {tuple(r[i : i + COPY_NGRAM]) for i in range(len(r) - COPY_NGRAM + 1)}
+    start = _ngrams(words(response)[: len(w) + COPY_SLACK])
     return len(grams & start) >= COPY_SHARE * len(grams)
 
 
