@@ -192,6 +192,64 @@ def test_replace_section_keeps_the_rest() -> None:
     assert replace_section("# r\n", "## Evaluation\n\nA\n") == "# r\n\n## Evaluation\n\nA\n"
 
 
+# --- instruction recovery: ROUGE-L, true prompts of LIMA rows -----------------------------
+def _lcs_bruteforce(a: list[str], b: list[str]) -> int:
+    if not a or not b:
+        return 0
+    if a[0] == b[0]:
+        return 1 + _lcs_bruteforce(a[1:], b[1:])
+    return max(_lcs_bruteforce(a[1:], b), _lcs_bruteforce(a, b[1:]))
+
+
+def test_rouge_l_f1_hand_computed() -> None:
+    from selfalign.evaluate import lcs_length, rouge_l_f1
+
+    assert rouge_l_f1("Write a poem about cats.", "write a poem about CATS") == 1.0  # case and punctuation
+    # LCS "the cat on the mat" = 5 of 6 words on both sides: P = R = F1 = 5/6
+    assert rouge_l_f1("the cat sat on the mat", "the cat is on the mat") == pytest.approx(5 / 6)
+    # LCS "a c" = 2: P = 2/4, R = 2/2, F1 = 2 * 0.5 * 1 / 1.5 = 2/3
+    assert rouge_l_f1("a b c d", "a c") == pytest.approx(2 / 3)
+    assert rouge_l_f1("b a", "a b") == pytest.approx(0.5)  # order matters: LCS 1
+    assert rouge_l_f1("dogs bark", "cats meow") == 0.0
+    assert rouge_l_f1("", "a b") == 0.0 and rouge_l_f1("a b", "?!") == 0.0
+    assert lcs_length(list("ABCBDAB"), list("BDCABA")) == 4  # the textbook case
+    rng = random.Random(0)
+    for _ in range(30):
+        a = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        b = [rng.choice("abc") for _ in range(rng.randint(0, 7))]
+        assert lcs_length(a, b) == lcs_length(b, a) == _lcs_bruteforce(a, b)
+
+
+def test_true_prompts_use_the_source_ids_of_the_unlabelled_loader(tmp_path: Path) -> None:
+    from selfalign.evaluate import recovery_pairs, true_prompts
+    from selfalign.records import AugmentedPair
+    from selfalign.unlabelled import load_unlabelled
+
+    rows = [{"conversations": ["Name a red fruit.", "An apple is red."], "source": "s"},
+            {"conversations": ["Hi", "Hello", "How are you?", "Fine"], "source": "multi_turn"},
+            {"text": "A response without a prompt."},
+            "not an object",
+            {"conversations": ["  Why is the sky blue?  ", "Rayleigh scattering."], "source": "s"}]
+    f = tmp_path / "lima.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = true_prompts(str(f))
+    assert got == {"lima.jsonl:1": ("Name a red fruit.", "An apple is red."),
+                   "lima.jsonl:5": ("Why is the sky blue?", "Rayleigh scattering.")}
+    loaded = {r.source_id: r.response for r in load_unlabelled(str(f))}
+    assert all(loaded[sid] == resp for sid, (_, resp) in got.items())  # same ids, same responses
+
+    def pair(sid: str, resp: str) -> AugmentedPair:
+        return AugmentedPair("Q?", resp, sid, "s", "Q?")
+
+    augmented = [pair("lima.jsonl:3", "A response without a prompt."), pair("lima.jsonl:5", "Changed since."),
+                 pair("lima.jsonl:1", "An apple is red."), pair("lima.jsonl:5", "Rayleigh scattering.")]
+    picked, skipped = recovery_pairs(augmented, got, n=5)
+    assert [(p.source_id, t) for p, t in picked] == [("lima.jsonl:1", "Name a red fruit."),
+                                                    ("lima.jsonl:5", "Why is the sky blue?")]
+    assert skipped == {"no_true_prompt": 1, "response_changed": 1}
+    assert len(recovery_pairs(augmented, got, n=1)[0]) == 1
+
+
 # --- held-out data: paths from options, not guessed ------------------------------------------
 def test_heldout_file_comes_from_the_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import selfalign
@@ -271,6 +329,21 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     b = saved["backward"]
     assert b["n_pairs"] == 6 and b["base"]["nll_per_token"] > 0 and b["backward"]["nll_per_token"] > 0
     assert len(b["examples"]) == 5
+    r = saved["recovery"]  # the run's 6 augmented pairs: shipped OASST1 rows, each with its prompt
+    assert r["augmented"] == 6 and r["n"] == 6 and r["skipped"] == {"no_true_prompt": 0, "response_changed": 0}
+    assert r["nll"]["n_pairs"] == 6 and r["nll"]["base"]["nll_per_token"] > 0 and r["nll"]["backward"]["nll_per_token"] > 0
+    recs = [json.loads(x) for x in (d / "eval" / "recovery.jsonl").read_text().splitlines()]
+    aug = {json.loads(x)["source_id"]: json.loads(x) for x in (d / "augment" / "augmented.jsonl").read_text().splitlines()}
+    prompts = {json.loads(x)["conversations"][1].strip(): json.loads(x)["conversations"][0].strip()
+               for x in Path(r["source"]).read_text().splitlines()}
+    for rec in recs:
+        assert rec["true_prompt"] == prompts[aug[rec["source_id"]]["response"]]  # the row's own prompt
+        assert (rec["backward_instruction"], rec["backward_status"]) == (aug[rec["source_id"]]["instruction"],
+                                                                         aug[rec["source_id"]]["status"])
+    for m in ("base", "backward"):
+        assert r["rouge_l_f1"][m] == pytest.approx(sum(x[f"{m}_rouge_l_f1"] for x in recs) / 6, abs=1e-3)
+        assert sum(r["status_share"][m].values()) == pytest.approx(1.0)
+    assert len(r["examples"]) == 5
     comps = [(x["x"], x["y"]) for x in saved["forward"]["comparisons"]]
     assert comps == [("forward", "base"), ("forward", "forward_1")]
     for x in saved["forward"]["comparisons"]:
@@ -289,6 +362,8 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     assert "![funnel](funnel.png)" in report and "![curation_modes](eval/curation_modes.png)" in report
     modes_table = report[report.index("### Curation modes"):].split("\n\n")[1].splitlines()
     assert len(modes_table) == 2 + len(eval_modes()) + 1  # header, rule, one row per mode, length
+    assert "### Instruction recovery: true prompts of 6 augmented pairs" in report and "ROUGE-L F1" in report
+    assert "Instruction recovery: true vs generated prompts" in page
     # re-rendering replaces the section instead of adding a second one
     write_eval_report(d, saved)
     again = (d / "report.md").read_text()

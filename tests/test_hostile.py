@@ -209,6 +209,10 @@ CASES = [
          Crash("train-backward")),
     # --- model outputs
     Case("instruction generator returns nothing", "generator", ["", "   \n ", "### Human:"], Status({"empty": 3})),
+    Case("instruction generator continues the response, or writes French", "generator",
+         ["It is a fine answer, and here is more of it.", "### B.S.\n\nA great read about concurrency",
+          "Écrivez un poème sur la mer", "Response number 3 is a fine answer indeed", "What is this answer about?"],
+         Status({"not_request": 4, "ok": 1})),
     Case("rater answers in another language", "rater", "Cette réponse est claire et utile. Note : quatre sur cinq.",
          Unscored()),
     Case("rater gives no score", "rater", "This answer is helpful and well written.", Unscored()),

@@ -50,6 +50,8 @@ EDITS = {
     "templates.json:plain": lambda d: _edit_json_section(d, "plain"),
     "rating_prompt.txt": lambda d: (d / "rating_prompt.txt").write_text(
         (d / "rating_prompt.txt").read_text() + "\nBe strict.\n"),
+    "request_words.json": lambda d: (d / "request_words.json").write_text(json.dumps(
+        {**json.loads((d / "request_words.json").read_text()), "words": ["what", "how"]})),
     "rating_fewshot.json": lambda d: (d / "rating_fewshot.json").write_text(
         json.dumps(list(reversed(json.loads((d / "rating_fewshot.json").read_text()))))),
 }

@@ -4,7 +4,7 @@
     selfalign train-backward | augment | curate | train-forward [--config FILE|NAME] [key=value ...]
     selfalign generate --adapter DIR [--prompts FILE] [key=value ...]
     selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
-    selfalign evaluate [--n-heldout N] [--n-prompts N] [key=value ...]
+    selfalign evaluate [--n-heldout N] [--n-prompts N] [--n-human N] [--n-recovery N] [key=value ...]
     selfalign ablate [--seeds N] [--steps N] [--n-heldout N] [--judge] [key=value ...]
     selfalign plan [--device-memory-gb GB] [key=value ...]
     selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
@@ -219,6 +219,8 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
               help="held-out seed pairs to rate (each also gets one planted bad copy)")
 @click.option("--n-prompts", default=20, show_default=True, type=int,
               help="held-out prompts for the pairwise win rate")
+@click.option("--n-recovery", default=40, show_default=True, type=int,
+              help="augmented pairs whose true (LIMA) prompt the base and backward models try to recover")
 @click.option("--heldout", default="auto", show_default=True,
               help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
 @click.option("--judge-tokens", default=None, type=int,
@@ -230,15 +232,16 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
                    "(default ../shared/data/oasst1/en_validation_messages.jsonl, skipped when absent)")
 @_overrides
 @_guard
-def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, heldout: str, judge_tokens: int | None,
-                 n_human: int, human_path: str | None, overrides: tuple[str, ...]) -> None:
+def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, n_recovery: int, heldout: str,
+                 judge_tokens: int | None, n_human: int, human_path: str | None, overrides: tuple[str, ...]) -> None:
     """Evaluate a finished run offline: every curation mode's AUC on planted bad pairs and a
-    human-judged set, backward NLL, forward win rate. Re-running resumes."""
+    human-judged set, backward NLL, instruction recovery, forward win rate. Re-running resumes."""
     from selfalign.evaluate import DEFAULT_OASST1_MESSAGES, evaluate_run
 
     cfg = _load(config, overrides)
     evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
-                 judge_max_new_tokens=judge_tokens, n_human=n_human, human_path=human_path or DEFAULT_OASST1_MESSAGES)
+                 judge_max_new_tokens=judge_tokens, n_human=n_human, human_path=human_path or DEFAULT_OASST1_MESSAGES,
+                 n_recovery=n_recovery)
 
 
 @main.command("ablate")

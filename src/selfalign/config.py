@@ -202,6 +202,10 @@ class GenerationConfig(_Section):
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.9, max_new_tokens=128)
     )
     max_instruction_chars: PosInt = 1000  # longer generated instructions are marked, not kept
+    # a generated instruction that does not read as a request (augment.reads_as_request: English
+    # question/imperative words, "?", "please"; not a copy of the response) is marked not_request,
+    # not kept. Turn off for unlabelled data in another language.
+    require_request: bool = True
 
 
 class CurationConfig(_Section):

@@ -60,8 +60,8 @@ STAGE_READS: dict[str, Reads] = {
                             templates=("templates.json:backward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
     "sample": Reads(config=("data.unlabelled", "data.unlabelled_split", "data.unlabelled_n", "run.seed")),
     "augment": Reads(config=(*_MODEL, "generation.instruction", "generation.max_prompt_tokens",
-                             "generation.max_instruction_chars", "run.seed"),
-                     templates=("templates.json:backward", _PLAIN),
+                             "generation.max_instruction_chars", "generation.require_request", "run.seed"),
+                     templates=("templates.json:backward", _PLAIN, "request_words.json"),
                      artifacts=("backward/adapter_model.safetensors", "augment/sample.jsonl")),
     "train-m0": Reads(config=(*_MODEL, "lora", "train_forward", "forward.seed_tag", "run.seed"),
                       templates=("templates.json:forward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
@@ -403,7 +403,8 @@ class Run:
             else:
                 engine = load_engine(c, c.models.base, adapter=backward, name="backward", stage="augment")
                 pairs = augment(engine, responses, GenParams.from_config(c.generation.instruction, c.run.seed), out,
-                                c.generation.max_prompt_tokens, c.generation.max_instruction_chars)
+                                c.generation.max_prompt_tokens, c.generation.max_instruction_chars,
+                                c.generation.require_request)
             status = status_counts(pairs)
             n_cut = sum(p.response_cut for p in pairs)
             say(f"augment: {len(pairs)} instructions generated; {status}; {n_cut} responses cut to "

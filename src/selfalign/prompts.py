@@ -30,7 +30,7 @@ def use_templates(folder: str | Path | None) -> None:
         raise FileNotFoundError(2, "run.templates_dir is not a folder", str(new))
     if new != _override_dir:
         _override_dir = new
-        for f in (templates, rating_prompt, rating_fewshot):
+        for f in (templates, rating_prompt, rating_fewshot, pairwise_prompt, request_words):
             f.cache_clear()
 
 
@@ -72,6 +72,12 @@ def rating_fewshot() -> list[dict[str, Any]]:
 def pairwise_prompt() -> str:
     """The pairwise judge's prompt, with {instruction}, {response_a} and {response_b} slots."""
     return prompt_file("pairwise_prompt.txt")
+
+
+@cache
+def request_words() -> frozenset[str]:
+    """First words that make a generated instruction read as a request (`augment.reads_as_request`)."""
+    return frozenset(w.lower() for w in json.loads(prompt_file("request_words.json"))["words"])
 
 
 def fill(template: str, **values: str) -> str:

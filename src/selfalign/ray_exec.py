@@ -73,7 +73,8 @@ def augment_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[d
     good = [i for i, (_, why) in enumerate(parsed) if not why]
     seed = row_seed(cfg.run.seed, min((parsed[i][0].source_id for i in good), default=""))
     params = GenParams.from_config(g.instruction, seed)
-    done = augment_batch(engine, [parsed[i][0] for i in good], params, g.max_prompt_tokens, g.max_instruction_chars)
+    done = augment_batch(engine, [parsed[i][0] for i in good], params, g.max_prompt_tokens, g.max_instruction_chars,
+                         g.require_request)
     out: list[AugmentedPair] = [error_pair(r, generation_settings(engine, params), why) for r, why in parsed]
     for i, rec in zip(good, done, strict=True):
         out[i] = rec

@@ -153,7 +153,8 @@ def vllm_record(cfg: str, step: str, name: str, row: dict[str, Any]) -> dict[str
         settings = {"temperature": g.temperature, "top_p": g.top_p, "max_new_tokens": g.max_new_tokens,
                     "seed": row_seed(c.run.seed, sid), "model": name}
         pair = error_pair(r, settings, error, cut) if error else make_pair(r, text, settings, cut,
-                                                                           c.generation.max_instruction_chars)
+                                                                           c.generation.max_instruction_chars,
+                                                                           c.generation.require_request)
         rec = asdict(pair)
     elif step == "curate":
         p = AugmentedPair(**{k: v for k, v in src.items() if k in AugmentedPair.__dataclass_fields__})

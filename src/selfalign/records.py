@@ -38,7 +38,7 @@ class AugmentedPair:
     source_id: str
     source: str
     raw_generation: str
-    status: str = "ok"  # ok | empty | too_long | echo | error (`error` says why)
+    status: str = "ok"  # augment.STATUSES: ok | empty | too_long | echo | not_request | error (`error` says why)
     generation: dict[str, Any] = field(default_factory=dict)
     response_cut: bool = False  # the response was cut to generation.max_prompt_tokens in the prompt
     error: str = ""  # why no instruction could be generated (status error): a bad row, an engine error

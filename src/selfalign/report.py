@@ -221,6 +221,18 @@ def eval_tables(results: dict[str, Any]) -> list[Table]:
         tables.append(("Backward model: generated instructions (greedy)", ["true instruction", "backward model", "base model", "response"],
                        [[_short(e["true_instruction"], 160), _short(e["backward_instruction"], 160), _short(e["base_instruction"], 160),
                          _short(e["response"], 200)] for e in b["examples"]]))
+    r = results.get("recovery")
+    if r and r.get("nll"):
+        nll, rouge, share = r["nll"], r["rouge_l_f1"], r["status_share"]
+        statuses = [s for s in share["backward"] if share["backward"][s] or share["base"][s]] or ["ok"]
+        tables.append((f"Instruction recovery: true prompts of {r['n']} augmented pairs (NLL lower, ROUGE-L higher is better)",
+                       ["model", "NLL/token of true prompt", "ROUGE-L F1 generated vs true", *[f"share {s}" for s in statuses]],
+                       [[m, _f(nll[m]["nll_per_token"]), _f(rouge[m]), *[_f(share[m][s]) for s in statuses]]
+                        for m in ("base", "backward")]))
+        tables.append(("Instruction recovery: true vs generated prompts (base: sampled now; backward: the run's)",
+                       ["true prompt", "base model", "backward model"],
+                       [[_short(e["true_prompt"], 160), f"{_short(e['base_instruction'], 160)} ({e['base_status']})",
+                         f"{_short(e['backward_instruction'], 160)} ({e['backward_status']})"] for e in r["examples"]]))
     f = results.get("forward")
     if f:
         tables.append((f"Forward model: pairwise judgments on {f['prompts']['n']} held-out prompts ({f['rule']})",

@@ -11,17 +11,20 @@ Each question is answered on data the run never trained on (`heldout.py`):
    "kept" by threshold, mean score per kind (`stats.py`).
 2. **Backward model** (`backward_eval.py`): NLL per token of the true instruction given the
    response, base model vs backward adapter, and a few generated instructions.
-3. **Forward model** (`judge.py`): pairwise win rate vs the base model (and M2 vs M1), judged by
+3. **Instruction recovery** (`recovery.py`): on the run's augmented pairs, whose true LIMA
+   prompts are known, NLL/token of the true prompt and ROUGE-L F1 of the generated one, base
+   model vs backward adapter, and the share of each augmentation status.
+4. **Forward model** (`judge.py`): pairwise win rate vs the base model (and M2 vs M1), judged by
    the rater in both orders, with Wilson intervals.
 
-`run.evaluate_run` runs all three and writes `<run>/eval/evaluation.json` (records beside it:
-`heldout.jsonl`, `rated_<set>_<mode>.jsonl`, `responses.jsonl`, `judgments.jsonl`; an interrupted
-evaluation resumes, reusing what matches its inputs, `resume.py`); the report side
+`run.evaluate_run` runs all four and writes `<run>/eval/evaluation.json` (records beside it:
+`heldout.jsonl`, `rated_<set>_<mode>.jsonl`, `recovery.jsonl`, `responses.jsonl`, `judgments.jsonl`; an
+interrupted evaluation resumes, reusing what matches its inputs, `resume.py`); the report side
 (`selfalign.report.write_eval_report`) renders `report.html`, PNG plots and the "## Evaluation"
 section of `report.md`.
 """
 
-from selfalign.evaluate.backward_eval import evaluate_backward, target_nll
+from selfalign.evaluate.backward_eval import evaluate_backward, nll_base_vs_backward, target_nll
 from selfalign.evaluate.corruptions import (
     CORRUPTION_KINDS,
     GOOD,
@@ -55,6 +58,13 @@ from selfalign.evaluate.rater_eval import (
     planted_set,
     rater_spec,
 )
+from selfalign.evaluate.recovery import (
+    evaluate_recovery,
+    lcs_length,
+    recovery_pairs,
+    rouge_l_f1,
+    true_prompts,
+)
 from selfalign.evaluate.run import check_run, evaluate_run
 from selfalign.evaluate.stats import length_stats, precision_recall, roc_auc, wilson_interval
 from selfalign.report import replace_section, write_eval_report
@@ -63,7 +73,8 @@ __all__ = [
     "CORRUPTION_KINDS", "DEFAULT_OASST1_MESSAGES", "DEFAULT_OASST1_VAL", "GOOD", "LENGTH", "REPORT_THRESHOLDS",
     "TEXT_KINDS", "assign_kinds", "boilerplate_text", "check_run", "eval_modes", "foreign_responses",
     "length_scores", "load_human_pairs", "mode_metrics", "planted_set", "ranked_pairs",
-    "comparisons", "curation_metrics", "eval_pairs", "evaluate_backward", "evaluate_curation", "evaluate_run",
+    "comparisons", "curation_metrics", "eval_pairs", "evaluate_backward", "evaluate_curation", "evaluate_recovery",
+    "evaluate_run", "lcs_length", "nll_base_vs_backward", "recovery_pairs", "rouge_l_f1", "true_prompts",
     "first_sentence", "forward_models", "judge_pairwise", "length_stats", "load_heldout", "model_responses",
     "pairwise_outcome", "parse_verdict", "plant_corruptions", "precision_recall", "rater_spec",
     "replace_section", "roc_auc", "summarize_outcomes", "target_nll", "wilson_interval", "write_eval_report",

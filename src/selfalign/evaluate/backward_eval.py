@@ -57,28 +57,36 @@ def _nll_summary(per_example: Sequence[tuple[float, int]]) -> dict[str, Any]:
             "perplexity": round(math.exp(mean), 3) if mean is not None and mean < 50 else None}
 
 
-def evaluate_backward(cfg: Config, run_dir: Path, heldout: Sequence[SeedPair], n_examples: int = N_EXAMPLES) -> dict[str, Any]:
-    """NLL/token of the true instruction given the response, base vs backward adapter, + examples."""
-    from selfalign.augment import clean_instruction
+def nll_base_vs_backward(model: Any, tok: Any, pairs: Sequence[SeedPair], max_len: int, batch_size: int) -> dict[str, Any]:
+    """NLL/token of each pair's instruction given its response, with the backward adapter and
+    without it (the base model), tokenized as in training (`backward_examples` + `tokenize_example`)."""
     from selfalign.backward import backward_examples
-    from selfalign.models import load_model
     from selfalign.train import tokenize_example
 
-    model, tok = load_model(cfg.models.base, cfg.models, device=cfg.run.device, adapter=Path(run_dir) / "backward")
-    max_len = cfg.train_backward.max_seq_len
     rows: list[dict[str, list[int]]] = []
     dropped: dict[str, int] = {}
-    for ex in backward_examples(list(heldout), tok, max_len):
+    for ex in backward_examples(list(pairs), tok, max_len):
         got = tokenize_example(tok, ex, max_len)
         if isinstance(got, str):
             dropped[got] = dropped.get(got, 0) + 1
         else:
             rows.append(got)
-    bs = cfg.generation.batch_size or 8  # 0 = auto, for generation
-    adapted = target_nll(model, rows, tok.pad_token_id, bs)
+    adapted = target_nll(model, rows, tok.pad_token_id, batch_size)
     with model.disable_adapter():
-        base = target_nll(model, rows, tok.pad_token_id, bs)
+        base = target_nll(model, rows, tok.pad_token_id, batch_size)
     better = sum(1 for (a, n), (b, _) in zip(adapted, base, strict=True) if n and a < b)
+    return {"n_pairs": len(rows), "n_tokens": sum(n for _, n in adapted), "dropped": dropped,
+            "base": _nll_summary(base), "backward": _nll_summary(adapted), "backward_better_on": better}
+
+
+def evaluate_backward(cfg: Config, run_dir: Path, heldout: Sequence[SeedPair], n_examples: int = N_EXAMPLES) -> dict[str, Any]:
+    """NLL/token of the true instruction given the response, base vs backward adapter, + examples."""
+    from selfalign.augment import clean_instruction
+    from selfalign.models import load_model
+
+    model, tok = load_model(cfg.models.base, cfg.models, device=cfg.run.device, adapter=Path(run_dir) / "backward")
+    bs = cfg.generation.batch_size or 8  # 0 = auto, for generation
+    nll = nll_base_vs_backward(model, tok, heldout, cfg.train_backward.max_seq_len, bs)
 
     engine = HFEngine(model, tok, bs, "backward")
     shown = list(heldout)[:n_examples]
@@ -93,6 +101,4 @@ def evaluate_backward(cfg: Config, run_dir: Path, heldout: Sequence[SeedPair], n
                  "base_instruction": clean_instruction(b, p.response, mx)[0]}
                 for p, g, b in zip(shown, gen_bwd, gen_base, strict=True)]
     del engine, model
-    return {"n_pairs": len(rows), "n_tokens": sum(n for _, n in adapted), "dropped": dropped,
-            "base": _nll_summary(base), "backward": _nll_summary(adapted),
-            "backward_better_on": better, "examples": examples}
+    return {**nll, "examples": examples}

@@ -1,4 +1,4 @@
-"""The whole evaluation of a finished run: held-out data, the three measurements, the reports."""
+"""The whole evaluation of a finished run: held-out data, the four measurements, the reports."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL, load_heldout
 from selfalign.evaluate.human import DEFAULT_OASST1_MESSAGES, load_human_pairs
 from selfalign.evaluate.judge import comparisons, forward_models, judge_pairwise, model_responses
 from selfalign.evaluate.rater_eval import evaluate_curation, planted_set, rater_spec
+from selfalign.evaluate.recovery import evaluate_recovery
 from selfalign.evaluate.resume import cached, texts_hash
 from selfalign.evaluate.stats import length_stats
 from selfalign.io import DataError, write_json, write_jsonl
@@ -65,13 +66,15 @@ def evaluate_run(
     oasst1_val: str | Path = DEFAULT_OASST1_VAL,
     n_human: int = 40,
     human_path: str | Path = DEFAULT_OASST1_MESSAGES,
+    n_recovery: int = 40,
 ) -> dict[str, Any]:
     """Evaluate the finished run in `cfg.run.out_dir`; writes `eval/` and (with `report`) the reports.
 
     `heldout_source`, `oasst1_val`: see `load_heldout`. `judge_max_new_tokens`: room for the
     pairwise judge's reasoning and verdict (default: `curation.max_new_tokens`). `n_human`,
-    `human_path`: the human-judged set (`human.py`; 0 leaves it out). Re-running resumes: records,
-    responses and judgments whose inputs match are reused (`resume.py`).
+    `human_path`: the human-judged set (`human.py`; 0 leaves it out). `n_recovery`: augmented pairs
+    whose true prompt base and backward model try to recover (`recovery.py`). Re-running resumes:
+    rated records, responses and judgments whose inputs match are reused (`resume.py`).
     """
     from selfalign.forward import load_prompts
     from selfalign.generation import load_engine
@@ -97,6 +100,16 @@ def evaluate_run(
     seconds["backward"] = round(time.perf_counter() - t, 1)
     say(f"evaluate: backward NLL/token base {backward['base']['nll_per_token']} -> "
         f"backward {backward['backward']['nll_per_token']}")
+
+    t = time.perf_counter()
+    recovery = evaluate_recovery(cfg, run_dir, n_recovery, records=ev / "recovery.jsonl")
+    seconds["recovery"] = round(time.perf_counter() - t, 1)
+    if recovery["nll"]:
+        say(f"evaluate: recovery of {recovery['n']} true prompts: NLL/token base "
+            f"{recovery['nll']['base']['nll_per_token']} -> backward {recovery['nll']['backward']['nll_per_token']}; "
+            f"ROUGE-L F1 base {recovery['rouge_l_f1']['base']} -> backward {recovery['rouge_l_f1']['backward']}")
+    else:
+        say(f"evaluate: recovery: no augmented pair has a true prompt in {recovery['source']} ({recovery['skipped']})")
 
     t = time.perf_counter()
     src = resolve_data(cfg.data.eval_prompts, "prompts.jsonl", cfg)
@@ -158,6 +171,7 @@ def evaluate_run(
         "heldout": held_info,
         "curation": curation,
         "backward": backward,
+        "recovery": recovery,
         "forward": {
             "prompts": {"path": src, "n": len(prompts)},
             "judge": rater_name,
