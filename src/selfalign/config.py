@@ -135,7 +135,7 @@ class DataConfig(_Section):
     # Seed (instruction, response) data in the Guanaco format.
     seed: Text = "../shared/data/guanaco/guanaco_llama2_1k.jsonl"
     seed_split: Text = "train"
-    seed_limit: PosInt | None = 48  # keep the first N usable pairs (None = all)
+    seed_limit: PosInt | None = 160  # keep the first N usable pairs (None = all)
     seed_english_only: bool = True  # the paper's seed is English only
     # Unlabelled responses: LIMA format (`conversations`, `source`) or plain `text` rows.
     unlabelled: Text = "../shared/data/lima/train.jsonl"
@@ -212,7 +212,7 @@ class CurationConfig(_Section):
     # generate: the rater writes reasoning and "Score: N"; logprob: the expected score from the rater's
     # next-token probabilities (one pass); likelihood / combined: two forward passes of the response,
     # no rating prompt (curate.py), scored 1-5 by rank among the pairs rated together
-    mode: Literal["generate", "logprob", "likelihood", "combined"] = "generate"
+    mode: Literal["generate", "logprob", "likelihood", "combined"] = "combined"
     shots: NonNegInt = 3  # few-shot worked examples prepended to the rating prompt
     threshold: _float_range(1.0, 5.0) = 4.0  # keep pairs with score >= threshold
     n_samples: _int_range(1, 64) = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)

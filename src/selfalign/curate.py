@@ -56,6 +56,9 @@ from selfalign.records import AugmentedPair, RatedPair
 MODES = ("generate", "logprob", "likelihood", "combined")
 RANKED_MODES = ("likelihood", "combined")  # scored by rank among the pairs rated together
 _LIKELIHOOD_CHUNK = 32  # pairs per logged chunk (an interruption loses at most one)
+# sequences per forward pass: full-vocabulary logits of every position are float32 (batch x length x
+# vocabulary: 8 x 300 x 49k = 0.5 GB for SmolLM2); larger batches only add memory traffic on a CPU
+_LIKELIHOOD_BATCH = 8
 
 _NUM = r"(\d+(?:\.\d+)?)"
 # "Score: 4", "score: 4/5", "**Score:** 5", "Score = 4.5", "Rating: 3"
@@ -294,7 +297,7 @@ def score_likelihood(
         raise ConfigError(f"curation.mode={cur.mode} reads the model's token probabilities: it needs "
                           "generation.backend=hf")
     res = pair_likelihoods(model, engine.tokenizer, [(p.instruction, p.response) for p in pairs],
-                           max_response_tokens, batch_size=max(1, getattr(engine, "batch_size", 8)),
+                           max_response_tokens, batch_size=max(1, min(_LIKELIHOOD_BATCH, getattr(engine, "batch_size", 8))),
                            progress=progress)
     out = []
     for p, r in zip(pairs, res, strict=True):

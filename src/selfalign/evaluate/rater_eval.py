@@ -51,7 +51,7 @@ LENGTH = "length"  # the response-length baseline, reported as one more row of t
 
 def eval_modes() -> tuple[str, ...]:
     """The curation modes to compare: `curate.MODES` (all modes the installed curate has)."""
-    return tuple(getattr(curate, "MODES", ("generate", "logprob")))
+    return curate.MODES
 
 
 def rater_spec(cfg: Config, run_dir: Path) -> tuple[str, Path | None, str]:
@@ -248,6 +248,7 @@ def evaluate_curation(
         rp = rate_set(cfg, engine, planted, mode, ev / f"rated_planted_{mode}.jsonl", rater)
         rh = rate_set(cfg, engine, human, mode, ev / f"rated_human_{mode}.jsonl", rater) if human else []
         rows[mode] = mode_metrics(rp, [r.score for r in rp], rh, [r.score for r in rh], kinds, threshold)
+        rows[mode]["parse_failure_rate"] = curation_stats([*rp, *rh], threshold)["parse_failure_rate"]
         say(f"evaluate: mode {mode}: AUC {rows[mode]['auc']} planted, {rows[mode]['human_auc']} human")
         if mode == cfg.curation.mode:
             detail = {**curation_metrics(rp, threshold), "records": str(ev / f"rated_planted_{mode}.jsonl")}
