@@ -353,3 +353,17 @@ def test_rank_scores_ties_singletons_and_unvalued() -> None:
     out = rank_scores([rec(0.3), rec(None), rec(0.1), rec(0.3)])
     assert [r.score for r in out] == [pytest.approx(4.0), None, 1.0, pytest.approx(4.0)]
     assert rank_scores([rec(2.0)])[0].score == 5.0
+
+
+def test_revalue_turns_one_likelihood_mode_into_the_other(tiny_model: Path, tmp_path: Path) -> None:
+    from selfalign.curate import finish_ranked, revalue
+    from selfalign.generation import load_engine
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=likelihood"])
+    engine = load_engine(cfg, str(tiny_model))
+    pairs = _ranked_pairs(5)
+    lik = rate_pairs(engine, pairs, cfg.curation, tmp_path / "l.jsonl")
+    comb = rate_pairs(engine, pairs, cfg.curation.model_copy(update={"mode": "combined"}), tmp_path / "c.jsonl")
+    derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl")
+    assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in comb], abs=1e-3)
+    assert [r.score for r in derived] == [r.score for r in comb]

@@ -62,9 +62,11 @@ ARMS: dict[str, str] = {
     "longest": "(e) seed + longest augmented",
 }
 BASELINE = "seed"
-# When the run has no forward model to take the number of steps from: about what the default
-# config's forward model takes (48 seed + the curated pairs, batch 4, one epoch).
+# Steps of every arm: the run's forward model's, at most MAX_DEFAULT_STEPS (10 trainings of the
+# default run's 46 steps take ~40 min on 2 cores; 20 keep `ablate` under 25), or DEFAULT_STEPS when
+# the run has no forward model. --steps overrides both.
 DEFAULT_STEPS = 16
+MAX_DEFAULT_STEPS = 20
 N_BOOT = 2000
 
 
@@ -195,7 +197,7 @@ def ablate(
     cfg: Config,
     seeds: int = 2,
     steps: int | None = None,
-    n_heldout: int = 100,
+    n_heldout: int = 60,
     heldout_source: str = "auto",
     oasst1_val: str | Path = DEFAULT_OASST1_VAL,
     judge: bool = False,
@@ -221,6 +223,9 @@ def ablate(
     if steps is None:
         steps = run_forward_steps(run.dir, it)
         steps_from = f"forward_{it} (the run's forward model)" if steps else "default"
+        if steps and steps > MAX_DEFAULT_STEPS:
+            steps_from = f"forward_{it} took {steps}, capped at {MAX_DEFAULT_STEPS} for time"
+            steps = MAX_DEFAULT_STEPS
         steps = steps or DEFAULT_STEPS
     train_seeds = [cfg.run.seed + k for k in range(seeds)]
     plan = [d for s in train_seeds for d in arm_data(augmented, curated, s)]

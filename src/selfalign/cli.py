@@ -249,7 +249,7 @@ def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, n_recovery:
 @click.option("--seeds", default=2, show_default=True, type=int, help="training seeds per arm (run.seed, run.seed+1, ...)")
 @click.option("--steps", default=None, type=int,
               help="optimizer steps of every arm (default: the steps of the run's forward model, else 16)")
-@click.option("--n-heldout", default=100, show_default=True, type=int,
+@click.option("--n-heldout", default=60, show_default=True, type=int,
               help="held-out pairs whose reference NLL is measured")
 @click.option("--heldout", default="auto", show_default=True,
               help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")

@@ -312,6 +312,20 @@ def score_likelihood(
     return out
 
 
+def revalue(rated: list[RatedPair], mode: str) -> list[RatedPair]:
+    """Likelihood-mode records re-valued for `mode` from their parts (both modes read the same
+    parts, so one pass serves both; the parts are stored rounded to 5 decimals). Unranked."""
+    out = []
+    for r in rated:
+        p = r.parts
+        if p.get("ifd") is not None:
+            value = _likelihood_value(mode, p["ifd"], p["end_logprob"] if p.get("end_logprob") is not None
+                                      else float("nan"))
+            p = {**p, "value": round(value, 5) if value is not None else None}
+        out.append(RatedPair(**{**asdict(r), "parts": p, "score": None, "ratings": []}))
+    return out
+
+
 def rank_scores(rated: list[RatedPair]) -> list[RatedPair]:
     """Scores 1-5 of likelihood-mode records from their values: 1 + 4 x rank fraction among the
     records with a value (ties share the mean rank; a single record scores 5). Others unchanged."""

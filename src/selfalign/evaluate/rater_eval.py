@@ -23,6 +23,7 @@ see `resume.py`); base-model instructions in `eval/base_instructions.json`.
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,14 @@ from typing import Any
 
 from selfalign import curate
 from selfalign.config import Config, CurationConfig
-from selfalign.curate import choose_rater, curation_stats, rate_pairs
+from selfalign.curate import (
+    RANKED_MODES,
+    choose_rater,
+    curation_stats,
+    finish_ranked,
+    rate_pairs,
+    revalue,
+)
 from selfalign.evaluate.corruptions import (
     CORRUPTION_KINDS,
     GOOD,
@@ -39,7 +47,7 @@ from selfalign.evaluate.corruptions import (
     eval_pairs,
 )
 from selfalign.evaluate.human import HUMAN_GOOD
-from selfalign.evaluate.resume import cached, fingerprinted_log, texts_hash
+from selfalign.evaluate.resume import cached, fingerprint_matches, fingerprinted_log, texts_hash
 from selfalign.evaluate.stats import precision_recall, roc_auc
 from selfalign.generation import Engine
 from selfalign.io import DataError
@@ -161,9 +169,20 @@ def rating_fingerprint(cfg: Config, cur: CurationConfig, rater: tuple[str, Path 
 def rate_set(
     cfg: Config, engine: Engine, pairs: list[AugmentedPair], mode: str, path: Path, rater: tuple[str, Path | None]
 ) -> list[RatedPair]:
-    """Rate `pairs` with `mode`; records in `path`, resumed when the fingerprint matches."""
+    """Rate `pairs` with `mode`; records in `path`, resumed when the fingerprint matches. The
+    likelihood modes share their parts: when the other one's complete records of the same pairs
+    are there, they are re-valued (`curate.revalue`) instead of computed again."""
     cur = cfg.curation.model_copy(update={"mode": mode})
     fingerprinted_log(path, rating_fingerprint(cfg, cur, rater, pairs))
+    if mode in RANKED_MODES:
+        for other in RANKED_MODES:
+            src = path.with_name(path.name.replace(f"_{mode}.jsonl", f"_{other}.jsonl"))
+            if other == mode or not fingerprint_matches(
+                    src, rating_fingerprint(cfg, cfg.curation.model_copy(update={"mode": other}), rater, pairs)):
+                continue
+            recs = [RatedPair(**json.loads(x)) for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
+            if [r.source_id for r in recs] == [p.source_id for p in pairs]:
+                return finish_ranked(revalue(recs, mode), path)
     return rate_pairs(engine, pairs, cur, path, cfg.run.seed, cfg.curation.max_response_tokens)
 
 

@@ -38,6 +38,13 @@ def _canonical(fp: dict[str, Any]) -> str:
     return json.dumps(fp, sort_keys=True, ensure_ascii=False, default=str)
 
 
+def fingerprint_matches(path: Path, fingerprint: dict[str, Any]) -> bool:
+    """True when `path` exists and its stored fingerprint equals `fingerprint`."""
+    fp_file = _fp_path(Path(path))
+    return Path(path).is_file() and fp_file.is_file() and \
+        fp_file.read_text(encoding="utf-8") == _canonical(fingerprint)
+
+
 def fingerprinted_log(path: Path, fingerprint: dict[str, Any]) -> bool:
     """Prepare `path` for a resumable record log: keep it when its stored fingerprint equals
     `fingerprint`, else delete it and store the new one. True when earlier records are kept."""
