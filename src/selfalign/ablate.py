@@ -51,7 +51,7 @@ from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL
 from selfalign.forward import train_forward
 from selfalign.io import RecordLog, atomic_write_text, write_json
 from selfalign.manifest import stage_key
-from selfalign.pipeline import STAGE_READS, Run, say
+from selfalign.pipeline import Run, declared_reads, say
 from selfalign.records import AugmentedPair, RatedPair, SeedPair
 
 ARMS: dict[str, str] = {
@@ -116,17 +116,7 @@ def arm_config(cfg: Config, steps: int, seed: int) -> Config:
 def arm_key(run: Run, data: ArmData, seed_pairs: Sequence[SeedPair], steps: int, heldout_hash: str) -> str:
     """What an arm/seed's adapter and measurement depend on: the config the forward model reads
     (as its stage key declares), the forward template, the training examples, steps, held-out pairs."""
-    from selfalign.prompts import template_fingerprint
-
-    reads = STAGE_READS["train-forward"]
-    flat = run.cfg.to_dict()
-    values = {}
-    for dotted in reads.config:
-        node: Any = flat
-        for part in dotted.split("."):
-            node = node[part]
-        values[dotted] = node
-    temps = {t: template_fingerprint(t) for t in reads.templates}
+    values, temps = declared_reads("train-forward", run.cfg)
     return stage_key("ablate", values, temps, _text_hash(seed_pairs), data.arm, data.seed, _text_hash(data.augmented), steps,
                      heldout_hash)
 

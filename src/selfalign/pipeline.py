@@ -93,6 +93,22 @@ NOT_READ_BY_STAGES = (
 )
 
 
+def declared_reads(stage: str, cfg: Config) -> tuple[dict[str, Any], dict[str, str]]:
+    """The config values (by dotted key) and template fingerprints that `stage` declares it reads
+    (STAGE_READS): what its key hashes besides its input artifacts."""
+    from selfalign.prompts import template_fingerprint
+
+    reads = STAGE_READS[stage]
+    conf = cfg.to_dict()
+    values = {}
+    for dotted in reads.config:
+        node: Any = conf
+        for part in dotted.split("."):
+            node = node[part]
+        values[dotted] = node
+    return values, {t: template_fingerprint(t) for t in reads.templates}
+
+
 class RunDirError(RuntimeError):
     pass
 
@@ -297,18 +313,9 @@ class Run:
     def key(self, stage: str, iteration: int = 1, **given: Any) -> str:
         """The stage's key: the hash of what it declares it reads (STAGE_READS) and of what it is
         `given` besides (data files, the rater's adapter)."""
-        from selfalign.prompts import template_fingerprint
-
-        reads = STAGE_READS[stage]
-        conf = self.cfg.to_dict()
-        values = {}
-        for dotted in reads.config:
-            node: Any = conf
-            for part in dotted.split("."):
-                node = node[part]
-            values[dotted] = node
-        temps = {t: template_fingerprint(t) for t in reads.templates}
-        arts = {a.format(i=iteration): fingerprint(self.path(a.format(i=iteration))) for a in reads.artifacts}
+        values, temps = declared_reads(stage, self.cfg)
+        arts = {a.format(i=iteration): fingerprint(self.path(a.format(i=iteration)))
+                for a in STAGE_READS[stage].artifacts}
         return stage_key(stage, values, temps, arts, given)
 
     def _drop_stale(self, name: str, key: str, out: Path) -> None:
