@@ -163,7 +163,7 @@ def test_rate_pairs_retries_failures_and_resumes(tmp_path: Path, monkeypatch: py
     engine = HFEngine(model=None, tokenizer=FakeTok())
     pairs = [AugmentedPair(f"instr {k}", resp, str(k), "s", "") for k, resp in
              enumerate(["fine answer", "NOSCORE answer", "NEVER answer"])]
-    cur = load_config(None, ["curation.retries=2"]).curation
+    cur = load_config(None, ["curation.retries=2", "curation.mode=generate"]).curation
     out = rate_pairs(engine, pairs, cur, tmp_path / "rated.jsonl")
     assert [r.score for r in out] == [5.0, 5.0, None]
     assert out[1].parse_failures == 1 and len(out[1].raw_outputs) == 2
@@ -206,7 +206,8 @@ def test_force_score_reads_the_score_after_the_unfinished_output(
     monkeypatch.setattr(curate, "generate", _forcing_generate(seen))
     engine = HFEngine(model=None, tokenizer=FakeTok())
     pairs = [AugmentedPair("instr 0", "fine answer", "0", "s", ""), AugmentedPair("instr 1", "LONG answer", "1", "s", "")]
-    cur = load_config(None, ["curation.retries=1", f"curation.force_score={str(force).lower()}"]).curation
+    cur = load_config(None, ["curation.mode=generate", "curation.retries=1",
+                             f"curation.force_score={str(force).lower()}"]).curation
     out = rate_pairs(engine, pairs, cur, tmp_path / "rated.jsonl")
     stats = curation_stats(out, 4.0)
     assert out[0].score == 5.0 and not out[0].forced_score
@@ -229,7 +230,7 @@ def test_force_score_on_the_tiny_model(tiny_model: Path, tmp_path: Path) -> None
     plus a "Score:" line, and a score only from that line."""
     from selfalign.generation import load_engine
 
-    cfg = load_config(None, ["curation.shots=0", "curation.retries=0", "curation.max_new_tokens=6",
+    cfg = load_config(None, ["curation.mode=generate", "curation.shots=0", "curation.retries=0", "curation.max_new_tokens=6",
                              "curation.force_score=true", "generation.batch_size=2"])
     engine = load_engine(cfg, str(tiny_model))
     pairs = [AugmentedPair(f"instruction {k}?", f"response number {k}.", str(k), "s", "") for k in range(3)]

@@ -50,9 +50,20 @@ def test_pair_likelihood_parts(tiny) -> None:
         assert r.ifd == pytest.approx(a.ifd, rel=1e-4)
         assert math.isfinite(r.end_logprob) and r.end_logprob < 0
         assert r.n_tokens > 0 and r.nll_conditional > 0
-    # the response cut to fewer tokens: fewer scored, no end-of-turn score (it was cut by us)
+    # the response cut to fewer tokens: its head and tail are scored, so its end still is
     cut = pair_likelihoods(model, tok, PAIRS[1:2], max_response_tokens=3, progress=False)[0]
-    assert cut.n_tokens <= 3 and math.isnan(cut.end_logprob)
+    assert cut.n_tokens <= 3 and cut.cut and math.isfinite(cut.end_logprob)
+    whole = pair_likelihoods(model, tok, PAIRS[1:2], max_response_tokens=256, progress=False)[0]
+    assert not whole.cut and whole.n_tokens > 3
+
+
+def test_head_and_tail() -> None:
+    from selfalign.likelihood import head_and_tail
+
+    ids = list(range(10))
+    assert head_and_tail(ids, 10, 3) == ids
+    assert head_and_tail(ids, 6, 2) == [0, 1, 2, 3, 8, 9]
+    assert head_and_tail(ids, 4, 3) == [0, 1, 8, 9]  # the tail is at most half
 
 
 def test_worst_segment_is_the_segment_the_instruction_explains_least() -> None:

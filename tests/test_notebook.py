@@ -37,6 +37,7 @@ TINY = [
     "generation.max_prompt_tokens=128", "generation.instruction.max_new_tokens=12",
     "generation.response.max_new_tokens=12",
     "curation.mode=logprob", "curation.shots=1", "curation.max_response_tokens=96",
+    "generation.require_request=false",  # a random tiny model never writes a request
 ]
 
 

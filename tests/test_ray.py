@@ -215,7 +215,7 @@ def test_an_engine_error_fails_only_its_row(tiny_model: Path, monkeypatch: pytes
     from selfalign.generation import GenParams, load_engine
     from selfalign.records import UnlabelledResponse
 
-    cfg = load_config(None, [f"models.base={tiny_model}", "curation.shots=0", "curation.max_new_tokens=4",
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=generate", "curation.shots=0", "curation.max_new_tokens=4",
                              "curation.retries=0"])
     engine = load_engine(cfg, str(tiny_model))
     real = augment.generate

@@ -301,10 +301,8 @@ def score_likelihood(
                            progress=progress)
     out = []
     for p, r in zip(pairs, res, strict=True):
-        parts = {k: (round(v, 5) if math.isfinite(v) else None) if isinstance(v, float) else v
-                 for k, v in asdict(r).items()}
-        value = _likelihood_value(cur.mode, r.ifd, r.end_logprob)
-        parts["value"] = round(value, 5) if value is not None else None
+        parts = {k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in asdict(r).items()}
+        parts["value"] = _likelihood_value(cur.mode, r.ifd, r.end_logprob)
         why = (f"IFD {parts['ifd']} (NLL {parts['nll_conditional']} with the instruction, "
                f"{parts['nll_unconditional']} without), log p(end) {parts['end_logprob']}")
         out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, None, why, [], [], 0, r.cut,
@@ -314,14 +312,14 @@ def score_likelihood(
 
 def revalue(rated: list[RatedPair], mode: str) -> list[RatedPair]:
     """Likelihood-mode records re-valued for `mode` from their parts (both modes read the same
-    parts, so one pass serves both; the parts are stored rounded to 5 decimals). Unranked."""
+    parts, so one pass serves both). Unranked."""
     out = []
     for r in rated:
         p = r.parts
         if p.get("ifd") is not None:
             value = _likelihood_value(mode, p["ifd"], p["end_logprob"] if p.get("end_logprob") is not None
                                       else float("nan"))
-            p = {**p, "value": round(value, 5) if value is not None else None}
+            p = {**p, "value": value}
         out.append(RatedPair(**{**asdict(r), "parts": p, "score": None, "ratings": []}))
     return out
 

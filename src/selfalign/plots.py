@@ -199,6 +199,7 @@ def plot_mode_aucs(columns: Sequence[str], rows: dict[str, Sequence[float | None
     ax.set_ylabel("ROC AUC (good vs bad)")
     ax.set_title("Curation modes: AUC per set and corruption kind")
     ax.legend(fontsize="small", ncols=min(len(rows) + 1, 4), loc="lower left")
+    return _save(fig, path)
 
 
 def plot_ablation(results: dict[str, Any], path: Path) -> Path | None:
