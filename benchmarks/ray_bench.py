@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Rows/s of the local executor vs the Ray executor (1 and 2 actors), on the tiny model and SmolLM2.
 
-    python benchmarks/ray_bench.py [--tiny-rows 2000] [--smollm2-rows 48] [--out ray_bench.json]
+    python benchmarks/ray_bench.py [--tiny-rows 2000] [--smollm2-rows 48,150] [--out ray_bench.json]
 
 Workload: augmentation (one backward prompt per unlabelled row, instruction sampling) over
 unlabelled rows in 4 JSONL shards; the same engine settings for every variant.
@@ -12,7 +12,10 @@ unlabelled rows in 4 JSONL shards; the same engine settings for every variant.
   reported apart, `ray_start_s`, as a cluster is started once per run). The time counts the
   actors' start (each loads the model), read, generation, write, checkpoint and merge.
 
-rows/s = rows / wall seconds; ratio = Ray rows/s / local rows/s (1.0 = no overhead).
+rows/s = rows / wall seconds; ratio = Ray rows/s / local rows/s (1.0 = no overhead). With two
+or more SmolLM2 sizes, each variant's time is also split into a fixed part and a per-row part
+(a least-squares line through its (rows, seconds) points): Ray's fixed cost per job (worker
+processes, actor start, job planning) is then reported apart from its steady-state throughput.
 """
 
 from __future__ import annotations
@@ -92,10 +95,29 @@ def bench_model(name: str, spec: str, rows: int, gen: list[str], tmp: Path) -> d
     return res
 
 
+def fits(results: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per model with >= 2 sizes: each variant's seconds = fixed + rows x per-row (least squares)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for name in dict.fromkeys(r["model"] for r in results):
+        rs = [r for r in results if r["model"] == name]
+        if len({r["rows"] for r in rs}) < 2:
+            continue
+        out[name] = {}
+        for k in ("local", "ray1", "ray2"):
+            xs, ys = [r["rows"] for r in rs], [r[f"{k}_s"] for r in rs]
+            mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+            slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
+            out[name][k] = {"fixed_s": round(my - slope * mx, 2), "s_per_row": round(slope, 4)}
+        for k in ("ray1", "ray2"):
+            out[name][k]["steady_vs_local"] = round(out[name]["local"]["s_per_row"] / out[name][k]["s_per_row"], 3)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny-rows", type=int, default=2000)
-    ap.add_argument("--smollm2-rows", type=int, default=48)
+    ap.add_argument("--smollm2-rows", default="48,150",
+                    help="comma-separated sizes (150 = the default run's augmentation)")
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
@@ -115,18 +137,22 @@ def main() -> None:
                                        ["generation.batch_size=32", "generation.max_prompt_tokens=64",
                                         "generation.instruction.max_new_tokens=8", "ray.block_rows=250"], tmp))
             if not args.skip_smollm2:
-                results.append(bench_model("smollm2", "smollm2", args.smollm2_rows,
-                                           ["generation.batch_size=8", "generation.max_prompt_tokens=128",
-                                            "generation.instruction.max_new_tokens=16", "ray.block_rows=8"], tmp))
+                for n in (int(x) for x in args.smollm2_rows.split(",")):
+                    results.append(bench_model("smollm2", "smollm2", n,
+                                               ["generation.batch_size=8", "generation.max_prompt_tokens=128",
+                                                "generation.instruction.max_new_tokens=16", "ray.block_rows=8"], tmp))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    report = {"ray_start_s": start, "results": results}
+    report = {"ray_start_s": start, "results": results, "fits": fits(results)}
     print(json.dumps(report, indent=2))
     print(f"\n{'model':12} {'rows':>6} {'local r/s':>10} {'ray-1 r/s':>10} {'ray-2 r/s':>10} {'ray-1/local':>12} {'ray-2/local':>12}")
     for r in results:
         print(f"{r['model']:12} {r['rows']:>6} {r['local_rows_per_s']:>10} {r['ray1_rows_per_s']:>10} "
               f"{r['ray2_rows_per_s']:>10} {r['ray1_vs_local']:>12} {r['ray2_vs_local']:>12}")
     print(f"(Ray instance start, once per run: {start} s, not counted above)")
+    for name, f in report["fits"].items():
+        print(f"{name}: fixed s per job / s per row / steady-state rows/s vs local: " + ", ".join(
+            f"{k} {v['fixed_s']} / {v['s_per_row']} / {v.get('steady_vs_local', 1.0)}" for k, v in f.items()))
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")
 
