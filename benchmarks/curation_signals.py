@@ -1,17 +1,25 @@
 #!/usr/bin/env python
 """How the `combined` curation mode was designed: AUC of candidate likelihood signals on SmolLM2.
 
-    python benchmarks/curation_signals.py [--n 60] [--n-human 60] [--max-response-tokens 384]
+    python benchmarks/curation_signals.py [--n 90] [--n-human 80] [--out parts.json]
 
-Data (OASST1 and Guanaco, Apache-2.0, from ../shared/data): n OASST1 validation first-turn pairs
-(good; a seeded shuffle, `random.Random(0)`), one planted bad copy of each
-(`evaluate.corruptions.plant_corruptions`: swapped instruction, truncated, unrelated response,
-boilerplate), 20 "other language" pairs (an English instruction with a non-English Guanaco
-response), and a human-judged set (best- vs last-ranked OASST1 sibling replies, the first
-n-human prompts in file order). Every pair gets the parts of `likelihood.pair_likelihoods`;
-the script prints the ROC AUC of each signal and of a few combinations, per corruption kind and
-on the human set, beside the response-length baseline. It is a design probe, not the
-evaluation: `selfalign evaluate` measures the modes on a separate draw of held-out pairs.
+Data (OASST1 and Guanaco, Apache-2.0, from ../shared/data), drawn apart from `selfalign
+evaluate`'s pairs so that the design is not fitted to the evaluation:
+
+- good: n OASST1 validation first-turn pairs (`random.Random(1)` shuffle) whose instruction is
+  not among the 40 held-out pairs `selfalign evaluate` draws with the default config;
+- bad: one planted copy of each, every kind of `evaluate.corruptions` (seed 1): swapped
+  instruction, truncated, unrelated response, boilerplate, an instruction written by the
+  untrained base model, a response in another language;
+- human: n-human OASST1 prompts (best- vs last-ranked reply, order seed 7), none of them among
+  evaluate's held-out pairs or its 40 human-judged prompts.
+
+Every pair gets the parts of `likelihood.pair_likelihoods`; the script prints the ROC AUC of each
+signal, of the first combined design (log p(end) + log(1 - IFD)), of the shipped `combined` mode
+(`curate.combine`: sum of log percentile ranks of four signals) and of that mode without each
+of its signals, per corruption kind and on the human set, beside the response-length baseline.
+As in curation, percentiles are taken within each rated set (planted; human). About 7 minutes on
+2 cores. It is a design probe, not the evaluation: `selfalign evaluate` measures the modes.
 """
 
 from __future__ import annotations
@@ -20,97 +28,122 @@ import argparse
 import json
 import math
 import random
-import re
 import sys
+import tempfile
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 DATA = REPO.parent / "shared" / "data"
 
 
-def _english(text: str) -> bool:
-    words = re.findall(r"[a-zA-Z']+", text.lower())
-    common = {"the", "and", "is", "to", "of", "a", "in", "that", "it", "you"}
-    return bool(words) and sum(w in common for w in words) / len(words) > 0.08
+def draw(n: int, n_human: int, tmp: Path) -> list[tuple[str, str, str]]:
+    """(instruction, response, kind) of the good, planted bad and human-judged pairs."""
+    from selfalign.config import load_config
+    from selfalign.evaluate.corruptions import (
+        CORRUPTION_KINDS,
+        assign_kinds,
+        eval_pairs,
+        normalized,
+    )
+    from selfalign.evaluate.heldout import load_heldout
+    from selfalign.evaluate.human import load_human_pairs
+    from selfalign.evaluate.rater_eval import base_instructions, foreign_responses
+    from selfalign.records import SeedPair
 
-
-def pairs(n: int, n_human: int) -> list[tuple[str, str, str]]:
-    from selfalign.evaluate.corruptions import plant_corruptions
-
+    cfg = load_config(None, [])
+    messages = DATA / "oasst1" / "en_validation_messages.jsonl"
+    ev_held, _ = load_heldout(cfg, tmp / "no-run", 40, oasst1_val=DATA / "oasst1" / "seed_en_val_first_turn.jsonl")
+    ev_ins = {normalized(p.instruction) for p in ev_held}
     rows = [json.loads(x) for x in open(DATA / "oasst1" / "seed_en_val_first_turn.jsonl", encoding="utf-8")]
-    random.Random(0).shuffle(rows)
-    good = [(r["instruction"], r["output"]) for r in rows[:n]]
-    guanaco = [json.loads(x) for x in open(DATA / "guanaco" / "guanaco_llama2_1k.jsonl", encoding="utf-8")]
-    foreign = [g["messages"][1]["content"] for g in guanaco
-               if len(g["messages"]) >= 2 and len(g["messages"][1]["content"]) > 200
-               and not _english(g["messages"][1]["content"])]
-    other = [(ins, foreign[i % len(foreign)], "other_language") for i, (ins, _) in enumerate(good[:20])]
-    msgs = [json.loads(x) for x in open(DATA / "oasst1" / "en_validation_messages.jsonl", encoding="utf-8")]
-    by_id = {m["message_id"]: m for m in msgs}
-    replies: dict[str, list[dict]] = {}
-    for m in msgs:
-        if m["role"] == "assistant" and m["parent_id"] in by_id and m["rank"] is not None and not m["deleted"]:
-            replies.setdefault(m["parent_id"], []).append(m)
-    human = []
-    for pid, ks in replies.items():
-        if len(ks) >= 2 and len(human) < 2 * n_human:
-            ks.sort(key=lambda m: m["rank"])
-            human += [(by_id[pid]["text"], ks[0]["text"], "human_best"), (by_id[pid]["text"], ks[-1]["text"], "human_worst")]
-    return [(i, r, "good") for i, r in good] + plant_corruptions(good, 0) + other + human
+    pool = [r for r in rows if normalized(r["instruction"]) not in ev_ins]
+    random.Random(1).shuffle(pool)
+    good = [SeedPair(r["instruction"], r["output"], f"probe-{i}") for i, r in enumerate(pool[:n])]
+    kinds = list(CORRUPTION_KINDS)
+    need = {i: good[i].response for i, k in enumerate(assign_kinds(len(good), 1, kinds)) if k == "base_instruction"}
+    base = base_instructions(cfg, need, tmp / "base_instructions.json")
+    foreign, _ = foreign_responses(cfg, 4 * n)
+    planted = eval_pairs(good, 1, kinds, base, foreign)
+    ev_human, _ = load_human_pairs(messages, 40, cfg.run.seed, ev_ins)
+    human, _ = load_human_pairs(messages, n_human, 7, ev_ins | {normalized(p.instruction) for p in ev_human})
+    return [(p.instruction, p.response, p.source) for p in planted + human]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=60)
-    ap.add_argument("--n-human", type=int, default=60)
-    ap.add_argument("--max-response-tokens", type=int, default=384)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=90)
+    ap.add_argument("--n-human", type=int, default=80)
+    ap.add_argument("--max-response-tokens", type=int, default=256, help="curation.max_response_tokens")
     ap.add_argument("--out", type=Path, default=None, help="write the per-pair parts as JSON")
     args = ap.parse_args()
     import torch
 
     from selfalign.config import ModelsConfig
+    from selfalign.curate import COMBINED_SIGNALS, combine, percentiles
     from selfalign.evaluate.stats import roc_auc
-    from selfalign.likelihood import pair_likelihoods
+    from selfalign.likelihood import finite_or, pair_likelihoods
     from selfalign.models import load_model, resolve_model
+    from selfalign.records import RatedPair
 
     torch.set_num_threads(2)
-    items = pairs(args.n, args.n_human)
+    with tempfile.TemporaryDirectory() as tmp:
+        items = draw(args.n, args.n_human, Path(tmp))
     model, tok = load_model(resolve_model("smollm2", "~/.cache/selfalign"), ModelsConfig(), device="cpu")
     t = time.perf_counter()
     res = pair_likelihoods(model, tok, [(i, r) for i, r, _ in items], args.max_response_tokens, batch_size=8)
     print(f"{len(items)} pairs scored in {time.perf_counter() - t:.0f}s")
-    rows = [dict(kind=k, chars=len(r), **vars(x)) for (_, r, k), x in zip(items, res, strict=True)]
+    rows: list[dict[str, Any]] = [dict(kind=k, chars=len(r), **vars(x)) for (_, r, k), x in zip(items, res, strict=True)]
     if args.out:
         args.out.write_text(json.dumps(rows))
+    human_kinds = ("human_good", "human_bad")
+    sets = [[r for r in rows if r["kind"] not in human_kinds], [r for r in rows if r["kind"] in human_kinds]]
+
+    def shipped(r: dict[str, Any], ex: str | None = None) -> float:
+        return r[f"combined{'' if ex is None else '-' + ex}"]
+
+    for rs in sets:  # the shipped mode, and the mode without one signal, valued within each set
+        recs = [RatedPair("", "", str(k), r["kind"], None, "", parts={p: r[p] for p in
+                          ("ifd", "end_logprob", "worst_segment_ratio", "role_margin", "n_tokens")})
+                for k, r in enumerate(rs)]
+        for r, c in zip(rs, combine(recs), strict=True):
+            r["combined"] = c.parts["value"]
+        for ex in COMBINED_SIGNALS:
+            pct = [percentiles([sign * r[part] if math.isfinite(r[part]) else None for r in rs])
+                   for name, (part, sign) in COMBINED_SIGNALS.items() if name != ex]
+            for k, r in enumerate(rs):
+                r[f"combined-{ex}"] = sum(math.log(p[k]) for p in pct)
 
     def f(x: float, default: float) -> float:
-        return x if isinstance(x, float) and math.isfinite(x) else default
+        return finite_or(x, default)
 
-    def explained(r: dict) -> float:
-        return 1 - f(r["ifd"], 1.0)
-
-    signals = {
-        "1 - IFD (likelihood mode)": explained,
+    signals: dict[str, Callable[[dict[str, Any]], float]] = {
+        "1 - IFD (likelihood mode)": lambda r: 1 - f(r["ifd"], 1.0),
         "log p(end)": lambda r: f(r["end_logprob"], -10.0),
         "-worst segment ratio": lambda r: -f(r["worst_segment_ratio"], 1.0),
-        "log p(end) + log(1 - IFD) (combined mode)": lambda r: f(r["end_logprob"], -10.0) + math.log(max(explained(r), 1e-4)),
-        "combined + log n_tokens": lambda r: f(r["end_logprob"], -10.0) + math.log(max(explained(r), 1e-4))
-        + math.log(max(1, r["n_tokens"])),
+        "role margin": lambda r: f(r["role_margin"], 0.0),
+        "log p(end) + log(1 - IFD) (first design)": lambda r: f(r["end_logprob"], -10.0)
+        + math.log(max(1 - f(r["ifd"], 1.0), 1e-4)),
+        "combined mode (shipped)": shipped,
+        **{f"combined without {ex}": partial(shipped, ex=ex) for ex in COMBINED_SIGNALS},
         "length (characters)": lambda r: r["chars"],
     }
-    kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("good", "human_best", "human_worst")]
+    kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("good", *human_kinds)]
     good = [r for r in rows if r["kind"] == "good"]
-    print("| signal | planted (4 kinds) | " + " | ".join(kinds) + " | human |")
+    print("| signal | planted (all kinds) | " + " | ".join(kinds) + " | human |")
     print("|---|" + "---|" * (len(kinds) + 2))
     for name, fn in signals.items():
-        def auc(g: list[dict], b: list[dict], fn=fn) -> str:
+        def auc(g: list[dict], b: list[dict], fn: Callable = fn) -> str:
             return f"{roc_auc([True] * len(g) + [False] * len(b), [fn(r) for r in g + b]):.3f}"
-        planted = [r for r in rows if r["kind"] in kinds and r["kind"] != "other_language"]
-        cells = [auc(good, planted)] + [auc(good, [r for r in rows if r["kind"] == k]) for k in kinds]
-        cells.append(auc([r for r in rows if r["kind"] == "human_best"], [r for r in rows if r["kind"] == "human_worst"]))
+        cells = [auc(good, [r for r in rows if r["kind"] in kinds])] + \
+            [auc(good, [r for r in rows if r["kind"] == k]) for k in kinds]
+        cells.append(auc([r for r in rows if r["kind"] == "human_good"], [r for r in rows if r["kind"] == "human_bad"]))
         print(f"| {name} | " + " | ".join(cells) + " |")
+    print(f"good {len(good)}, bad {sum(r['kind'] in kinds for r in rows)}, human prompts "
+          f"{sum(r['kind'] == 'human_good' for r in rows)}")
 
 
 if __name__ == "__main__":

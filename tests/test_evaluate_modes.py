@@ -182,10 +182,11 @@ def test_modes_table_and_plot(tmp_path: Path) -> None:
     assert cols == ["overall", "truncated", "other_language", "human"] and list(aucs) == [*eval_modes(), LENGTH]
     md = eval_markdown({"curation": cur})
     table = md[md.index("### Curation modes"):].split("\n\n")[1].splitlines()
-    assert table[0] == "| mode | AUC overall | AUC truncated | AUC other_language | AUC human | P / R at 4.0 | parse failures |"
+    assert table[0] == ("| mode | AUC overall | AUC truncated | AUC other_language | AUC human | P / R at 4.0 | "
+                        "outputs without a score line | pairs unscored | pairs given a forced score |")
     body = {ln.split(" | ")[0].strip("| "): ln for ln in table[2:]}
     assert set(body) == {*eval_modes(), LENGTH}
-    assert body[LENGTH].endswith("| – |") and "0.300" in body[LENGTH]  # no threshold for lengths
+    assert body[LENGTH].endswith("| – | – | – | – |") and "0.300" in body[LENGTH]  # no threshold for lengths
     assert all("0.600 / 0.400" in body[m] for m in eval_modes())
     png = plot_mode_aucs(cols, aucs, tmp_path / "eval" / "curation_modes.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -218,8 +218,8 @@ class CurationConfig(_Section):
     n_samples: _int_range(1, 64) = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)
     retries: _int_range(0, 64) = 1  # re-sample (at `temperature`) a rating whose score cannot be parsed
     # after the retries, a pair still without a score gets "Score:" appended to its first output
-    # and one greedy pass of a few tokens reads the score (generate mode, local executor)
-    force_score: bool = False
+    # and one greedy pass of a few tokens reads the score (generate mode, HF engine: local or Ray)
+    force_score: bool = True
     temperature: NonNegFloat = 0.7  # used for retries and n_samples > 1
     max_new_tokens: PosInt = 64
     max_response_tokens: PosInt = 256  # responses are cut to this many tokens in the rating prompt

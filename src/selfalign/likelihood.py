@@ -9,9 +9,15 @@
 - worst segment: the response split into `segments` parts, the largest per-part ratio of
   conditional to unconditional NLL: a part the instruction does not explain (appended boilerplate)
   scores near 1 even when the rest of the response is on topic.
+- role margin: mean NLL of the instruction written as the assistant's reply to a neutral user turn
+  (`templates.json` "role_check") minus its mean NLL written as the user's turn. Above 0 the text
+  reads more like a user's request than like an assistant's answer; an "instruction" that
+  continues or paraphrases its response (what an untrained backward model writes) scores near
+  or below 0.
 
-Every score is computed from per-token log-probabilities of the response in two passes per pair
-(conditioned on the rendered instruction prompt, and on the beginning of sequence only).
+The response scores come from per-token log-probabilities of the response in two passes per pair
+(conditioned on the rendered instruction prompt, and on the beginning of sequence only); the
+role margin from two short passes per distinct instruction.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from selfalign.prompts import forward_messages, render_prompt, render_target
+from selfalign.prompts import forward_messages, render_prompt, render_target, templates
 
 
 @dataclass
@@ -37,6 +43,9 @@ class PairLikelihood:
     worst_segment_ratio: float  # max over segments of conditional / unconditional segment NLL
     n_tokens: int  # response tokens scored (after the cut to max_response_tokens)
     cut: bool = False  # the response was longer than max_response_tokens (its middle was left out)
+    nll_instruction_user: float = float("nan")  # mean NLL of the instruction as the user's turn
+    nll_instruction_assistant: float = float("nan")  # ... as the assistant's reply to a neutral turn
+    role_margin: float = float("nan")  # nll_instruction_assistant - nll_instruction_user
 
 
 @torch.inference_mode()
@@ -93,10 +102,43 @@ def head_and_tail(ids: list[int], max_tokens: int, tail_tokens: int) -> list[int
     return ids[: max_tokens - tail] + (ids[-tail:] if tail else [])
 
 
+NEUTRAL_TURN = "Hi"  # the role check's user turn when a templates.json override has no "role_check"
+_MARK = "\u2063SELFALIGN\u2063"  # stands for the text in a rendered template, to find where it starts
+
+
+def _prefix(tokenizer: Any, messages_of: Any) -> list[int]:
+    """Token ids of the rendered prompt `render_prompt(messages_of(text))` before `text`."""
+    rendered = render_prompt(tokenizer, messages_of(_MARK))
+    head = rendered.split(_MARK)[0] if _MARK in rendered else rendered
+    return tokenizer(head, add_special_tokens=False)["input_ids"]
+
+
+def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_tokens: int = 128,
+                      batch_size: int = 8, progress: bool = True) -> list[tuple[float, float]]:
+    """(mean NLL as the user's turn, mean NLL as the assistant's reply to the neutral turn of
+    `templates.json` "role_check") of each instruction's first `max_tokens` tokens; each distinct
+    instruction is scored once. An instruction as the user's turn is what the run's forward prompt
+    renders; as the assistant's reply, the text after that prompt for the neutral user turn."""
+    distinct = list(dict.fromkeys(instructions))
+    if not distinct:
+        return []
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    user = _prefix(tokenizer, forward_messages)
+    turn = templates().get("role_check", {}).get("user_turn", NEUTRAL_TURN)
+    assistant = tokenizer(render_prompt(tokenizer, forward_messages(turn)), add_special_tokens=False)["input_ids"]
+    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in distinct]
+    seqs = [user + x for x in ids] + [assistant + x for x in ids]
+    starts = [len(user)] * len(ids) + [len(assistant)] * len(ids)
+    lps = token_logprobs(model, seqs, starts, pad, batch_size, "instruction roles", progress)
+    got = {t: (_mean_nll(lps[k]), _mean_nll(lps[len(ids) + k])) for k, t in enumerate(distinct)}
+    return [got[t] for t in instructions]
+
+
 def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_response_tokens: int = 256,
                      segments: int = 3, batch_size: int = 8, progress: bool = True,
-                     tail_tokens: int = 32) -> list[PairLikelihood]:
-    """The likelihood parts of each (instruction, response) pair, two forward passes per pair."""
+                     tail_tokens: int = 32, max_instruction_tokens: int = 128) -> list[PairLikelihood]:
+    """The likelihood parts of each (instruction, response) pair: two forward passes per pair,
+    and two short ones per distinct instruction (`instruction_roles`)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     cond_seqs, cond_starts, uncond_seqs, n_resp, n_end, cuts = [], [], [], [], [], []
@@ -117,8 +159,9 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
     cond = token_logprobs(model, cond_seqs, cond_starts, pad, batch_size, "likelihood | instruction", progress)
     uncond = token_logprobs(model, uncond_seqs, [max(1, len(bos))] * len(pairs), pad, batch_size,
                             "likelihood", progress)
+    roles = instruction_roles(model, tokenizer, [i for i, _ in pairs], max_instruction_tokens, batch_size, progress)
     out = []
-    for c, u, n, e, was_cut in zip(cond, uncond, n_resp, n_end, cuts, strict=True):
+    for c, u, n, e, was_cut, (nu_i, na_i) in zip(cond, uncond, n_resp, n_end, cuts, roles, strict=True):
         resp_c = c[:n]
         # without BOS the first response token has no context: it is not scored in either pass
         resp_u = u if bos else [float("nan")] + u
@@ -129,7 +172,8 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
         out.append(PairLikelihood(
             nll_conditional=nc, nll_unconditional=nu, ifd=nc / nu if nu > 0 else float("nan"),
             end_logprob=sum(c[n : n + e]) if e else float("nan"),
-            worst_segment_ratio=_segment_ratio(resp_c, resp_u, segments), n_tokens=len(resp_c), cut=was_cut))
+            worst_segment_ratio=_segment_ratio(resp_c, resp_u, segments), n_tokens=len(resp_c), cut=was_cut,
+            nll_instruction_user=nu_i, nll_instruction_assistant=na_i, role_margin=na_i - nu_i))
     return out
 
 

@@ -48,7 +48,7 @@ def template_fingerprint(ref: str) -> str:
     name, _, section = ref.partition(":")
     text = prompt_file(name)
     if section:
-        text = json.dumps(json.loads(text)[section], sort_keys=True)
+        text = json.dumps(json.loads(text).get(section), sort_keys=True)  # a section an override lacks: null
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

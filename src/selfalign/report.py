@@ -206,9 +206,11 @@ def eval_tables(results: dict[str, Any]) -> list[Table]:
             title = (f"Curation modes: ROC AUC good vs bad (overall = all planted kinds; human = best- vs last-ranked "
                      f"OASST1 replies, {h.get('n_prompts', 0)} prompts; length = response-length baseline)"
                      + (f"; skipped: {skipped}" if skipped else ""))
-            tables.append((title, ["mode", *(f"AUC {k}" for k in cols), f"P / R at {c['threshold']}", "parse failures"],
+            tables.append((title, ["mode", *(f"AUC {k}" for k in cols), f"P / R at {c['threshold']}",
+                                   "outputs without a score line", "pairs unscored", "pairs given a forced score"],
                            [[m, *(_f(v) for v in aucs[m]), _pr(c["modes"][m].get("at_threshold")),
-                             _f(c["modes"][m].get("parse_failure_rate"))] for m in aucs]))
+                             _f(c["modes"][m].get("parse_failure_rate")), _f(c["modes"][m].get("unscored_pairs_rate")),
+                             str(c["modes"][m].get("forced_score", "–"))] for m in aucs]))
         tables.append(("Precision / recall of kept pairs by threshold", ["threshold", "kept", "precision", "recall"],
                        [[_f(r["threshold"], 1), str(r["kept"]), _f(r["precision"]), _f(r["recall"])] for r in c["by_threshold"]]))
         tables.append(("Mean score by kind", ["kind", "n", "mean score", "unscored", "kept"],

@@ -33,6 +33,7 @@ from selfalign import curate
 from selfalign.config import Config, CurationConfig
 from selfalign.curate import (
     RANKED_MODES,
+    SCORING_VERSION,
     choose_rater,
     curation_stats,
     finish_ranked,
@@ -162,7 +163,9 @@ def rating_fingerprint(cfg: Config, cur: CurationConfig, rater: tuple[str, Path 
 
     return {"rater": rater[0], "adapter": str(rater[1] or ""), "models": cfg.models.model_dump(),
             "curation": cur.model_dump(exclude={"threshold", "iterations"}), "seed": cfg.run.seed,
-            "templates": texts_hash([prompt_file("rating_prompt.txt"), prompt_file("rating_fewshot.json")]),
+            "templates": texts_hash([prompt_file("rating_prompt.txt"), prompt_file("rating_fewshot.json"),
+                                     prompt_file("templates.json")]),
+            "scoring": SCORING_VERSION,
             "pairs": texts_hash([(p.source_id, p.source, p.instruction, p.response) for p in pairs])}
 
 
@@ -182,7 +185,7 @@ def rate_set(
                 continue
             recs = [RatedPair(**json.loads(x)) for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
             if [r.source_id for r in recs] == [p.source_id for p in pairs]:
-                return finish_ranked(revalue(recs, mode), path)
+                return finish_ranked(revalue(recs, mode), path, mode)
     return rate_pairs(engine, pairs, cur, path, cfg.run.seed, cfg.curation.max_response_tokens)
 
 
@@ -267,7 +270,10 @@ def evaluate_curation(
         rp = rate_set(cfg, engine, planted, mode, ev / f"rated_planted_{mode}.jsonl", rater)
         rh = rate_set(cfg, engine, human, mode, ev / f"rated_human_{mode}.jsonl", rater) if human else []
         rows[mode] = mode_metrics(rp, [r.score for r in rp], rh, [r.score for r in rh], kinds, threshold)
-        rows[mode]["parse_failure_rate"] = curation_stats([*rp, *rh], threshold)["parse_failure_rate"]
+        both = curation_stats([*rp, *rh], threshold)
+        rows[mode]["parse_failure_rate"] = both["parse_failure_rate"]  # generated outputs without a score line
+        rows[mode]["unscored_pairs_rate"] = round(both["unscored"] / both["rated"], 4) if both["rated"] else 0.0
+        rows[mode]["forced_score"] = both["forced_score"]  # generate mode with curation.force_score
         say(f"evaluate: mode {mode}: AUC {rows[mode]['auc']} planted, {rows[mode]['human_auc']} human")
         if mode == cfg.curation.mode:
             detail = {**curation_metrics(rp, threshold), "records": str(ev / f"rated_planted_{mode}.jsonl")}
