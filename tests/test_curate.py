@@ -288,20 +288,10 @@ def test_likelihood_modes_write_parts_and_rank_scores(tiny_model: Path, tmp_path
     out = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl", max_response_tokens=12)
     direct = pair_likelihoods(engine.model, engine.tokenizer, [(p.instruction, p.response) for p in pairs], 12,
                               progress=False)
-    n = len(pairs)
     for r, d in zip(out, direct, strict=True):
         assert r.parts["ifd"] == pytest.approx(d.ifd, abs=1e-4)
-        assert r.parts["role_margin"] == pytest.approx(d.role_margin, abs=1e-4)
-        if mode == "likelihood":
-            assert r.parts["value"] == pytest.approx(1 - d.ifd, abs=1e-3)
-        else:  # the sum of log percentiles of the four signals among the 5 pairs, recomputed here
-            signed = {"explained": [-x.ifd for x in direct], "end": [x.end_logprob for x in direct],
-                      "segments": [-x.worst_segment_ratio for x in direct], "role": [x.role_margin for x in direct]}
-            mine = {"explained": -d.ifd, "end": d.end_logprob, "segments": -d.worst_segment_ratio, "role": d.role_margin}
-            pct = {k: (sum(v < mine[k] for v in vs) + (sum(v == mine[k] for v in vs) + 1) / 2) / n
-                   for k, vs in signed.items()}
-            assert r.parts["percentiles"] == pytest.approx(pct, abs=1e-3)
-            assert r.parts["value"] == pytest.approx(sum(math.log(x) for x in pct.values()), abs=1e-3)
+        want = 1 - d.ifd if mode == "likelihood" else d.end_logprob + math.log(max(1 - d.ifd, 1e-4))
+        assert r.parts["value"] == pytest.approx(want, abs=1e-3)
         assert r.response_cut == d.cut
     assert any(r.response_cut for r in out)  # the long responses were cut to 12 tokens (head and tail)
     # scores are the rank of the value: 1 for the lowest, 5 for the highest, in value order
@@ -352,7 +342,7 @@ def test_rate_batch_likelihood_rows_rank_like_the_local_stage(tiny_model: Path, 
     rows = rate_batch(engine, pairs[:2], cfg.curation, max_response_tokens=256) + \
         rate_batch(engine, pairs[2:], cfg.curation, max_response_tokens=256)
     assert all(r.score is None for r in rows)  # rows alone have no rank
-    ranked = finish_ranked(rows, tmp_path / "ray.jsonl", cfg.curation.mode)
+    ranked = finish_ranked(rows, tmp_path / "ray.jsonl")
     assert [r.score for r in ranked] == [r.score for r in local]
     assert [r.parts["value"] for r in ranked] == pytest.approx([r.parts["value"] for r in local], abs=1e-4)
 
@@ -368,30 +358,6 @@ def test_rank_scores_ties_singletons_and_unvalued() -> None:
     assert rank_scores([rec(2.0)])[0].score == 5.0
 
 
-def test_combine_percentiles_and_unparted_records() -> None:
-    import math
-
-    from selfalign.curate import combine, percentiles, rank_scores
-
-    assert percentiles([3.0, None, 1.0, 3.0]) == pytest.approx([0.875, 0.25, 0.5, 0.875])
-
-    def rec(i, ifd, end, seg, role):  # noqa: ANN001, ANN202
-        return RatedPair("i", "r", str(i), "s", None, "", parts={"ifd": ifd, "end_logprob": end,
-                                                                 "worst_segment_ratio": seg, "role_margin": role,
-                                                                 "n_tokens": 5})
-
-    # pair 0 is best on every signal; pair 1 is best but for a truncated-looking end; pair 2 worst
-    recs = [rec(0, 0.5, -0.1, 0.6, 0.5), rec(1, 0.5, -9.0, 0.6, 0.5), rec(2, 0.95, -5.0, 0.99, -0.2),
-            RatedPair("i", "r", "err", "s", None, "engine_error: x")]
-    out = combine(recs)
-    assert out[0].parts["percentiles"] == pytest.approx({"explained": 0.8333, "end": 1.0, "segments": 0.8333,
-                                                         "role": 0.8333}, abs=1e-4)
-    assert out[0].parts["value"] > out[1].parts["value"] > out[2].parts["value"]
-    assert out[1].parts["value"] == pytest.approx(3 * math.log(5 / 6) + math.log(1 / 3))
-    assert out[3].parts == {}  # an error record has no parts and gets no value
-    assert [r.score for r in rank_scores(out)] == [5.0, 3.0, 1.0, None]
-
-
 def test_revalue_turns_one_likelihood_mode_into_the_other(tiny_model: Path, tmp_path: Path) -> None:
     from selfalign.curate import finish_ranked, revalue
     from selfalign.generation import load_engine
@@ -401,6 +367,6 @@ def test_revalue_turns_one_likelihood_mode_into_the_other(tiny_model: Path, tmp_
     pairs = _ranked_pairs(5)
     lik = rate_pairs(engine, pairs, cfg.curation, tmp_path / "l.jsonl")
     comb = rate_pairs(engine, pairs, cfg.curation.model_copy(update={"mode": "combined"}), tmp_path / "c.jsonl")
-    derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl", "combined")
+    derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl")
     assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in comb], abs=1e-3)
     assert [r.score for r in derived] == [r.score for r in comb]

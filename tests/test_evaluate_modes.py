@@ -266,14 +266,16 @@ def test_modes_table_on_smollm2(tmp_path: Path) -> None:
     from selfalign.generation import load_engine
     from selfalign.seed import load_seed
 
-    cfg = load_config(None, [f"data.seed={need(GUANACO)}", f"run.out_dir={tmp_path / 'run'}"])
-    heldout = load_seed(str(need(OASST_SEED)))[:12]
+    # the table's structure with the real rater: 1 shot and a short budget keep it to about a minute
+    cfg = load_config(None, [f"data.seed={need(GUANACO)}", f"run.out_dir={tmp_path / 'run'}", "curation.shots=1",
+                             "curation.max_new_tokens=32"])
+    heldout = load_seed(str(need(OASST_SEED)))[:6]
     ev = tmp_path / "eval"
     planted, info = planted_set(cfg, heldout, ev)
     assert info["kinds"] == list(CORRUPTION_KINDS) and not info["skipped_kinds"]  # Guanaco has other languages
-    human, hinfo = load_human_pairs(need(SHARED / "oasst1" / "en_validation_messages.jsonl"), 8, cfg.run.seed,
+    human, hinfo = load_human_pairs(need(SHARED / "oasst1" / "en_validation_messages.jsonl"), 4, cfg.run.seed,
                                     {normalized(p.instruction) for p in heldout})
-    assert hinfo["n_prompts"] == 8
+    assert hinfo["n_prompts"] == 4
     engine = load_engine(cfg, cfg.models.rater)
     res = evaluate_curation(cfg, engine, planted, human, ev, (cfg.models.rater, None), info["kinds"])
     assert set(res["modes"]) == {*eval_modes(), LENGTH}

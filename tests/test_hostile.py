@@ -388,7 +388,8 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
         monkeypatch.setattr(cur, "generate", _fake_generate([case.data] * 100))
         engine = HFEngine(None, load_tokenizer(str(tiny_model)), 2, "fake")
         pairs = [AugmentedPair(f"Question {i}?", f"Answer {i}.", f"p{i}", "s", "") for i in range(3)]
-        settings = CurationConfig(mode="generate", retries=2, n_samples=1, shots=1, threshold=1.0)
+        settings = CurationConfig(mode="generate", retries=2, n_samples=1, shots=1, threshold=1.0,
+                                       force_score=False)  # the unscored outcome, not the forced one
         rated = cur.rate_pairs(engine, pairs, settings, tmp_path / "rated.jsonl")
         assert [r.score for r in rated] == [None] * 3
         assert all(r.parse_failures == 3 and len(r.raw_outputs) == 3 for r in rated)  # first try + 2 retries

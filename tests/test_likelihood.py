@@ -73,8 +73,9 @@ def test_role_margin_against_a_direct_pass(tiny) -> None:
         want_u = -sum(_direct(model, pre_u + ids, len(pre_u))) / len(ids)
         want_a = -sum(_direct(model, pre_a + ids, len(pre_a))) / len(ids)
         assert user == pytest.approx(want_u, abs=1e-4) and assistant == pytest.approx(want_a, abs=1e-4)
-    parts = pair_likelihoods(model, tok, [(ins[1], "Yes.")], progress=False)[0]
+    parts = pair_likelihoods(model, tok, [(ins[1], "Yes.")], progress=False, roles=True)[0]
     assert parts.role_margin == pytest.approx(got[1][1] - got[1][0], abs=1e-4)
+    assert math.isnan(pair_likelihoods(model, tok, [(ins[1], "Yes.")], progress=False)[0].role_margin)  # off
 
 
 def test_head_and_tail() -> None:

@@ -216,7 +216,7 @@ class CurationConfig(_Section):
     shots: NonNegInt = 3  # few-shot worked examples prepended to the rating prompt
     threshold: _float_range(1.0, 5.0) = 4.0  # keep pairs with score >= threshold
     n_samples: _int_range(1, 64) = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)
-    retries: _int_range(0, 64) = 1  # re-sample (at `temperature`) a rating whose score cannot be parsed
+    retries: _int_range(0, 64) = 0  # re-sample (at `temperature`) a rating whose score cannot be parsed
     # after the retries, a pair still without a score gets "Score:" appended to its first output
     # and one greedy pass of a few tokens reads the score (generate mode, HF engine: local or Ray)
     force_score: bool = True

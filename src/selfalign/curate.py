@@ -10,19 +10,16 @@ Four modes (`curation.mode`):
 - `likelihood`: no rating prompt; two forward passes of the response (`likelihood.py`), with and
   without the instruction. The value is 1 - IFD, the share of the response's NLL per token that the
   instruction explains (Li et al. 2024): near 0 for a response the instruction does not explain.
-- `combined`: four likelihood signals, each a percentile rank among the pairs rated together,
-  and the value is the sum of their logs (a pair must do well on every signal; designed on a
-  probe draw, `benchmarks/curation_signals.py`, disjoint from `selfalign evaluate`'s pairs):
-  the share of the response the instruction explains (1 - IFD: a mismatched pair), log p(the
-  response ends where it ends) (a truncated one), the worst segment's ratio (appended
-  boilerplate: a part the instruction does not explain) and the instruction's role margin (it
-  reads as a user's request, not as an answer: what an untrained backward model writes).
+- `combined`: log p(the response ends where it ends | instruction, response) + log(1 - IFD): the
+  log-probability that the response is complete, plus the log of the share the instruction
+  explains. A mismatched pair fails the second term, a truncated response the first; appended
+  boilerplate fails both (the model does not expect the turn to end after it, and the instruction
+  explains none of it).
 
 The likelihood modes have no 1-5 scale of their own: a pair's score is 1 + 4 x its rank fraction
 among the pairs rated together (`rank_scores`: lowest 1, highest 5, ties share a rank), so a
 threshold of 4 keeps the top quarter. Their records carry `parts` (the NLLs, IFD, end
-log-probability, worst segment ratio, role margin, the combined mode's percentiles and the
-value), so a user can see why a pair was kept.
+log-probability, worst segment ratio and the value), so a user can see why a pair was kept.
 """
 
 from __future__ import annotations
@@ -281,55 +278,17 @@ def rate_batch(
     return [error_rated(p, errors[i], cut[i]) if errors[i] else out[i] for i, p in enumerate(pairs)]
 
 
-# The combined mode's signals: name -> (part, sign); higher signed values are better.
-COMBINED_SIGNALS: dict[str, tuple[str, float]] = {
-    "explained": ("ifd", -1.0),  # 1 - IFD, ranked as -IFD
-    "end": ("end_logprob", 1.0),
-    "segments": ("worst_segment_ratio", -1.0),
-    "role": ("role_margin", 1.0),
-}
-SCORING_VERSION = 2  # what the likelihood modes' parts and values mean; in evaluate's fingerprints
+SCORING_VERSION = 1  # what the likelihood modes' parts and values mean; in evaluate's fingerprints
 
 
-def _likelihood_value(mode: str, ifd: float) -> float | None:
-    """The value of one pair in `likelihood` mode (1 - IFD); None when not finite, and always
-    None in `combined` mode (a value of the whole set: `combine`)."""
-    value = 1.0 - ifd if mode == "likelihood" else float("nan")
+def _likelihood_value(mode: str, ifd: float, end_logprob: float) -> float | None:
+    """The value a likelihood mode ranks by (see the module docstring); None when not finite."""
+    explained = 1.0 - ifd
+    if mode == "likelihood":
+        value = explained
+    else:  # combined; a share <= 0 (the instruction makes the response less likely) is floored
+        value = end_logprob + math.log(max(explained, 1e-4))
     return value if math.isfinite(value) else None
-
-
-def percentiles(values: list[float | None]) -> list[float]:
-    """Mid-rank percentile in (0, 1] of each value among all (ties share; None ranks lowest)."""
-    n = len(values)
-    keyed = sorted(range(n), key=lambda i: (values[i] is not None, values[i] if values[i] is not None else 0.0))
-    out = [0.0] * n
-    k = 0
-    while k < n:
-        j = k
-        while j + 1 < n and values[keyed[j + 1]] == values[keyed[k]]:
-            j += 1
-        for m in range(k, j + 1):
-            out[keyed[m]] = ((k + j) / 2 + 1) / n
-        k = j + 1
-    return out
-
-
-def combine(rated: list[RatedPair]) -> list[RatedPair]:
-    """The combined mode's values: for the records with likelihood parts, each signal of
-    `COMBINED_SIGNALS` as a percentile among them, value = sum of the logs (in `parts`, with the
-    percentiles). Records without parts (errors) are unchanged."""
-    idx = [i for i, r in enumerate(rated) if r.parts.get("ifd") is not None or r.parts.get("n_tokens")]
-    pct: dict[str, list[float]] = {}
-    for name, (part, sign) in COMBINED_SIGNALS.items():
-        vals = [rated[i].parts.get(part) for i in idx]
-        pct[name] = percentiles([sign * v if isinstance(v, (int, float)) and math.isfinite(v) else None
-                                 for v in vals])
-    out = list(rated)
-    for k, i in enumerate(idx):
-        got = {name: round(pct[name][k], 4) for name in COMBINED_SIGNALS}
-        value = sum(math.log(pct[name][k]) for name in COMBINED_SIGNALS)
-        out[i] = RatedPair(**{**asdict(rated[i]), "parts": {**rated[i].parts, "percentiles": got, "value": value}})
-    return out
 
 
 def score_likelihood(
@@ -346,10 +305,10 @@ def score_likelihood(
     out = []
     for p, r in zip(pairs, res, strict=True):
         parts = {k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in asdict(r).items()}
-        parts["value"] = _likelihood_value(cur.mode, r.ifd)
+        parts["value"] = _likelihood_value(cur.mode, r.ifd, r.end_logprob)
         why = (f"IFD {parts['ifd']} (NLL {parts['nll_conditional']} with the instruction, "
                f"{parts['nll_unconditional']} without), log p(end) {parts['end_logprob']}, worst segment "
-               f"{parts['worst_segment_ratio']}, role margin {parts['role_margin']}")
+               f"{parts['worst_segment_ratio']}")
         out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, None, why, [], [], 0, r.cut,
                              parts=parts))
     return out
@@ -361,19 +320,17 @@ def revalue(rated: list[RatedPair], mode: str) -> list[RatedPair]:
     out = []
     for r in rated:
         p = r.parts
-        if p.get("ifd") is not None or p.get("n_tokens"):
-            p = {k: v for k, v in p.items() if k != "percentiles"}
-            p["value"] = _likelihood_value(mode, p["ifd"]) if p.get("ifd") is not None else None
+        if p.get("ifd") is not None:
+            value = _likelihood_value(mode, p["ifd"], p["end_logprob"] if p.get("end_logprob") is not None
+                                      else float("nan"))
+            p = {**p, "value": value}
         out.append(RatedPair(**{**asdict(r), "parts": p, "score": None, "ratings": []}))
     return out
 
 
-def rank_scores(rated: list[RatedPair], mode: str | None = None) -> list[RatedPair]:
+def rank_scores(rated: list[RatedPair]) -> list[RatedPair]:
     """Scores 1-5 of likelihood-mode records from their values: 1 + 4 x rank fraction among the
-    records with a value (ties share the mean rank; a single record scores 5). Others unchanged.
-    In `combined` mode the values are first computed over the set (`combine`)."""
-    if mode == "combined":
-        rated = combine(rated)
+    records with a value (ties share the mean rank; a single record scores 5). Others unchanged."""
     valued = [i for i, r in enumerate(rated) if r.parts.get("value") is not None]
     order = sorted(valued, key=lambda i: rated[i].parts["value"])
     ranks: dict[int, float] = {}
@@ -395,9 +352,9 @@ def rank_scores(rated: list[RatedPair], mode: str | None = None) -> list[RatedPa
     return out
 
 
-def finish_ranked(rated: list[RatedPair], out_path: Path, mode: str) -> list[RatedPair]:
+def finish_ranked(rated: list[RatedPair], out_path: Path) -> list[RatedPair]:
     """Rank the likelihood-mode records of one rating run and rewrite its file with the scores."""
-    ranked = rank_scores(rated, mode)
+    ranked = rank_scores(rated)
     write_jsonl(Path(out_path), [asdict(r) for r in ranked])
     return ranked
 
@@ -421,7 +378,7 @@ def _rate_likelihood(
         log.close()
     by_id = {r["source_id"]: r for r in log.records}
     rated = [RatedPair(**by_id[p.source_id]) for p in pairs if p.source_id in by_id]
-    return finish_ranked(rated, out_path, cur.mode)
+    return finish_ranked(rated, out_path)
 
 
 def score_logprob(

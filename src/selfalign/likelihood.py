@@ -17,7 +17,7 @@
 
 The response scores come from per-token log-probabilities of the response in two passes per pair
 (conditioned on the rendered instruction prompt, and on the beginning of sequence only); the
-role margin from two short passes per distinct instruction.
+role margin (only with `roles=True`) from two short passes per distinct instruction.
 """
 
 from __future__ import annotations
@@ -136,9 +136,12 @@ def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_t
 
 def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_response_tokens: int = 256,
                      segments: int = 3, batch_size: int = 8, progress: bool = True,
-                     tail_tokens: int = 32, max_instruction_tokens: int = 128) -> list[PairLikelihood]:
-    """The likelihood parts of each (instruction, response) pair: two forward passes per pair,
-    and two short ones per distinct instruction (`instruction_roles`)."""
+                     tail_tokens: int = 32, max_instruction_tokens: int = 128,
+                     roles: bool = False) -> list[PairLikelihood]:
+    """The likelihood parts of each (instruction, response) pair: two forward passes per pair;
+    with `roles`, also the role margin (two short passes per distinct instruction,
+    `instruction_roles`; NaN without). No curation mode reads the role margin (see the README:
+    measured, not adopted); `benchmarks/curation_signals.py` does."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     cond_seqs, cond_starts, uncond_seqs, n_resp, n_end, cuts = [], [], [], [], [], []
@@ -159,9 +162,11 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
     cond = token_logprobs(model, cond_seqs, cond_starts, pad, batch_size, "likelihood | instruction", progress)
     uncond = token_logprobs(model, uncond_seqs, [max(1, len(bos))] * len(pairs), pad, batch_size,
                             "likelihood", progress)
-    roles = instruction_roles(model, tokenizer, [i for i, _ in pairs], max_instruction_tokens, batch_size, progress)
+    nan = float("nan")
+    role_nlls = instruction_roles(model, tokenizer, [i for i, _ in pairs], max_instruction_tokens, batch_size,
+                                  progress) if roles else [(nan, nan)] * len(pairs)
     out = []
-    for c, u, n, e, was_cut, (nu_i, na_i) in zip(cond, uncond, n_resp, n_end, cuts, roles, strict=True):
+    for c, u, n, e, was_cut, (nu_i, na_i) in zip(cond, uncond, n_resp, n_end, cuts, role_nlls, strict=True):
         resp_c = c[:n]
         # without BOS the first response token has no context: it is not scored in either pass
         resp_u = u if bos else [float("nan")] + u
