@@ -56,6 +56,7 @@ def committed_parts(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in parts.glob("*.jsonl") if any(p.name.startswith(d) for d in done)}
 
 
+@pytest.mark.slow  # about 70 s: a subprocess driver on a fresh Ray instance, killed and re-run
 def test_sigkill_after_a_committed_block_then_rerun_resumes(tmp_path: Path, tiny_model: Path) -> None:
     shards = tmp_path / "shards"
     write_shards(shards)
