@@ -16,13 +16,22 @@ evaluate`'s pairs so that the design is not fitted to the evaluation:
 
 Every pair gets the parts of `likelihood.pair_likelihoods` (with the role margin); the script
 prints the ROC AUC of each signal, of the shipped `combined` mode (log p(end) + log(1 - IFD)),
-and of a four-signal design that was measured and not adopted (each of 1 - IFD, log p(end), the
-worst segment ratio and the role margin as a percentile rank within the rated set, value = sum
-of the logs; also without each signal), per corruption kind and on the human set, beside the
-response-length baseline. About 7 minutes on 2 cores. It is a design probe, not the evaluation:
-`selfalign evaluate` measures the modes on its own draw (there the four-signal design scored
-0.811 overall and 0.503 on the human set, against 0.821 and 0.628 for the shipped mode; see the
-README).
+and of the designs measured and not adopted, per corruption kind and on the human set, beside
+the response-length baseline:
+
+- four signals (1 - IFD, log p(end), the worst segment ratio, the role margin), each a
+  percentile rank within the rated set, value = sum of the logs; also without each signal;
+- the same four as robust z-scores within the rated set ((x - median) / (1.4826 MAD)), value =
+  the sum of their negative parts: a pair loses for each signal on which it is worse than the
+  typical pair and gains nothing for doing better ("sumneg");
+- the shipped value as a robust z-score plus the negative parts of the worst segment's and the
+  role margin's ("shipped + penalties"), chosen on this probe before it was run on evaluate's
+  pairs.
+
+About 7 minutes on 2 cores. It is a design probe, not the evaluation: `selfalign evaluate`
+measures the modes on its own draw. `--eval-run runs/default` scores that run's evaluation
+pairs (the records `selfalign evaluate` wrote in eval/) with the same parts instead, so a
+design chosen here can be checked there once (4 minutes); see the README for what came out.
 """
 
 from __future__ import annotations
@@ -76,6 +85,30 @@ def draw(n: int, n_human: int, tmp: Path) -> list[tuple[str, str, str]]:
     return [(p.instruction, p.response, p.source) for p in planted + human]
 
 
+def eval_items(run: Path) -> list[tuple[str, str, str]]:
+    """(instruction, response, kind) of the pairs `selfalign evaluate` rated in `run` (planted and
+    human; read from the combined mode's records, which every evaluation writes)."""
+    items = []
+    for name in ("rated_planted_combined.jsonl", "rated_human_combined.jsonl"):
+        path = run / "eval" / name
+        if not path.is_file():
+            raise SystemExit(f"{path}: not found; run `selfalign evaluate` on {run} first")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                r = json.loads(line)
+                items.append((r["instruction"], r["response"], r["source"]))
+    return items
+
+
+def robust_z(values: list[float]) -> list[float]:
+    """(x - median) / (1.4826 x median absolute deviation): a z-score that a few bad pairs do not move."""
+    import statistics
+
+    med = statistics.median(values)
+    mad = statistics.median(abs(v - med) for v in values) * 1.4826 or 1e-9
+    return [(v - med) / mad for v in values]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=90)
@@ -83,6 +116,8 @@ def main() -> None:
     ap.add_argument("--max-response-tokens", type=int, default=256, help="curation.max_response_tokens")
     ap.add_argument("--out", type=Path, default=None, help="write the per-pair parts as JSON")
     ap.add_argument("--parts", type=Path, default=None, help="analyse parts written by --out (no model)")
+    ap.add_argument("--eval-run", type=Path, default=None,
+                    help="score the pairs that `selfalign evaluate` rated in this run (its eval/ records)")
     args = ap.parse_args()
     import torch
 
@@ -96,8 +131,11 @@ def main() -> None:
         rows = json.loads(args.parts.read_text())
     else:
         torch.set_num_threads(2)
-        with tempfile.TemporaryDirectory() as tmp:
-            items = draw(args.n, args.n_human, Path(tmp))
+        if args.eval_run:
+            items = eval_items(args.eval_run)
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                items = draw(args.n, args.n_human, Path(tmp))
         model, tok = load_model(resolve_model("smollm2", "~/.cache/selfalign"), ModelsConfig(), device="cpu")
         t = time.perf_counter()
         res = pair_likelihoods(model, tok, [(i, r) for i, r, _ in items], args.max_response_tokens, batch_size=8,
@@ -133,6 +171,20 @@ def main() -> None:
             for k, r in enumerate(rs):
                 r[f"four{'' if ex is None else '-' + ex}"] = sum(math.log(p[k]) for p in pct)
 
+    def fin(x: float | None, default: float) -> float:
+        return x if x is not None and math.isfinite(x) else default
+
+    signed = {"explained": lambda r: math.log(max(1 - fin(r["ifd"], 1.0), 1e-4)),
+              "end": lambda r: max(fin(r["end_logprob"], -10.0), -15.0),
+              "segments": lambda r: -fin(r["worst_segment_ratio"], 1.0),
+              "role": lambda r: fin(r.get("role_margin"), 0.0)}
+    for rs in sets:  # robust z-scores within each rated set
+        z = {name: robust_z([fn(r) for r in rs]) for name, fn in signed.items()}
+        shipped = robust_z([signed["explained"](r) + signed["end"](r) for r in rs])
+        for k, r in enumerate(rs):
+            r["sumneg"] = sum(min(0.0, z[name][k]) for name in signed)
+            r["penalties"] = shipped[k] + min(0.0, z["segments"][k]) + min(0.0, z["role"][k])
+
     def design(r: dict[str, Any], ex: str | None = None) -> float:
         return r[f"four{'' if ex is None else '-' + ex}"]
 
@@ -148,6 +200,8 @@ def main() -> None:
         + math.log(max(1 - f(r["ifd"], 1.0), 1e-4)),
         "four signals, sum of log percentiles (not adopted)": design,
         **{f"four signals without {ex}": partial(design, ex=ex) for ex in four},
+        "four signals, sum of negative robust z (not adopted)": lambda r: r["sumneg"],
+        "shipped + penalties (segments, role; not adopted)": lambda r: r["penalties"],
         "length (characters)": lambda r: r["chars"],
     }
     kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("good", *human_kinds)]

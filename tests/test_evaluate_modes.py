@@ -167,6 +167,55 @@ def test_mode_metrics_and_length_baseline() -> None:
     assert "at_threshold" not in lm and lm["auc"] == 0.5  # all responses the same length: chance
 
 
+def test_auc_interval_covers_the_auc_and_narrows_with_more_pairs() -> None:
+    import random
+
+    from selfalign.evaluate.stats import auc_interval
+
+    rng = random.Random(3)
+
+    def draw(n: int) -> tuple[list[bool], list[float]]:
+        return [True] * n + [False] * n, [rng.gauss(1.0, 1.0) for _ in range(n)] + [rng.gauss(0.0, 1.0) for _ in range(n)]
+
+    labels, scores = draw(40)
+    lo, hi = auc_interval(labels, scores)
+    assert lo < roc_auc(labels, scores) < hi and 0.1 < hi - lo < 0.3  # 40 + 40 pairs: about +-0.08
+    big = draw(400)
+    blo, bhi = auc_interval(*big)
+    assert bhi - blo < (hi - lo) / 2  # ten times the pairs: about a third of the width
+    assert auc_interval([True, True], [1.0, 2.0]) is None  # no negatives
+    assert auc_interval([True, False], [2.0, 1.0]) == (1.0, 1.0)  # one of each: every resample is the same
+
+
+def test_paired_comparison_against_a_second_scorer() -> None:
+    from selfalign.evaluate.stats import paired_comparison
+
+    good, bad = [3.0, 2.0, 5.0, 1.0], [1.0, 2.0, 4.0, 2.0]  # wins 2, tie 1, loss 1
+    out = paired_comparison(good, bad)
+    assert out["n_prompts"] == 4 and out["win_rate"] == 0.625 and "auc_delta" not in out
+    lo, hi = out["win_rate_ci95"]
+    assert lo < 0.625 < hi
+    same = paired_comparison(good, bad, good, bad)
+    assert same["auc_delta"] == 0.0 and same["auc_delta_ci95"] == [0.0, 0.0]  # the same scores: no difference
+    perfect = [10.0, 11.0, 12.0, 13.0], [0.0, 1.0, 2.0, 3.0]
+    vs = paired_comparison(*perfect, good, bad)
+    assert vs["auc_delta"] == pytest.approx(1.0 - roc_auc([1] * 4 + [0] * 4, good + bad), abs=1e-4)
+    assert vs["auc_delta_ci95"][0] > 0  # a scorer that separates every prompt beats a noisy one
+    with pytest.raises(ValueError, match="one pair per prompt"):
+        paired_comparison([1.0], [])
+
+
+def test_human_scores_are_paired_by_prompt() -> None:
+    from selfalign.evaluate.rater_eval import human_by_prompt
+
+    human = [AugmentedPair("p", "a", "human-m1-good", HUMAN_GOOD, "", "ok"),
+             AugmentedPair("q", "b", "human-m2-good", HUMAN_GOOD, "", "ok"),
+             AugmentedPair("q", "c", "human-m2-bad", HUMAN_BAD, "", "ok"),
+             AugmentedPair("p", "d", "human-m1-bad", HUMAN_BAD, "", "ok"),
+             AugmentedPair("r", "e", "human-m3-good", HUMAN_GOOD, "", "ok")]  # no bad reply: left out
+    assert human_by_prompt(human, [5.0, 4.0, None, 1.0, 9.0]) == ([5.0, 4.0], [1.0, 0.0])  # unscored = 0
+
+
 def test_modes_table_and_plot(tmp_path: Path) -> None:
     from selfalign.plots import plot_mode_aucs
     from selfalign.report import eval_markdown, mode_columns
@@ -188,6 +237,17 @@ def test_modes_table_and_plot(tmp_path: Path) -> None:
     assert set(body) == {*eval_modes(), LENGTH}
     assert body[LENGTH].endswith("| – | – | – | – |") and "0.300" in body[LENGTH]  # no threshold for lengths
     assert all("0.600 / 0.400" in body[m] for m in eval_modes())
+    modes["combined"].update(auc_ci95=[0.62, 0.78], human_auc_ci95=[0.4, 0.7],
+                             human_paired={"win_rate": 0.55, "win_rate_ci95": [0.4, 0.7], "auc_delta": -0.05,
+                                           "auc_delta_ci95": [-0.2, 0.1]})
+    md = eval_markdown({"curation": cur})
+    ci = md[md.index("### Curation modes with 95% intervals"):].split("\n\n")[1].splitlines()
+    assert ci[0] == ("| mode | AUC overall | AUC human | human AUC minus length's | "
+                     "best reply scored above the last (share of prompts) |")
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in ci[2:]}
+    assert rows["combined"] == ("| combined | 0.700 [0.6200, 0.7800] | 0.550 [0.4000, 0.7000] | "
+                                "-0.050 [-0.2000, 0.1000] | 0.550 [0.4000, 0.7000] |")
+    assert rows["generate"].endswith("| 0.700 – | 0.550 – | – | – |")  # no intervals recorded
     png = plot_mode_aucs(cols, aucs, tmp_path / "eval" / "curation_modes.png")
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

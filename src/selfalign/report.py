@@ -179,6 +179,23 @@ def mode_columns(curation: dict[str, Any]) -> tuple[list[str], dict[str, list[fl
     return ["overall", *kinds, "human"], rows
 
 
+def mode_intervals_table(curation: dict[str, Any]) -> Table:
+    """The modes' AUCs with 95% intervals, and each mode against the length baseline on the human
+    set: the AUC difference (prompts resampled) and the share of prompts whose best-ranked reply
+    the mode scores above the last-ranked one."""
+    rows = []
+    for m, r in curation.get("modes", {}).items():
+        hp = r.get("human_paired") or {}
+        delta = (f"{hp['auc_delta']:+.3f} {_ci(hp.get('auc_delta_ci95'))}" if hp.get("auc_delta") is not None
+                 else "–")
+        win = f"{_f(hp.get('win_rate'))} {_ci(hp.get('win_rate_ci95'))}" if hp.get("win_rate") is not None else "–"
+        rows.append([m, f"{_f(r.get('auc'))} {_ci(r.get('auc_ci95'))}",
+                     f"{_f(r.get('human_auc'))} {_ci(r.get('human_auc_ci95'))}", delta, win])
+    return ("Curation modes with 95% intervals (bootstrap; the sets are small), and against the length baseline "
+            "on the human set", ["mode", "AUC overall", "AUC human", "human AUC minus length's",
+                                 "best reply scored above the last (share of prompts)"], rows)
+
+
 def _pr(at: dict[str, Any] | None) -> str:
     return f"{_f(at['precision'])} / {_f(at['recall'])}" if at else "–"
 
@@ -211,6 +228,7 @@ def eval_tables(results: dict[str, Any]) -> list[Table]:
                            [[m, *(_f(v) for v in aucs[m]), _pr(c["modes"][m].get("at_threshold")),
                              _f(c["modes"][m].get("parse_failure_rate")), _f(c["modes"][m].get("unscored_pairs_rate")),
                              str(c["modes"][m].get("forced_score", "–"))] for m in aucs]))
+            tables.append(mode_intervals_table(c))
         tables.append(("Precision / recall of kept pairs by threshold", ["threshold", "kept", "precision", "recall"],
                        [[_f(r["threshold"], 1), str(r["kept"]), _f(r["precision"]), _f(r["recall"])] for r in c["by_threshold"]]))
         tables.append(("Mean score by kind", ["kind", "n", "mean score", "unscored", "kept"],

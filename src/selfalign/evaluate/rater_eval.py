@@ -47,9 +47,9 @@ from selfalign.evaluate.corruptions import (
     assign_kinds,
     eval_pairs,
 )
-from selfalign.evaluate.human import HUMAN_GOOD
+from selfalign.evaluate.human import HUMAN_BAD, HUMAN_GOOD
 from selfalign.evaluate.resume import cached, fingerprint_matches, fingerprinted_log, texts_hash
-from selfalign.evaluate.stats import precision_recall, roc_auc
+from selfalign.evaluate.stats import auc_interval, paired_comparison, precision_recall, roc_auc
 from selfalign.generation import Engine
 from selfalign.io import DataError
 from selfalign.records import AugmentedPair, RatedPair, SeedPair
@@ -212,13 +212,29 @@ def mode_metrics(
         idx = [i for i, p in enumerate(planted) if p.source in (GOOD, kind)]
         by_kind[kind] = _auc([labels[i] for i in idx], [planted_scores[i] for i in idx])
     hl = [p.source == HUMAN_GOOD for p in human]
-    out: dict[str, Any] = {"auc": _auc(labels, planted_scores), "auc_by_kind": by_kind,
+    zero = [s if s is not None else 0.0 for s in planted_scores]
+    out: dict[str, Any] = {"auc": _auc(labels, planted_scores), "auc_ci95": auc_interval(labels, zero),
+                           "auc_by_kind": by_kind,
                            "human_auc": _auc(hl, human_scores) if human else None,
+                           "human_auc_ci95": auc_interval(hl, [s if s is not None else 0.0 for s in human_scores])
+                           if human else None,
                            "unscored": sum(s is None for s in planted_scores) + sum(s is None for s in human_scores)}
     if threshold is not None:
         out["at_threshold"] = precision_recall(labels, planted_scores, threshold)
         out["human_at_threshold"] = precision_recall(hl, human_scores, threshold) if human else None
     return out
+
+
+def human_by_prompt(human: Sequence[AugmentedPair | RatedPair], scores: Sequence[float | None]
+                    ) -> tuple[list[float], list[float]]:
+    """The scores of the human set as (good, bad) lists, one entry per prompt in the same order:
+    items are matched by source id (`human-<message id>-good|bad`); unscored counts as 0."""
+    by: dict[str, dict[str, float]] = {}
+    for p, s in zip(human, scores, strict=True):
+        if p.source in (HUMAN_GOOD, HUMAN_BAD):
+            by.setdefault(p.source_id.rsplit("-", 1)[0], {})[p.source] = s if s is not None else 0.0
+    both = [v for v in by.values() if len(v) == 2]
+    return [v[HUMAN_GOOD] for v in both], [v[HUMAN_BAD] for v in both]
 
 
 def curation_metrics(rated: Sequence[RatedPair], threshold: float) -> dict[str, Any]:
@@ -266,9 +282,11 @@ def evaluate_curation(
     threshold = cfg.curation.threshold
     rows: dict[str, Any] = {}
     detail: dict[str, Any] = {}
+    human_rated: dict[str, list[RatedPair]] = {}
     for mode in modes:
         rp = rate_set(cfg, engine, planted, mode, ev / f"rated_planted_{mode}.jsonl", rater)
         rh = rate_set(cfg, engine, human, mode, ev / f"rated_human_{mode}.jsonl", rater) if human else []
+        human_rated[mode] = rh
         rows[mode] = mode_metrics(rp, [r.score for r in rp], rh, [r.score for r in rh], kinds, threshold)
         both = curation_stats([*rp, *rh], threshold)
         rows[mode]["parse_failure_rate"] = both["parse_failure_rate"]  # generated outputs without a score line
@@ -278,6 +296,12 @@ def evaluate_curation(
         if mode == cfg.curation.mode:
             detail = {**curation_metrics(rp, threshold), "records": str(ev / f"rated_planted_{mode}.jsonl")}
     rows[LENGTH] = mode_metrics(planted, length_scores(planted), human, length_scores(human), kinds, None)
+    if human:  # each mode against the length baseline, prompt by prompt (see `stats.paired_comparison`)
+        lg, lb = human_by_prompt(human, length_scores(human))
+        for mode in modes:
+            g, b = human_by_prompt(human_rated[mode], [r.score for r in human_rated[mode]])
+            rows[mode]["human_paired"] = paired_comparison(g, b, lg, lb, seed=cfg.run.seed)
+        rows[LENGTH]["human_paired"] = paired_comparison(lg, lb)
     if not detail:  # the run's mode is not among those compared: the first one in detail
         rp = rate_set(cfg, engine, planted, modes[0], ev / f"rated_planted_{modes[0]}.jsonl", rater)
         detail = {**curation_metrics(rp, threshold), "records": str(ev / f"rated_planted_{modes[0]}.jsonl")}

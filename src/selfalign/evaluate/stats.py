@@ -126,3 +126,68 @@ def bootstrap_nll(
             "n_seeds": len(nll[arm]),
         }
     return out
+
+
+def _bootstrap_indices(n: int, n_boot: int, rng: Any) -> Any:
+    return rng.integers(0, n, (n_boot, n)) if n else None
+
+
+def auc_interval(labels: Sequence[bool | int], scores: Sequence[float], n_boot: int = 2000, seed: int = 0,
+                 confidence: float = 0.95) -> tuple[float, float] | None:
+    """Percentile-bootstrap interval of `roc_auc`: positives and negatives resampled apart (their
+    numbers stay fixed); None when a class is empty. With 40 good and 40 bad pairs it is about
+    +-0.08 wide around an AUC of 0.8: the evaluation's sets are small."""
+    import numpy as np
+
+    pos = np.asarray([s for s, y in zip(scores, labels, strict=True) if y], dtype=float)
+    neg = np.asarray([s for s, y in zip(scores, labels, strict=True) if not y], dtype=float)
+    if not len(pos) or not len(neg):
+        return None
+    rng = np.random.default_rng(seed)
+    p = pos[_bootstrap_indices(len(pos), n_boot, rng)]  # (n_boot, n_pos)
+    q = neg[_bootstrap_indices(len(neg), n_boot, rng)]  # (n_boot, n_neg)
+    gt = (p[:, :, None] > q[:, None, :]).mean((1, 2))
+    eq = (p[:, :, None] == q[:, None, :]).mean((1, 2))
+    aucs = gt + eq / 2
+    return (round(float(np.percentile(aucs, 50 * (1 - confidence))), 4),
+            round(float(np.percentile(aucs, 50 * (1 + confidence))), 4))
+
+
+def paired_comparison(good: Sequence[float], bad: Sequence[float], other_good: Sequence[float] | None = None,
+                      other_bad: Sequence[float] | None = None, n_boot: int = 2000, seed: int = 0,
+                      confidence: float = 0.95) -> dict[str, Any]:
+    """Two views of a set of (good, bad) pairs of items, one pair per prompt (the human set):
+
+    - `win_rate`: the share of prompts whose good item scores above its bad one (ties 1/2), with a
+      Wilson interval: the within-prompt view, free of how prompts differ from one another;
+    - with a second scorer (`other_good`, `other_bad`, e.g. the length baseline): `auc_delta`, this
+      scorer's ROC AUC minus the other's over the same items, with a percentile-bootstrap interval
+      that resamples prompts (both items of a prompt together, the same draw for both scorers).
+    """
+    import numpy as np
+
+    if len(good) != len(bad):
+        raise ValueError("good and bad differ in length (one pair per prompt)")
+    n = len(good)
+    wins = sum(1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(good, bad, strict=True))
+    lo, hi = wilson_interval(round(wins), n, confidence)
+    out: dict[str, Any] = {"n_prompts": n, "win_rate": round(wins / n, 4) if n else None,
+                           "win_rate_ci95": [round(lo, 4), round(hi, 4)]}
+    if other_good is None or other_bad is None or not n:
+        return out
+    if not len(other_good) == len(other_bad) == n:
+        raise ValueError("the other scorer's items differ in number")
+    rng = np.random.default_rng(seed)
+    idx = _bootstrap_indices(n, n_boot, rng)
+
+    def aucs(g: Sequence[float], b: Sequence[float]) -> Any:
+        ga, ba = np.asarray(g, dtype=float)[idx], np.asarray(b, dtype=float)[idx]  # (n_boot, n)
+        return ((ga[:, :, None] > ba[:, None, :]).mean((1, 2)) + (ga[:, :, None] == ba[:, None, :]).mean((1, 2)) / 2)
+
+    diff = aucs(good, bad) - aucs(other_good, other_bad)
+    point = roc_auc([True] * n + [False] * n, [*good, *bad]) - roc_auc([True] * n + [False] * n,
+                                                                        [*other_good, *other_bad])
+    out["auc_delta"] = round(point, 4)
+    out["auc_delta_ci95"] = [round(float(np.percentile(diff, 50 * (1 - confidence))), 4),
+                             round(float(np.percentile(diff, 50 * (1 + confidence))), 4)]
+    return out
