@@ -2,6 +2,7 @@
 """How the `combined` curation mode was designed: AUC of candidate likelihood signals on SmolLM2.
 
     python benchmarks/curation_signals.py [--n 90] [--n-human 80] [--out parts.json]
+    python benchmarks/curation_signals.py --after 90 80 --n 56 --n-human 295   # fresh data
 
 Data (OASST1 and Guanaco, Apache-2.0, from ../shared/data), drawn apart from `selfalign
 evaluate`'s pairs so that the design is not fitted to the evaluation:
@@ -53,8 +54,11 @@ sys.path.insert(0, str(REPO / "src"))
 DATA = REPO.parent / "shared" / "data"
 
 
-def draw(n: int, n_human: int, tmp: Path) -> list[tuple[str, str, str]]:
-    """(instruction, response, kind) of the good, planted bad and human-judged pairs."""
+def draw(n: int, n_human: int, tmp: Path, after: tuple[int, int] | None = None) -> list[tuple[str, str, str]]:
+    """(instruction, response, kind) of the good, planted bad and human-judged pairs.
+
+    `after` = (n, n_human) of an earlier draw: take the pairs and prompts that come after it (none
+    of that draw's, none of evaluate's), for a check on data the design never saw."""
     from selfalign.config import load_config
     from selfalign.evaluate.corruptions import (
         CORRUPTION_KINDS,
@@ -74,14 +78,19 @@ def draw(n: int, n_human: int, tmp: Path) -> list[tuple[str, str, str]]:
     rows = [json.loads(x) for x in open(DATA / "oasst1" / "seed_en_val_first_turn.jsonl", encoding="utf-8")]
     pool = [r for r in rows if normalized(r["instruction"]) not in ev_ins]
     random.Random(1).shuffle(pool)
-    good = [SeedPair(r["instruction"], r["output"], f"probe-{i}") for i, r in enumerate(pool[:n])]
+    skip = after[0] if after else 0
+    good = [SeedPair(r["instruction"], r["output"], f"probe-{i}") for i, r in enumerate(pool[skip : skip + n])]
     kinds = list(CORRUPTION_KINDS)
     need = {i: good[i].response for i, k in enumerate(assign_kinds(len(good), 1, kinds)) if k == "base_instruction"}
     base = base_instructions(cfg, need, tmp / "base_instructions.json")
     foreign, _ = foreign_responses(cfg, 4 * n)
     planted = eval_pairs(good, 1, kinds, base, foreign)
     ev_human, _ = load_human_pairs(messages, 40, cfg.run.seed, ev_ins)
-    human, _ = load_human_pairs(messages, n_human, 7, ev_ins | {normalized(p.instruction) for p in ev_human})
+    seen = ev_ins | {normalized(p.instruction) for p in ev_human}
+    if after:  # the earlier draw's prompts (goods first, then bads with the same prompts)
+        earlier, _ = load_human_pairs(messages, after[1], 7, seen)
+        seen |= {normalized(p.instruction) for p in earlier}
+    human, _ = load_human_pairs(messages, n_human, 7, seen)
     return [(p.instruction, p.response, p.source) for p in planted + human]
 
 
@@ -116,6 +125,8 @@ def main() -> None:
     ap.add_argument("--max-response-tokens", type=int, default=256, help="curation.max_response_tokens")
     ap.add_argument("--out", type=Path, default=None, help="write the per-pair parts as JSON")
     ap.add_argument("--parts", type=Path, default=None, help="analyse parts written by --out (no model)")
+    ap.add_argument("--after", type=int, nargs=2, default=None, metavar=("N", "N_HUMAN"),
+                    help="draw what comes after the draw of --n N --n-human N_HUMAN (a check on fresh data)")
     ap.add_argument("--eval-run", type=Path, default=None,
                     help="score the pairs that `selfalign evaluate` rated in this run (its eval/ records)")
     args = ap.parse_args()
@@ -135,7 +146,7 @@ def main() -> None:
             items = eval_items(args.eval_run)
         else:
             with tempfile.TemporaryDirectory() as tmp:
-                items = draw(args.n, args.n_human, Path(tmp))
+                items = draw(args.n, args.n_human, Path(tmp), tuple(args.after) if args.after else None)
         model, tok = load_model(resolve_model("smollm2", "~/.cache/selfalign"), ModelsConfig(), device="cpu")
         t = time.perf_counter()
         res = pair_likelihoods(model, tok, [(i, r) for i, r, _ in items], args.max_response_tokens, batch_size=8,
@@ -217,6 +228,27 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     print(f"good {len(good)}, bad {sum(r['kind'] in kinds for r in rows)}, human prompts "
           f"{sum(r['kind'] == 'human_good' for r in rows)}")
+
+    # intervals, and each signal against length on the human set prompt by prompt (the human
+    # rows hold the goods then the bads, in the same prompt order)
+    from selfalign.evaluate.stats import auc_interval, paired_comparison
+
+    hg = [r for r in rows if r["kind"] == "human_good"]
+    hb = [r for r in rows if r["kind"] == "human_bad"]
+    bad = [r for r in rows if r["kind"] in kinds]
+    length = signals["length (characters)"]
+    print("\n| signal | AUC planted [95%] | AUC human [95%] | human AUC minus length's [95%] | "
+          "best reply above the last [95%] |\n|---|---|---|---|---|")
+    for name, fn in signals.items():
+        ci = auc_interval([True] * len(good) + [False] * len(bad), [fn(r) for r in good + bad])
+        hci = auc_interval([True] * len(hg) + [False] * len(hb), [fn(r) for r in hg + hb])
+        pc = paired_comparison([fn(r) for r in hg], [fn(r) for r in hb], [length(r) for r in hg],
+                               [length(r) for r in hb])
+        def iv(pair: Any) -> str:
+            return f"[{pair[0]:.3f}, {pair[1]:.3f}]" if pair else "–"
+
+        print(f"| {name} | {iv(ci)} | {iv(hci)} | {pc['auc_delta']:+.3f} {iv(pc['auc_delta_ci95'])} | "
+              f"{pc['win_rate']:.3f} {iv(pc['win_rate_ci95'])} |")
 
 
 if __name__ == "__main__":
