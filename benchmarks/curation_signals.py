@@ -109,15 +109,6 @@ def eval_items(run: Path) -> list[tuple[str, str, str]]:
     return items
 
 
-def robust_z(values: list[float]) -> list[float]:
-    """(x - median) / (1.4826 x median absolute deviation): a z-score that a few bad pairs do not move."""
-    import statistics
-
-    med = statistics.median(values)
-    mad = statistics.median(abs(v - med) for v in values) * 1.4826 or 1e-9
-    return [(v - med) / mad for v in values]
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=90)
@@ -133,6 +124,7 @@ def main() -> None:
     import torch
 
     from selfalign.config import ModelsConfig
+    from selfalign.curate import combined_values, robust_z
     from selfalign.evaluate.stats import roc_auc
     from selfalign.likelihood import finite_or, pair_likelihoods
     from selfalign.models import load_model, resolve_model
@@ -191,10 +183,11 @@ def main() -> None:
               "role": lambda r: fin(r.get("role_margin"), 0.0)}
     for rs in sets:  # robust z-scores within each rated set
         z = {name: robust_z([fn(r) for r in rs]) for name, fn in signed.items()}
-        shipped = robust_z([signed["explained"](r) + signed["end"](r) for r in rs])
+        two = robust_z([signed["explained"](r) + signed["end"](r) for r in rs])
+        for r, (value, _) in zip(rs, combined_values(rs), strict=True):
+            r["combined"] = value  # the shipped mode, from curate
         for k, r in enumerate(rs):
-            r["sumneg"] = sum(min(0.0, z[name][k]) for name in signed)
-            r["penalties"] = shipped[k] + min(0.0, z["segments"][k]) + min(0.0, z["role"][k])
+            r["penalties"] = two[k] + min(0.0, z["segments"][k]) + min(0.0, z["role"][k])
 
     def design(r: dict[str, Any], ex: str | None = None) -> float:
         return r[f"four{'' if ex is None else '-' + ex}"]
@@ -207,12 +200,12 @@ def main() -> None:
         "log p(end)": lambda r: f(r["end_logprob"], -10.0),
         "-worst segment ratio": lambda r: -f(r["worst_segment_ratio"], 1.0),
         "role margin": lambda r: f(r["role_margin"], 0.0),
-        "log p(end) + log(1 - IFD) (combined mode, shipped)": lambda r: f(r["end_logprob"], -10.0)
+        "log p(end) + log(1 - IFD) (combined mode until 2026-12-03)": lambda r: f(r["end_logprob"], -10.0)
         + math.log(max(1 - f(r["ifd"], 1.0), 1e-4)),
         "four signals, sum of log percentiles (not adopted)": design,
         **{f"four signals without {ex}": partial(design, ex=ex) for ex in four},
-        "four signals, sum of negative robust z (not adopted)": lambda r: r["sumneg"],
-        "shipped + penalties (segments, role; not adopted)": lambda r: r["penalties"],
+        "four signals, sum of negative robust z (combined mode, shipped)": lambda r: r["combined"],
+        "two-signal + penalties (segments, role; not adopted)": lambda r: r["penalties"],
         "length (characters)": lambda r: r["chars"],
     }
     kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("good", *human_kinds)]

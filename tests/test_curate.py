@@ -1,4 +1,5 @@
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -287,16 +288,28 @@ def test_likelihood_modes_write_parts_and_rank_scores(tiny_model: Path, tmp_path
     pairs = _ranked_pairs()
     out = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl", max_response_tokens=12)
     direct = pair_likelihoods(engine.model, engine.tokenizer, [(p.instruction, p.response) for p in pairs], 12,
-                              progress=False)
-    for r, d in zip(out, direct, strict=True):
+                              progress=False, roles=True)
+    # the combined value, computed here apart: each signal's robust z among the 5, sum of the negative parts
+    signals = [[math.log(max(1 - d.ifd, 1e-4)) for d in direct], [d.end_logprob for d in direct],
+               [-d.worst_segment_ratio for d in direct], [d.role_margin for d in direct]]
+    zs = []
+    for col in signals:
+        med = statistics.median(col)
+        mad = 1.4826 * statistics.median(abs(v - med) for v in col)
+        zs.append([(v - med) / mad for v in col])
+    for k, (r, d) in enumerate(zip(out, direct, strict=True)):
         assert r.parts["ifd"] == pytest.approx(d.ifd, abs=1e-4)
-        want = 1 - d.ifd if mode == "likelihood" else d.end_logprob + math.log(max(1 - d.ifd, 1e-4))
+        assert r.parts["role_margin"] == pytest.approx(d.role_margin, abs=1e-4)
+        want = 1 - d.ifd if mode == "likelihood" else sum(min(0.0, z[k]) for z in zs)
         assert r.parts["value"] == pytest.approx(want, abs=1e-3)
         assert r.response_cut == d.cut
     assert any(r.response_cut for r in out)  # the long responses were cut to 12 tokens (head and tail)
-    # scores are the rank of the value: 1 for the lowest, 5 for the highest, in value order
-    by_value = sorted(out, key=lambda r: r.parts["value"])
-    assert [r.score for r in by_value] == pytest.approx([1.0, 2.0, 3.0, 4.0, 5.0])
+    # scores are the rank of the value: 1 for the lowest, 5 for the highest, ties sharing their mean rank
+    values = [r.parts["value"] for r in out]
+    for r in out:
+        below = sum(v < r.parts["value"] - 1e-9 for v in values)
+        tied = sum(abs(v - r.parts["value"]) <= 1e-9 for v in values)
+        assert r.score == pytest.approx(1 + 4 * (below + (tied - 1) / 2) / 4, abs=1e-3)
     saved = [json.loads(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert [s["score"] for s in saved] == [r.score for r in out] and all("parts" in s for s in saved)
 
@@ -327,7 +340,8 @@ def test_likelihood_mode_resumes_without_rescoring(tiny_model: Path, tmp_path: P
     again = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
     assert calls == [["2", "3"], ["4", "5"]]  # the first chunk was not scored again
     assert [r.score for r in again] == [r.score for r in whole]
-    assert [r.parts["value"] for r in again] == pytest.approx([r.parts["value"] for r in whole], abs=1e-4)
+    # z-scores divide by a spread of a few pairs: float32 batch effects (1e-4) may show, scaled
+    assert [r.parts["value"] for r in again] == pytest.approx([r.parts["value"] for r in whole], abs=1e-3)
 
 
 @pytest.mark.parametrize("mode", ["likelihood", "combined"])
@@ -342,9 +356,40 @@ def test_rate_batch_likelihood_rows_rank_like_the_local_stage(tiny_model: Path, 
     rows = rate_batch(engine, pairs[:2], cfg.curation, max_response_tokens=256) + \
         rate_batch(engine, pairs[2:], cfg.curation, max_response_tokens=256)
     assert all(r.score is None for r in rows)  # rows alone have no rank
-    ranked = finish_ranked(rows, tmp_path / "ray.jsonl")
+    ranked = finish_ranked(rows, tmp_path / "ray.jsonl", mode)
     assert [r.score for r in ranked] == [r.score for r in local]
-    assert [r.parts["value"] for r in ranked] == pytest.approx([r.parts["value"] for r in local], abs=1e-4)
+    assert [r.parts["value"] for r in ranked] == pytest.approx([r.parts["value"] for r in local], abs=1e-3)
+
+
+def test_robust_z_median_mad_and_its_fallbacks() -> None:
+    from selfalign.curate import robust_z
+
+    z = robust_z([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, deviations 2 1 0 1 97: MAD 1
+    assert z == pytest.approx([-2 / 1.4826, -1 / 1.4826, 0.0, 1 / 1.4826, 97 / 1.4826])
+    z = robust_z([5.0, 5.0, 5.0, 5.0, 9.0])  # MAD 0: the mean absolute deviation (0.8) x 1.2533
+    assert z == pytest.approx([0.0, 0.0, 0.0, 0.0, 4 / (0.8 * 1.2533)])
+    assert robust_z([2.0, 2.0]) == [0.0, 0.0] and robust_z([]) == []
+
+
+def test_combined_value_penalizes_each_bad_signal_and_never_rewards() -> None:
+    from selfalign.curate import combine
+
+    def rec(sid: str, ifd: float, end: float, seg: float, role: float) -> RatedPair:
+        return RatedPair("i", "r", sid, "s", None, "", parts={"ifd": ifd, "end_logprob": end, "worst_segment_ratio": seg,
+                                                           "role_margin": role, "n_tokens": 10})
+
+    typical = [rec(str(k), 0.8 + 0.01 * k, -1.0 - 0.1 * k, 1.0 + 0.01 * k, 0.5 - 0.1 * k) for k in range(6)]
+    truncated = rec("cut", 0.8, -9.0, 1.0, 0.5)  # only the end signal is bad
+    mismatched = rec("swap", 0.999, -1.0, 1.0, 0.5)  # only the explained share is bad
+    best = rec("best", 0.5, -0.1, 0.9, 2.0)  # better than typical on every signal
+    error = RatedPair("i", "r", "err", "s", None, "", status="error", error="boom")
+    out = {r.source_id: r for r in combine([*typical, truncated, mismatched, best, error])}
+    assert out["best"].parts["value"] == 0.0 and all(v > 0 for v in out["best"].parts["z"].values())
+    assert out["cut"].parts["z"]["end"] < -3 and out["cut"].parts["value"] < min(out[str(k)].parts["value"]
+                                                                                 for k in range(6))
+    assert out["swap"].parts["z"]["explained"] < -3 and out["swap"].parts["value"] < out["0"].parts["value"]
+    assert out["err"].parts == {}  # no likelihood parts: no value
+    assert all(r.parts["value"] <= 0 for r in out.values() if r.parts)
 
 
 def test_rank_scores_ties_singletons_and_unvalued() -> None:
@@ -367,6 +412,6 @@ def test_revalue_turns_one_likelihood_mode_into_the_other(tiny_model: Path, tmp_
     pairs = _ranked_pairs(5)
     lik = rate_pairs(engine, pairs, cfg.curation, tmp_path / "l.jsonl")
     comb = rate_pairs(engine, pairs, cfg.curation.model_copy(update={"mode": "combined"}), tmp_path / "c.jsonl")
-    derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl")
+    derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl", "combined")
     assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in comb], abs=1e-3)
     assert [r.score for r in derived] == [r.score for r in comb]

@@ -318,6 +318,10 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     assert set(c["modes"]) == {*eval_modes(), LENGTH} and c["mode"] == cfg.curation.mode
     for row in c["modes"].values():
         assert set(row["auc_by_kind"]) == set(c["kinds"]) and row["human_auc"] is not None
+        lo, hi = row["auc_ci95"]
+        assert lo - 1e-9 <= row["auc"] <= hi + 1e-9
+        assert row["human_paired"]["n_prompts"] == 3 and 0.0 <= row["human_paired"]["win_rate"] <= 1.0
+    assert all("auc_delta" in c["modes"][m]["human_paired"] for m in eval_modes())  # against length
     assert c["human"]["n_prompts"] == 3
     # 6 held-out pairs: every kind but one is planted (the shipped sample seed has no non-English prose)
     assert "other_language" in c["planted"]["skipped_kinds"] and "base_instruction" in c["kinds"]
@@ -373,5 +377,17 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     monkeypatch.setattr(sio.RecordLog, "append", lambda *a: pytest.fail("a rating was redone"))
     monkeypatch.setattr(ev_run, "model_responses", lambda *a: pytest.fail("responses were regenerated"))
     monkeypatch.setattr(ev_run, "judge_pairwise", lambda *a: pytest.fail("judgments were redone"))
+    monkeypatch.setattr(ev_run, "evaluate_backward", lambda *a: pytest.fail("the backward model was re-measured"))
+    monkeypatch.setattr(ev_run, "evaluate_recovery", lambda *a, **k: pytest.fail("recovery was redone"))
     rerun = evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human, report=False)
     assert rerun["curation"] == c and rerun["forward"]["comparisons"] == saved["forward"]["comparisons"]
+    assert rerun["backward"] == saved["backward"] and rerun["recovery"] == saved["recovery"]
+    assert "backward model's measurement reused" in capsys.readouterr().out
+    # a retrained backward adapter: both of its measurements are redone
+    calls = []
+    monkeypatch.setattr(ev_run, "evaluate_backward", lambda *a: calls.append("backward") or saved["backward"])
+    monkeypatch.setattr(ev_run, "evaluate_recovery", lambda *a, **k: calls.append("recovery") or saved["recovery"])
+    weights = next(p for p in (d / "backward").iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human, report=False)
+    assert calls == ["backward", "recovery"]

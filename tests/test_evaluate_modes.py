@@ -184,7 +184,7 @@ def test_auc_interval_covers_the_auc_and_narrows_with_more_pairs() -> None:
     blo, bhi = auc_interval(*big)
     assert bhi - blo < (hi - lo) / 2  # ten times the pairs: about a third of the width
     assert auc_interval([True, True], [1.0, 2.0]) is None  # no negatives
-    assert auc_interval([True, False], [2.0, 1.0]) == (1.0, 1.0)  # one of each: every resample is the same
+    assert auc_interval([True, False], [2.0, 1.0]) == [1.0, 1.0]  # one of each: every resample is the same
 
 
 def test_paired_comparison_against_a_second_scorer() -> None:

@@ -70,8 +70,8 @@ STAGE_READS: dict[str, Reads] = {
                             "curation.shots", "curation.n_samples", "curation.retries", "curation.force_score",
                             "curation.temperature",
                             "curation.max_new_tokens", "curation.max_response_tokens", "run.seed"),
-                    templates=("rating_prompt.txt", "rating_fewshot.json", _PLAIN,
-                               "templates.json:forward"),  # the likelihood modes render the forward prompt
+                    templates=("rating_prompt.txt", "rating_fewshot.json", _PLAIN,  # likelihood modes:
+                               "templates.json:forward", "templates.json:role_check"),
                     artifacts=("augment/augmented.jsonl",)),
     "train-forward": Reads(config=(*_MODEL, "lora", "train_forward", "forward.seed_tag", "forward.augmented_tag",
                                    "forward.use_seed", "run.seed"),
@@ -469,7 +469,7 @@ class Run:
                                     adapter, rater_name)
                 rated = load_rated(rated_path)
                 if c.curation.mode in RANKED_MODES:  # rows are scored alone; the rank needs them all
-                    rated = finish_ranked(rated, rated_path)
+                    rated = finish_ranked(rated, rated_path, c.curation.mode)
             else:
                 engine = load_engine(c, spec, adapter=adapter, name=rater_name, stage="curate")
                 rated = rate_pairs(engine, usable, c.curation, rated_path, c.run.seed, c.curation.max_response_tokens)

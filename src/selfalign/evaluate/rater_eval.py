@@ -185,7 +185,7 @@ def rate_set(
                 continue
             recs = [RatedPair(**json.loads(x)) for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
             if [r.source_id for r in recs] == [p.source_id for p in pairs]:
-                return finish_ranked(revalue(recs, mode), path)
+                return finish_ranked(revalue(recs, mode), path, mode)
     return rate_pairs(engine, pairs, cur, path, cfg.run.seed, cfg.curation.max_response_tokens)
 
 

@@ -30,6 +30,28 @@ def adapter_hash(adapter: Path | None) -> str:
                        for f in sorted(Path(adapter).iterdir()) if f.is_file()])
 
 
+def backward_fingerprint(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """What the backward model's measurements depend on besides their data: the models, the
+    backward adapter's files, the training tokenization, generation settings, seed and templates."""
+    from selfalign.prompts import prompt_file
+
+    return {"models": cfg.models.model_dump(), "adapter_hash": adapter_hash(Path(run_dir) / "backward"),
+            "max_seq_len": cfg.train_backward.max_seq_len, "generation": cfg.generation.model_dump(),
+            "seed": cfg.run.seed, "templates": texts_hash([prompt_file("templates.json")])}
+
+
+def recovery_inputs(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """The data instruction recovery reads: the run's augmented pairs and the unlabelled source
+    (its file's bytes when it is a local file, else its name)."""
+    from selfalign.manifest import fingerprint
+    from selfalign.pipeline import resolve_data
+
+    src = resolve_data(cfg.data.unlabelled, "unlabelled.jsonl", cfg)
+    local = Path(src).expanduser()
+    return {"augmented": fingerprint(Path(run_dir) / "augment" / "augmented.jsonl"), "unlabelled": str(src),
+            "unlabelled_hash": fingerprint(local) if local.exists() else "", "split": cfg.data.unlabelled_split}
+
+
 def human_set(cfg: Config, path: str | Path, n: int, heldout: list[SeedPair]
               ) -> tuple[list[AugmentedPair], dict[str, Any]]:
     """The human-judged set (`human.load_human_pairs`), held-out instructions excluded; empty (and
@@ -96,13 +118,20 @@ def evaluate_run(
         f"({held_info['excluded_as_trained']} skipped as used in training)")
 
     t = time.perf_counter()
-    backward = evaluate_backward(cfg, run_dir, heldout)
+    step_fp = backward_fingerprint(cfg, run_dir)
+    backward, reused = cached(ev / "backward.json", {**step_fp, "heldout": texts_hash([asdict(p) for p in heldout])},
+                              lambda: evaluate_backward(cfg, run_dir, heldout))
+    if reused:
+        say(f"evaluate: backward model's measurement reused from {ev / 'backward.json'}")
     seconds["backward"] = round(time.perf_counter() - t, 1)
     say(f"evaluate: backward NLL/token base {backward['base']['nll_per_token']} -> "
         f"backward {backward['backward']['nll_per_token']}")
 
     t = time.perf_counter()
-    recovery = evaluate_recovery(cfg, run_dir, n_recovery, records=ev / "recovery.jsonl")
+    recovery, reused = cached(ev / "recovery.json", {**step_fp, **recovery_inputs(cfg, run_dir), "n": n_recovery},
+                              lambda: evaluate_recovery(cfg, run_dir, n_recovery, records=ev / "recovery.jsonl"))
+    if reused:
+        say(f"evaluate: recovery reused from {ev / 'recovery.json'}")
     seconds["recovery"] = round(time.perf_counter() - t, 1)
     if recovery["nll"]:
         say(f"evaluate: recovery of {recovery['n']} true prompts: NLL/token base "

@@ -133,7 +133,7 @@ def _bootstrap_indices(n: int, n_boot: int, rng: Any) -> Any:
 
 
 def auc_interval(labels: Sequence[bool | int], scores: Sequence[float], n_boot: int = 2000, seed: int = 0,
-                 confidence: float = 0.95) -> tuple[float, float] | None:
+                 confidence: float = 0.95) -> list[float] | None:
     """Percentile-bootstrap interval of `roc_auc`: positives and negatives resampled apart (their
     numbers stay fixed); None when a class is empty. With 40 good and 40 bad pairs it is about
     +-0.08 wide around an AUC of 0.8: the evaluation's sets are small."""
@@ -149,8 +149,8 @@ def auc_interval(labels: Sequence[bool | int], scores: Sequence[float], n_boot: 
     gt = (p[:, :, None] > q[:, None, :]).mean((1, 2))
     eq = (p[:, :, None] == q[:, None, :]).mean((1, 2))
     aucs = gt + eq / 2
-    return (round(float(np.percentile(aucs, 50 * (1 - confidence))), 4),
-            round(float(np.percentile(aucs, 50 * (1 + confidence))), 4))
+    return [round(float(np.percentile(aucs, 50 * (1 - confidence))), 4),
+            round(float(np.percentile(aucs, 50 * (1 + confidence))), 4)]
 
 
 def paired_comparison(good: Sequence[float], bad: Sequence[float], other_good: Sequence[float] | None = None,
