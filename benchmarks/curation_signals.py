@@ -16,23 +16,24 @@ evaluate`'s pairs so that the design is not fitted to the evaluation:
   evaluate's held-out pairs or its 40 human-judged prompts.
 
 Every pair gets the parts of `likelihood.pair_likelihoods` (with the role margin); the script
-prints the ROC AUC of each signal, of the shipped `combined` mode (log p(end) + log(1 - IFD)),
-and of the designs measured and not adopted, per corruption kind and on the human set, beside
-the response-length baseline:
+prints the ROC AUC of each signal and of each design, per corruption kind and on the human set,
+beside the response-length baseline, then each one's 95% intervals and its comparison with
+length on the human set prompt by prompt:
 
+- the two-signal design, log p(end) + log(1 - IFD) (the `combined` mode until 2026-12-03);
 - four signals (1 - IFD, log p(end), the worst segment ratio, the role margin), each a
-  percentile rank within the rated set, value = sum of the logs; also without each signal;
-- the same four as robust z-scores within the rated set ((x - median) / (1.4826 MAD)), value =
-  the sum of their negative parts: a pair loses for each signal on which it is worse than the
-  typical pair and gains nothing for doing better ("sumneg");
-- the shipped value as a robust z-score plus the negative parts of the worst segment's and the
-  role margin's ("shipped + penalties"), chosen on this probe before it was run on evaluate's
-  pairs.
+  percentile rank within the rated set, value = sum of the logs; also without each signal
+  (measured, not adopted);
+- the same four as robust z-scores within the rated set, value = the sum of their negative
+  parts: the shipped `combined` mode (`curate.combined_values`, called here);
+- the two-signal value as a robust z-score plus the negative parts of the worst segment's and
+  the role margin's ("penalties"; measured, not adopted).
 
 About 7 minutes on 2 cores. It is a design probe, not the evaluation: `selfalign evaluate`
 measures the modes on its own draw. `--eval-run runs/default` scores that run's evaluation
-pairs (the records `selfalign evaluate` wrote in eval/) with the same parts instead, so a
-design chosen here can be checked there once (4 minutes); see the README for what came out.
+pairs (the records `selfalign evaluate` wrote in eval/) with the same parts instead (3.5
+minutes), and `--after N N_HUMAN` draws data that neither the probe of that size nor evaluate
+uses, for a check on data no design step saw; see the README for what came out.
 """
 
 from __future__ import annotations

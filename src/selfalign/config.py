@@ -210,8 +210,9 @@ class GenerationConfig(_Section):
 
 class CurationConfig(_Section):
     # generate: the rater writes reasoning and "Score: N"; logprob: the expected score from the rater's
-    # next-token probabilities (one pass); likelihood / combined: two forward passes of the response,
-    # no rating prompt (curate.py), scored 1-5 by rank among the pairs rated together
+    # next-token probabilities (one pass); likelihood / combined: two forward passes of the response and
+    # two short ones of the instruction, no rating prompt (curate.py), scored 1-5 by rank among the
+    # pairs rated together
     mode: Literal["generate", "logprob", "likelihood", "combined"] = "combined"
     shots: NonNegInt = 3  # few-shot worked examples prepended to the rating prompt
     threshold: _float_range(1.0, 5.0) = 4.0  # keep pairs with score >= threshold
