@@ -286,7 +286,8 @@ def rate_batch(
 SCORING_VERSION = 2  # what the likelihood modes' parts and values mean; in evaluate's fingerprints
 
 # The combined mode's signals: name -> the signal of a record's parts, higher better. A part that
-# is missing or not finite counts as the worst plausible value.
+# is missing or not finite counts as a poor value (IFD 1, log p(end) -15, worst segment ratio 1)
+# or, for the role margin, as no evidence either way (0).
 COMBINED_SIGNALS: dict[str, Any] = {
     "explained": lambda p: math.log(max(1.0 - _finite(p.get("ifd"), 1.0), 1e-4)),  # log(1 - IFD)
     "end": lambda p: max(_finite(p.get("end_logprob"), -15.0), -15.0),  # log p(end), floored
