@@ -125,7 +125,7 @@ def main() -> None:
     import torch
 
     from selfalign.config import ModelsConfig
-    from selfalign.curate import combined_values, robust_z
+    from selfalign.curate import COMBINED_SIGNALS, combined_values, robust_z
     from selfalign.evaluate.stats import roc_auc
     from selfalign.likelihood import finite_or, pair_likelihoods
     from selfalign.models import load_model, resolve_model
@@ -175,13 +175,7 @@ def main() -> None:
             for k, r in enumerate(rs):
                 r[f"four{'' if ex is None else '-' + ex}"] = sum(math.log(p[k]) for p in pct)
 
-    def fin(x: float | None, default: float) -> float:
-        return x if x is not None and math.isfinite(x) else default
-
-    signed = {"explained": lambda r: math.log(max(1 - fin(r["ifd"], 1.0), 1e-4)),
-              "end": lambda r: max(fin(r["end_logprob"], -10.0), -15.0),
-              "segments": lambda r: -fin(r["worst_segment_ratio"], 1.0),
-              "role": lambda r: fin(r.get("role_margin"), 0.0)}
+    signed = COMBINED_SIGNALS  # the shipped mode's signals, read from a row of parts as from a record's
     for rs in sets:  # robust z-scores within each rated set
         z = {name: robust_z([fn(r) for r in rs]) for name, fn in signed.items()}
         two = robust_z([signed["explained"](r) + signed["end"](r) for r in rs])

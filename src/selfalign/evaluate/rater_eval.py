@@ -282,12 +282,14 @@ def evaluate_curation(
     threshold = cfg.curation.threshold
     rows: dict[str, Any] = {}
     detail: dict[str, Any] = {}
-    human_rated: dict[str, list[RatedPair]] = {}
+    lengths = human_by_prompt(human, length_scores(human))  # the baseline, prompt by prompt
     for mode in modes:
         rp = rate_set(cfg, engine, planted, mode, ev / f"rated_planted_{mode}.jsonl", rater)
         rh = rate_set(cfg, engine, human, mode, ev / f"rated_human_{mode}.jsonl", rater) if human else []
-        human_rated[mode] = rh
         rows[mode] = mode_metrics(rp, [r.score for r in rp], rh, [r.score for r in rh], kinds, threshold)
+        if human:  # against the length baseline (see `stats.paired_comparison`)
+            rows[mode]["human_paired"] = paired_comparison(*human_by_prompt(rh, [r.score for r in rh]), *lengths,
+                                                           seed=cfg.run.seed)
         both = curation_stats([*rp, *rh], threshold)
         rows[mode]["parse_failure_rate"] = both["parse_failure_rate"]  # generated outputs without a score line
         rows[mode]["unscored_pairs_rate"] = round(both["unscored"] / both["rated"], 4) if both["rated"] else 0.0
@@ -296,12 +298,8 @@ def evaluate_curation(
         if mode == cfg.curation.mode:
             detail = {**curation_metrics(rp, threshold), "records": str(ev / f"rated_planted_{mode}.jsonl")}
     rows[LENGTH] = mode_metrics(planted, length_scores(planted), human, length_scores(human), kinds, None)
-    if human:  # each mode against the length baseline, prompt by prompt (see `stats.paired_comparison`)
-        lg, lb = human_by_prompt(human, length_scores(human))
-        for mode in modes:
-            g, b = human_by_prompt(human_rated[mode], [r.score for r in human_rated[mode]])
-            rows[mode]["human_paired"] = paired_comparison(g, b, lg, lb, seed=cfg.run.seed)
-        rows[LENGTH]["human_paired"] = paired_comparison(lg, lb)
+    if human:
+        rows[LENGTH]["human_paired"] = paired_comparison(*lengths)
     if not detail:  # the run's mode is not among those compared: the first one in detail
         rp = rate_set(cfg, engine, planted, modes[0], ev / f"rated_planted_{modes[0]}.jsonl", rater)
         detail = {**curation_metrics(rp, threshold), "records": str(ev / f"rated_planted_{modes[0]}.jsonl")}
