@@ -128,8 +128,9 @@ def bootstrap_nll(
     return out
 
 
-def _bootstrap_indices(n: int, n_boot: int, rng: Any) -> Any:
-    return rng.integers(0, n, (n_boot, n)) if n else None
+def _resampled_aucs(pos: Any, neg: Any) -> Any:
+    """ROC AUC (ties 1/2) of each row of resampled positive and negative scores, (n_boot, n) each."""
+    return (pos[:, :, None] > neg[:, None, :]).mean((1, 2)) + (pos[:, :, None] == neg[:, None, :]).mean((1, 2)) / 2
 
 
 def auc_interval(labels: Sequence[bool | int], scores: Sequence[float], n_boot: int = 2000, seed: int = 0,
@@ -144,11 +145,8 @@ def auc_interval(labels: Sequence[bool | int], scores: Sequence[float], n_boot: 
     if not len(pos) or not len(neg):
         return None
     rng = np.random.default_rng(seed)
-    p = pos[_bootstrap_indices(len(pos), n_boot, rng)]  # (n_boot, n_pos)
-    q = neg[_bootstrap_indices(len(neg), n_boot, rng)]  # (n_boot, n_neg)
-    gt = (p[:, :, None] > q[:, None, :]).mean((1, 2))
-    eq = (p[:, :, None] == q[:, None, :]).mean((1, 2))
-    aucs = gt + eq / 2
+    aucs = _resampled_aucs(pos[rng.integers(0, len(pos), (n_boot, len(pos)))],
+                           neg[rng.integers(0, len(neg), (n_boot, len(neg)))])
     return [round(float(np.percentile(aucs, 50 * (1 - confidence))), 4),
             round(float(np.percentile(aucs, 50 * (1 + confidence))), 4)]
 
@@ -178,11 +176,10 @@ def paired_comparison(good: Sequence[float], bad: Sequence[float], other_good: S
     if not len(other_good) == len(other_bad) == n:
         raise ValueError("the other scorer's items differ in number")
     rng = np.random.default_rng(seed)
-    idx = _bootstrap_indices(n, n_boot, rng)
+    idx = rng.integers(0, n, (n_boot, n))  # prompts; both items of a prompt, both scorers, the same draw
 
     def aucs(g: Sequence[float], b: Sequence[float]) -> Any:
-        ga, ba = np.asarray(g, dtype=float)[idx], np.asarray(b, dtype=float)[idx]  # (n_boot, n)
-        return ((ga[:, :, None] > ba[:, None, :]).mean((1, 2)) + (ga[:, :, None] == ba[:, None, :]).mean((1, 2)) / 2)
+        return _resampled_aucs(np.asarray(g, dtype=float)[idx], np.asarray(b, dtype=float)[idx])
 
     diff = aucs(good, bad) - aucs(other_good, other_bad)
     point = roc_auc([True] * n + [False] * n, [*good, *bad]) - roc_auc([True] * n + [False] * n,
