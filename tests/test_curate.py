@@ -344,6 +344,40 @@ def test_likelihood_mode_resumes_without_rescoring(tiny_model: Path, tmp_path: P
     assert [r.parts["value"] for r in again] == pytest.approx([r.parts["value"] for r in whole], abs=1e-3)
 
 
+def test_role_margins_are_computed_once_per_instruction_across_chunks(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.curate as curate
+    import selfalign.likelihood as likelihood
+    from selfalign.generation import load_engine
+
+    cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=combined"])
+    engine = load_engine(cfg, str(tiny_model))
+    # 3 instructions, each with two responses that land in different chunks of 2 (as evaluate's
+    # good pairs and their planted copies, or a prompt's best and last human-judged replies)
+    pairs = [AugmentedPair(f"Write about item {k % 3}.", f"Item {k} is a thing. " * (k + 1), str(k), "s", "")
+             for k in range(6)]
+    whole = rate_pairs(engine, pairs, cfg.curation, tmp_path / "whole.jsonl")
+    monkeypatch.setattr(curate, "_LIKELIHOOD_CHUNK", 2)
+    real, scored = likelihood.token_logprobs, []
+
+    def counting(model, seqs, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        if a[3:4] == ("instruction roles",) or k.get("desc") == "instruction roles":
+            scored.append(len(seqs))
+        return real(model, seqs, *a, **k)
+
+    monkeypatch.setattr(likelihood, "token_logprobs", counting)
+    chunked = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
+    assert sum(scored) == 2 * 3  # two passes (user, assistant) per distinct instruction, not per pair
+    assert [r.parts["role_margin"] for r in chunked] == pytest.approx([r.parts["role_margin"] for r in whole],
+                                                                      abs=1e-4)
+    # a resumed run reads the known instructions' NLLs from the records it already has
+    lines = (tmp_path / "r.jsonl").read_text().splitlines()
+    (tmp_path / "r.jsonl").write_text("\n".join(lines[:3]) + "\n")
+    scored.clear()
+    again = rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
+    assert sum(scored) == 0 and [r.score for r in again] == [r.score for r in chunked]
+
+
 @pytest.mark.parametrize("mode", ["likelihood", "combined"])
 def test_rate_batch_likelihood_rows_rank_like_the_local_stage(tiny_model: Path, tmp_path: Path, mode: str) -> None:
     from selfalign.curate import finish_ranked, rate_batch

@@ -339,16 +339,18 @@ def combine(rated: list[RatedPair]) -> list[RatedPair]:
 
 
 def score_likelihood(
-    engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, progress: bool = True
+    engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, max_response_tokens: int, progress: bool = True,
+    role_cache: dict[str, tuple[float, float]] | None = None,
 ) -> list[RatedPair]:
-    """Records of the likelihood modes: `parts` and the value, score None until `rank_scores`."""
+    """Records of the likelihood modes: `parts` and the value, score None until `rank_scores`.
+    `role_cache`: instructions whose role NLLs are known (`likelihood.instruction_roles`)."""
     model = getattr(engine, "model", None)
     if model is None:
         raise ConfigError(f"curation.mode={cur.mode} reads the model's token probabilities: it needs "
                           "generation.backend=hf")
     res = pair_likelihoods(model, engine.tokenizer, [(p.instruction, p.response) for p in pairs],
                            max_response_tokens, batch_size=max(1, min(_LIKELIHOOD_BATCH, getattr(engine, "batch_size", 8))),
-                           progress=progress, roles=True)
+                           progress=progress, roles=True, role_cache=role_cache)
     out = []
     for p, r in zip(pairs, res, strict=True):
         parts = {k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in asdict(r).items()}
@@ -411,15 +413,20 @@ def finish_ranked(rated: list[RatedPair], out_path: Path, mode: str) -> list[Rat
 def _rate_likelihood(
     engine: Engine, pairs: list[AugmentedPair], cur: CurationConfig, out_path: Path, max_response_tokens: int
 ) -> list[RatedPair]:
-    """The likelihood modes: chunks of pairs logged as they finish (resumable), then ranked."""
+    """The likelihood modes: chunks of pairs logged as they finish (resumable), then ranked. An
+    instruction's role NLLs are computed once per run (pairs that share an instruction, as
+    evaluate's planted copies and human-judged replies do, often fall in different chunks)."""
     log = RecordLog(out_path)
     done = log.done_keys("source_id")
     todo = [p for p in pairs if p.source_id not in done]
+    roles = {r["instruction"]: (r["parts"]["nll_instruction_user"], r["parts"]["nll_instruction_assistant"])
+             for r in log.records if (r.get("parts") or {}).get("nll_instruction_user") is not None
+             and r["parts"].get("nll_instruction_assistant") is not None}
     bar = tqdm(total=len(todo), desc=f"rate ({cur.mode})", unit="pair", disable=not todo)
     try:
         for start in range(0, len(todo), _LIKELIHOOD_CHUNK):
             chunk = todo[start : start + _LIKELIHOOD_CHUNK]
-            for rec in score_likelihood(engine, chunk, cur, max_response_tokens, progress=False):
+            for rec in score_likelihood(engine, chunk, cur, max_response_tokens, progress=False, role_cache=roles):
                 log.append(asdict(rec))
             bar.update(len(chunk))
     finally:

@@ -114,14 +114,19 @@ def _prefix(tokenizer: Any, messages_of: Any) -> list[int]:
 
 
 def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_tokens: int = 128,
-                      batch_size: int = 8, progress: bool = True) -> list[tuple[float, float]]:
+                      batch_size: int = 8, progress: bool = True,
+                      cache: dict[str, tuple[float, float]] | None = None) -> list[tuple[float, float]]:
     """(mean NLL as the user's turn, mean NLL as the assistant's reply to the neutral turn of
     `templates.json` "role_check") of each instruction's first `max_tokens` tokens; each distinct
     instruction is scored once. An instruction as the user's turn is what the run's forward prompt
-    renders; as the assistant's reply, the text after that prompt for the neutral user turn."""
-    distinct = list(dict.fromkeys(instructions))
+    renders; as the assistant's reply, the text after that prompt for the neutral user turn.
+
+    `cache` (instruction -> its two NLLs) holds instructions scored before, e.g. by an earlier
+    chunk of the same rating run: they are not scored again, and the new ones are added to it."""
+    got = cache if cache is not None else {}
+    distinct = [t for t in dict.fromkeys(instructions) if t not in got]
     if not distinct:
-        return []
+        return [got[t] for t in instructions]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     user = _prefix(tokenizer, forward_messages)
     turn = templates().get("role_check", {}).get("user_turn", NEUTRAL_TURN)
@@ -130,17 +135,18 @@ def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_t
     seqs = [user + x for x in ids] + [assistant + x for x in ids]
     starts = [len(user)] * len(ids) + [len(assistant)] * len(ids)
     lps = token_logprobs(model, seqs, starts, pad, batch_size, "instruction roles", progress)
-    got = {t: (_mean_nll(lps[k]), _mean_nll(lps[len(ids) + k])) for k, t in enumerate(distinct)}
+    got.update({t: (_mean_nll(lps[k]), _mean_nll(lps[len(ids) + k])) for k, t in enumerate(distinct)})
     return [got[t] for t in instructions]
 
 
 def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], max_response_tokens: int = 256,
                      segments: int = 3, batch_size: int = 8, progress: bool = True,
                      tail_tokens: int = 32, max_instruction_tokens: int = 128,
-                     roles: bool = False) -> list[PairLikelihood]:
+                     roles: bool = False, role_cache: dict[str, tuple[float, float]] | None = None,
+                     ) -> list[PairLikelihood]:
     """The likelihood parts of each (instruction, response) pair: two forward passes per pair;
     with `roles`, also the role margin (two short passes per distinct instruction,
-    `instruction_roles`; NaN without). The likelihood curation modes ask for it: the combined
+    `instruction_roles`, which reuses and fills `role_cache`; NaN without). The likelihood curation modes ask for it: the combined
     mode reads it (`curate.COMBINED_SIGNALS`)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -164,7 +170,7 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
                             "likelihood", progress)
     nan = float("nan")
     role_nlls = instruction_roles(model, tokenizer, [i for i, _ in pairs], max_instruction_tokens, batch_size,
-                                  progress) if roles else [(nan, nan)] * len(pairs)
+                                  progress, role_cache) if roles else [(nan, nan)] * len(pairs)
     out = []
     for c, u, n, e, was_cut, (nu_i, na_i) in zip(cond, uncond, n_resp, n_end, cuts, role_nlls, strict=True):
         resp_c = c[:n]
