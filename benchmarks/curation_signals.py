@@ -27,7 +27,10 @@ length on the human set prompt by prompt:
 - the same four as robust z-scores within the rated set, value = the sum of their negative
   parts: the shipped `combined` mode (`curate.combined_values`, called here);
 - the two-signal value as a robust z-score plus the negative parts of the worst segment's and
-  the role margin's ("penalties"; measured, not adopted).
+  the role margin's ("penalties"; measured, not adopted);
+- the shipped `quality` mode: the combined value plus the full robust z-scores of fluency
+  (-NLL of the response given its instruction) and log length (`curate.quality_values`); and
+  the same quality term without the combined value (measured, not adopted).
 
 About 7 minutes on 2 cores. It is a design probe, not the evaluation: `selfalign evaluate`
 measures the modes on its own draw. `--eval-run runs/default` scores that run's evaluation
@@ -125,7 +128,13 @@ def main() -> None:
     import torch
 
     from selfalign.config import ModelsConfig
-    from selfalign.curate import COMBINED_SIGNALS, combined_values, robust_z
+    from selfalign.curate import (
+        COMBINED_SIGNALS,
+        QUALITY_SIGNALS,
+        combined_values,
+        quality_values,
+        robust_z,
+    )
     from selfalign.evaluate.stats import roc_auc
     from selfalign.likelihood import finite_or, pair_likelihoods
     from selfalign.models import load_model, resolve_model
@@ -181,6 +190,12 @@ def main() -> None:
         two = robust_z([signed["explained"](r) + signed["end"](r) for r in rs])
         for r, (value, _) in zip(rs, combined_values(rs), strict=True):
             r["combined"] = value  # the shipped mode, from curate
+        stand_ins = [" " * r["chars"] for r in rs]  # the rows keep the responses' lengths, not their text
+        for r, (value, _) in zip(rs, quality_values(rs, stand_ins), strict=True):
+            r["quality"] = value
+        zq = {name: robust_z([fn(r, t) for r, t in zip(rs, stand_ins, strict=True)]) for name, fn in QUALITY_SIGNALS.items()}
+        for k, r in enumerate(rs):
+            r["quality_only"] = sum(z[k] for z in zq.values())
         for k, r in enumerate(rs):
             r["penalties"] = two[k] + min(0.0, z["segments"][k]) + min(0.0, z["role"][k])
 
@@ -201,6 +216,8 @@ def main() -> None:
         **{f"four signals without {ex}": partial(design, ex=ex) for ex in four},
         "four signals, sum of negative robust z (combined mode, shipped)": lambda r: r["combined"],
         "two-signal + penalties (segments, role; not adopted)": lambda r: r["penalties"],
+        "combined + z(fluency) + z(log length) (quality mode, shipped)": lambda r: r["quality"],
+        "z(fluency) + z(log length) alone (not adopted)": lambda r: r["quality_only"],
         "length (characters)": lambda r: r["chars"],
     }
     kinds = [k for k in dict.fromkeys(r["kind"] for r in rows) if k not in ("good", *human_kinds)]

@@ -276,7 +276,7 @@ def _ranked_pairs(n: int = 5) -> list[AugmentedPair]:
             for k in range(n)]
 
 
-@pytest.mark.parametrize("mode", ["likelihood", "combined"])
+@pytest.mark.parametrize("mode", ["likelihood", "combined", "quality"])
 def test_likelihood_modes_write_parts_and_rank_scores(tiny_model: Path, tmp_path: Path, mode: str) -> None:
     import math
 
@@ -292,15 +292,22 @@ def test_likelihood_modes_write_parts_and_rank_scores(tiny_model: Path, tmp_path
     # the combined value, computed here apart: each signal's robust z among the 5, sum of the negative parts
     signals = [[math.log(max(1 - d.ifd, 1e-4)) for d in direct], [d.end_logprob for d in direct],
                [-d.worst_segment_ratio for d in direct], [d.role_margin for d in direct]]
-    zs = []
-    for col in signals:
+    # the quality value adds the full z-scores of -NLL(response | instruction) and log(1 + characters)
+    quality = [[-d.nll_conditional for d in direct], [math.log(1 + len(p.response)) for p in pairs]]
+
+    def z(col: list[float]) -> list[float]:
         med = statistics.median(col)
         mad = 1.4826 * statistics.median(abs(v - med) for v in col)
-        zs.append([(v - med) / mad for v in col])
+        return [(v - med) / mad for v in col]
+
+    zs, zq = [z(col) for col in signals], [z(col) for col in quality]
     for k, (r, d) in enumerate(zip(out, direct, strict=True)):
         assert r.parts["ifd"] == pytest.approx(d.ifd, abs=1e-4)
         assert r.parts["role_margin"] == pytest.approx(d.role_margin, abs=1e-4)
         want = 1 - d.ifd if mode == "likelihood" else sum(min(0.0, z[k]) for z in zs)
+        if mode == "quality":
+            want += zq[0][k] + zq[1][k]
+            assert r.parts["z"]["length"] == pytest.approx(zq[1][k], abs=1e-3)
         assert r.parts["value"] == pytest.approx(want, abs=1e-3)
         assert r.response_cut == d.cut
     assert any(r.response_cut for r in out)  # the long responses were cut to 12 tokens (head and tail)
@@ -378,7 +385,7 @@ def test_role_margins_are_computed_once_per_instruction_across_chunks(
     assert sum(scored) == 0 and [r.score for r in again] == [r.score for r in chunked]
 
 
-@pytest.mark.parametrize("mode", ["likelihood", "combined"])
+@pytest.mark.parametrize("mode", ["likelihood", "combined", "quality"])
 def test_rate_batch_likelihood_rows_rank_like_the_local_stage(tiny_model: Path, tmp_path: Path, mode: str) -> None:
     from selfalign.curate import finish_ranked, rate_batch
     from selfalign.generation import load_engine
@@ -426,6 +433,29 @@ def test_combined_value_penalizes_each_bad_signal_and_never_rewards() -> None:
     assert all(r.parts["value"] <= 0 for r in out.values() if r.parts)
 
 
+def test_quality_value_adds_fluency_and_length_to_the_combined_penalties() -> None:
+    from selfalign.curate import combine
+
+    def rec(sid: str, response: str, nll: float, ifd: float = 0.8, end: float = -1.0) -> RatedPair:
+        return RatedPair("i", response, sid, "s", None, "", parts={
+            "ifd": ifd, "end_logprob": end, "worst_segment_ratio": 1.0, "role_margin": 0.5, "n_tokens": 10,
+            "nll_conditional": nll})
+
+    typical = [rec(str(k), "x" * (100 + 10 * k), 2.0 + 0.05 * k, 0.8 + 0.01 * k, -1.0 - 0.1 * k) for k in range(6)]
+    fluent_long = rec("good", "x" * 400, 1.5)  # typical on the combined signals, more fluent and longer
+    terse = rec("terse", "x" * 20, 3.0)  # less fluent and shorter
+    cut = rec("cut", "x" * 400, 1.5, end=-12.0)  # fluent and long, but it does not end where it ends
+    recs = [*typical, fluent_long, terse, cut]
+    comb = {r.source_id: r for r in combine(recs)}
+    qual = {r.source_id: r for r in combine(recs, "quality")}
+    assert comb["good"].parts["value"] == comb["terse"].parts["value"] == 0.0  # combined cannot tell them apart
+    assert qual["good"].parts["value"] > max(qual[str(k)].parts["value"] for k in range(6)) > qual["terse"].parts["value"]
+    assert qual["good"].parts["z"]["fluency"] > 0 and qual["terse"].parts["z"]["length"] < 0
+    # the combined penalty stays: the truncated reply ranks below the one that ends well
+    assert qual["cut"].parts["value"] < qual["good"].parts["value"]
+    assert {"explained", "end", "segments", "role"} <= set(qual["good"].parts["z"])
+
+
 def test_rank_scores_ties_singletons_and_unvalued() -> None:
     from selfalign.curate import rank_scores
 
@@ -449,3 +479,7 @@ def test_revalue_turns_one_likelihood_mode_into_the_other(tiny_model: Path, tmp_
     derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl", "combined")
     assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in comb], abs=1e-3)
     assert [r.score for r in derived] == [r.score for r in comb]
+    qual = rate_pairs(engine, pairs, cfg.curation.model_copy(update={"mode": "quality"}), tmp_path / "q.jsonl")
+    derived = finish_ranked(revalue(comb, "quality"), tmp_path / "dq.jsonl", "quality")
+    assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in qual], abs=1e-3)
+    assert [r.score for r in derived] == [r.score for r in qual]

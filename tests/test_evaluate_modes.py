@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from selfalign import io as sio
+from selfalign.curate import RANKED_MODES
 from selfalign.evaluate import (
     CORRUPTION_KINDS,
     GOOD,
@@ -280,9 +281,9 @@ def test_interrupted_rating_resumes_without_redoing_records(smoke_cfg, tiny_mode
     cfg = smoke_cfg.model_copy(deep=True)
     cfg.curation.max_new_tokens = 8
     engine = load_engine(cfg, str(tiny_model))
-    # 6 good + 6 planted, 3 + 3 human, per mode; the second likelihood mode is re-valued from the
-    # first one's records (`curate.revalue`), not rated
-    total = (len(eval_modes()) - 1) * (12 + 6)
+    # 6 good + 6 planted, 3 + 3 human, per mode; the ranked modes after the first are re-valued
+    # from its records (`curate.revalue`), not rated
+    total = (len(eval_modes()) - len(RANKED_MODES) + 1) * (12 + 6)
 
     with monkeypatch.context() as m:
         calls = _count_appends(m)

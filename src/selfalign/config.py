@@ -210,10 +210,10 @@ class GenerationConfig(_Section):
 
 class CurationConfig(_Section):
     # generate: the rater writes reasoning and "Score: N"; logprob: the expected score from the rater's
-    # next-token probabilities (one pass); likelihood / combined: two forward passes of the response and
-    # two short ones of the instruction, no rating prompt (curate.py), scored 1-5 by rank among the
-    # pairs rated together
-    mode: Literal["generate", "logprob", "likelihood", "combined"] = "combined"
+    # next-token probabilities (one pass); likelihood / combined / quality: two forward passes of the
+    # response and two short ones of the instruction, no rating prompt (curate.py), scored 1-5 by
+    # rank among the pairs rated together
+    mode: Literal["generate", "logprob", "likelihood", "combined", "quality"] = "combined"
     shots: NonNegInt = 3  # few-shot worked examples prepended to the rating prompt
     threshold: _float_range(1.0, 5.0) = 4.0  # keep pairs with score >= threshold
     n_samples: _int_range(1, 64) = 1  # > 1: sample n ratings and use the mean (paper: 4.5 threshold)

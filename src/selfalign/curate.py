@@ -1,6 +1,6 @@
 """Self-curation: a rater scores each (instruction, response) pair 1-5; good pairs are kept.
 
-Four modes (`curation.mode`):
+Five modes (`curation.mode`):
 
 - `generate`: the paper's Table 1 rating prompt (templates/rating_prompt.txt) with k worked
   examples before it; the rater writes reasoning then "Score: N"; generation stops at that line,
@@ -19,11 +19,17 @@ Four modes (`curation.mode`):
   appended boilerplate) and the instruction's role margin (it reads as a user's request, not as
   an answer: what an untrained backward model writes). Chosen by measurement on three draws of
   OASST1 pairs, see the README ("Curation modes").
+- `quality`: the combined value plus two signals of the response itself as full z-scores
+  (`QUALITY_SIGNALS`): fluency (minus its NLL per token given the instruction) and length. It
+  trades catching mismatched pairs for ranking good replies as people do: at SmolLM2-135M it is
+  the only mode above the length baseline on OASST1's human ranks, and worse than `combined` on
+  planted bad pairs (README, "Curation modes").
 
 The likelihood modes have no 1-5 scale of their own: a pair's score is 1 + 4 x its rank fraction
 among the pairs rated together (`rank_scores`: lowest 1, highest 5, ties share a rank), so a
 threshold of 4 keeps the top quarter. Their records carry `parts` (the NLLs, IFD, end
-log-probability, worst segment ratio, role margin, the combined mode's z-scores and the value),
+log-probability, worst segment ratio, role margin, the combined or quality mode's z-scores and
+the value),
 so a user can see why a pair was kept.
 """
 
@@ -58,8 +64,8 @@ from selfalign.prompts import (
 )
 from selfalign.records import AugmentedPair, RatedPair
 
-MODES = ("generate", "logprob", "likelihood", "combined")
-RANKED_MODES = ("likelihood", "combined")  # scored by rank among the pairs rated together
+MODES = ("generate", "logprob", "likelihood", "combined", "quality")
+RANKED_MODES = ("likelihood", "combined", "quality")  # scored by rank among the pairs rated together
 _LIKELIHOOD_CHUNK = 32  # pairs per logged chunk (an interruption loses at most one)
 # sequences per forward pass: full-vocabulary logits of every position are float32 (batch x length x
 # vocabulary: 8 x 300 x 49k = 0.5 GB for SmolLM2); larger batches only add memory traffic on a CPU
@@ -296,6 +302,16 @@ COMBINED_SIGNALS: dict[str, Any] = {
 }
 
 
+# The quality mode adds two signals of the response itself (higher better), as full robust
+# z-scores (rewards and penalties) on top of the combined mode's penalties: fluency, minus the
+# response's NLL per token given its instruction (a missing one counts as 20 nats), and its
+# length, log(1 + characters), the baseline of "Long Is More for Alignment" (Zhao et al. 2024).
+QUALITY_SIGNALS: dict[str, Any] = {
+    "fluency": lambda p, response: -_finite(p.get("nll_conditional"), 20.0),
+    "length": lambda p, response: math.log1p(len(response)),
+}
+
+
 def _finite(x: Any, default: float) -> float:
     return float(x) if isinstance(x, (int, float)) and math.isfinite(x) else default
 
@@ -321,19 +337,31 @@ def combined_values(parts: list[dict[str, Any]]) -> list[tuple[float, dict[str, 
             for k in range(len(parts))]
 
 
+def quality_values(parts: list[dict[str, Any]], responses: list[str]) -> list[tuple[float, dict[str, float]]]:
+    """The quality mode's (value, z-scores): the combined value plus the robust z-scores of
+    `QUALITY_SIGNALS` among all the records."""
+    z = {name: robust_z([fn(p, r) for p, r in zip(parts, responses, strict=True)])
+         for name, fn in QUALITY_SIGNALS.items()}
+    return [(value + sum(z[name][k] for name in z), {**zc, **{name: round(z[name][k], 4) for name in z}})
+            for k, (value, zc) in enumerate(combined_values(parts))]
+
+
 def _likelihood_value(mode: str, ifd: float) -> float | None:
     """The value of one pair in `likelihood` mode (1 - IFD); None when not finite, and always
-    None in `combined` mode (a value among the set: `combine`)."""
+    None in the `combined` and `quality` modes (a value among the set: `combine`)."""
     value = 1.0 - ifd if mode == "likelihood" else float("nan")
     return value if math.isfinite(value) else None
 
 
-def combine(rated: list[RatedPair]) -> list[RatedPair]:
-    """The combined mode's values (`combined_values`) of the records with likelihood parts, in
-    their `parts` with the z-scores; records without parts (errors) are unchanged."""
+def combine(rated: list[RatedPair], mode: str = "combined") -> list[RatedPair]:
+    """The combined (or quality) mode's values (`combined_values`, `quality_values`) of the
+    records with likelihood parts, in their `parts` with the z-scores; records without parts
+    (errors) are unchanged."""
     idx = [i for i, r in enumerate(rated) if r.parts.get("n_tokens")]
+    parts = [rated[i].parts for i in idx]
+    values = quality_values(parts, [rated[i].response for i in idx]) if mode == "quality" else combined_values(parts)
     out = list(rated)
-    for i, (value, z) in zip(idx, combined_values([rated[i].parts for i in idx]), strict=True):
+    for i, (value, z) in zip(idx, values, strict=True):
         out[i] = RatedPair(**{**asdict(rated[i]), "parts": {**rated[i].parts, "z": z, "value": round(value, 6)}})
     return out
 
@@ -364,8 +392,8 @@ def score_likelihood(
 
 
 def revalue(rated: list[RatedPair], mode: str) -> list[RatedPair]:
-    """Likelihood-mode records re-valued for `mode` from their parts (both modes read the same
-    parts, so one pass serves both). Unranked; `combined` values come with `rank_scores`."""
+    """Likelihood-mode records re-valued for `mode` from their parts (the ranked modes read the
+    same parts, so one pass serves all). Unranked; `combined` and `quality` values come with `rank_scores`."""
     out = []
     for r in rated:
         p = r.parts
@@ -379,9 +407,9 @@ def revalue(rated: list[RatedPair], mode: str) -> list[RatedPair]:
 def rank_scores(rated: list[RatedPair], mode: str | None = None) -> list[RatedPair]:
     """Scores 1-5 of likelihood-mode records from their values: 1 + 4 x rank fraction among the
     records with a value (ties share the mean rank; a single record scores 5). Others unchanged.
-    In `combined` mode the values are first computed among the set (`combine`)."""
-    if mode == "combined":
-        rated = combine(rated)
+    In the `combined` and `quality` modes the values are first computed among the set (`combine`)."""
+    if mode in ("combined", "quality"):
+        rated = combine(rated, mode)
     valued = [i for i, r in enumerate(rated) if r.parts.get("value") is not None]
     order = sorted(valued, key=lambda i: rated[i].parts["value"])
     ranks: dict[int, float] = {}

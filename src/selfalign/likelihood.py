@@ -146,8 +146,8 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
                      ) -> list[PairLikelihood]:
     """The likelihood parts of each (instruction, response) pair: two forward passes per pair;
     with `roles`, also the role margin (two short passes per distinct instruction,
-    `instruction_roles`, which reuses and fills `role_cache`; NaN without). The likelihood curation modes ask for it: the combined
-    mode reads it (`curate.COMBINED_SIGNALS`)."""
+    `instruction_roles`, which reuses and fills `role_cache`; NaN without). The likelihood
+    curation modes ask for it: the combined and quality modes read it (`curate.COMBINED_SIGNALS`)."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     cond_seqs, cond_starts, uncond_seqs, n_resp, n_end, cuts = [], [], [], [], [], []

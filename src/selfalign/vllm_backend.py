@@ -152,7 +152,7 @@ class VllmEngine:
 
     def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
                          progress: bool = True) -> list[list[float]]:
-        raise VllmError("curation.mode=logprob (and likelihood, combined) needs generation.backend=hf")
+        raise VllmError("curation.mode=logprob (and likelihood, combined, quality) needs generation.backend=hf")
 
     def _generate(self, prompts: list[str], params: Any) -> list[str]:
         ids = self.encode(prompts)
