@@ -185,7 +185,7 @@ def plot_mode_aucs(columns: Sequence[str], rows: dict[str, Sequence[float | None
     each corruption kind, the human-judged set); a missing AUC is left out; chance = 0.5."""
     if not rows or not columns:
         return None
-    fig = _figure(max(7.0, 1.3 * len(columns) + 2), 4.2)
+    fig = _figure(max(8.0, 1.3 * len(columns) + 3.5), 4.2)
     ax = fig.add_subplot()
     width = 0.8 / len(rows)
     for k, (mode, values) in enumerate(rows.items()):
@@ -198,7 +198,7 @@ def plot_mode_aucs(columns: Sequence[str], rows: dict[str, Sequence[float | None
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("ROC AUC (good vs bad)")
     ax.set_title("Curation modes: AUC per set and corruption kind")
-    ax.legend(fontsize="small", ncols=min(len(rows) + 1, 4), loc="lower left")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, not on them
     return _save(fig, path)
 
 
