@@ -191,11 +191,9 @@ def main() -> None:
         for r, (value, _) in zip(rs, combined_values(rs), strict=True):
             r["combined"] = value  # the shipped mode, from curate
         stand_ins = [" " * r["chars"] for r in rs]  # the rows keep the responses' lengths, not their text
-        for r, (value, _) in zip(rs, quality_values(rs, stand_ins), strict=True):
+        for r, (value, zr) in zip(rs, quality_values(rs, stand_ins), strict=True):
             r["quality"] = value
-        zq = {name: robust_z([fn(r, t) for r, t in zip(rs, stand_ins, strict=True)]) for name, fn in QUALITY_SIGNALS.items()}
-        for k, r in enumerate(rs):
-            r["quality_only"] = sum(z[k] for z in zq.values())
+            r["quality_only"] = sum(zr[name] for name in QUALITY_SIGNALS)  # its two added z-scores
         for k, r in enumerate(rs):
             r["penalties"] = two[k] + min(0.0, z["segments"][k]) + min(0.0, z["role"][k])
 
