@@ -293,12 +293,12 @@ def _n_params(model: Any) -> int:
 
 def stage_augmentation(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
     from selfalign.generation import GenParams, generate, load_engine
-    from selfalign.prompts import backward_messages, render_prompt, truncate_tokens
+    from selfalign.prompts import shipped, truncate_tokens
 
     s = Sizes(**job["sizes"])
     engine = load_engine(_config(job), job["model_path"], stage="augment")  # gen_batch_size 0: auto
     tok = engine.tokenizer
-    prompts = [render_prompt(tok, backward_messages(truncate_tokens(tok, r, s.aug_response_tokens)[0]))
+    prompts = [shipped().render_prompt(tok, shipped().backward_messages(truncate_tokens(tok, r, s.aug_response_tokens)[0]))
                for r in job["responses"]]
     params = GenParams(temperature=0.0, top_p=1.0, max_new_tokens=s.aug_new_tokens, seed=0)
     counter = GenCounter(engine)
@@ -328,9 +328,10 @@ def stage_augmentation(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
 
 def stage_curation(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
     from selfalign.config import CurationConfig
-    from selfalign.curate import _score_suffix, build_rating_prompts, parse_score, rate_pairs
+    from selfalign.curate import parse_score, rate_pairs, rating_prompts
     from selfalign.generation import GenParams, generate, load_engine
     from selfalign.records import AugmentedPair
+    from selfalign.scoring import score_suffix
 
     s = Sizes(**job["sizes"])
     engine = load_engine(_config(job), job["model_path"], stage="curate")  # gen_batch_size 0: auto
@@ -341,9 +342,9 @@ def stage_curation(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
                            max_new_tokens=s.cur_new_tokens, max_response_tokens=s.cur_response_tokens)
     cur_lp = cur_k.model_copy(update={"mode": "logprob"})
     cur_0 = cur_k.model_copy(update={"shots": 0})
-    prompts_k = build_rating_prompts(engine, pairs, s.cur_shots, s.cur_response_tokens)
-    prompts_0 = build_rating_prompts(engine, pairs, 0, s.cur_response_tokens)
-    suffix, _ = _score_suffix(tok)
+    prompts_k = rating_prompts(engine, pairs, s.cur_shots, s.cur_response_tokens)[0]
+    prompts_0 = rating_prompts(engine, pairs, 0, s.cur_response_tokens)[0]
+    suffix, _ = score_suffix(tok)
     tok_k = _required_prompt_tokens(tok, prompts_k)
     tok_lp = _required_prompt_tokens(tok, [p + suffix for p in prompts_k])
     tok_0 = _required_prompt_tokens(tok, prompts_0)

@@ -62,9 +62,13 @@ def run_local(cfg: Any, spec: str, shards: Path, out: Path) -> float:
 
 def run_ray(cfg: Any, spec: str, shards: Path, out: Path) -> float:
     from selfalign import ray_exec
+    from selfalign.augment import AugmentStep
+    from selfalign.prompts import Templates
+    from selfalign.steps import ModelRef
 
     t = time.perf_counter()
-    ray_exec.run_job(cfg, "augment", shards, out, spec, None, "bench")
+    ray_exec.run_job(cfg, AugmentStep.from_config(cfg, Templates.for_config(cfg), "bench"), shards, out,
+                     ModelRef(spec, None, "bench", "augment"))
     n = len(out.read_text().splitlines())
     assert n == sum(len(f.read_text().splitlines()) for f in shards.glob("*.jsonl")), n
     return time.perf_counter() - t

@@ -96,7 +96,7 @@ def test_missing_or_invalid_file(tmp_path: Path) -> None:
         load_config(bad)
 
 
-from selfalign.pipeline import _flat  # noqa: E402  (dotted key -> value)
+from selfalign.rundir import flat as _flat  # noqa: E402  (dotted key -> value)
 
 
 def test_class_defaults_and_shipped_default_yaml_agree() -> None:

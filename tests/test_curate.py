@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from selfalign import rank
 from selfalign.config import load_config
 from selfalign.curate import (
     RATING_STOPS,
@@ -18,7 +19,7 @@ from selfalign.curate import (
     write_curated,
 )
 from selfalign.generation import HFEngine
-from selfalign.prompts import rating_fewshot, rating_messages, rating_prompt
+from selfalign.prompts import shipped
 from selfalign.records import AugmentedPair, RatedPair
 
 # (rater output, expected score or None)
@@ -70,7 +71,7 @@ def test_reasoning_drops_the_score_line() -> None:
 
 
 def test_rating_prompt_is_the_papers_table_1_verbatim() -> None:
-    p = rating_prompt()
+    p = shipped().rating_prompt
     assert p.startswith("Below is an instruction from an user and a candidate answer. Evaluate whether or not "
                         "the answer is a good example of how AI Assistant should respond to the user's instruction. "
                         "Please assign a score using the following 5-point scale:\n1: It means the answer is incomplete,")
@@ -85,7 +86,7 @@ def test_rating_prompt_is_the_papers_table_1_verbatim() -> None:
 
 
 def test_fewshot_examples_cover_low_and_high_scores() -> None:
-    shots = rating_fewshot()
+    shots = shipped().rating_fewshot
     assert len(shots) >= 3
     first3 = {s["score"] for s in shots[:3]}
     assert min(first3) <= 2 and max(first3) >= 4
@@ -94,13 +95,13 @@ def test_fewshot_examples_cover_low_and_high_scores() -> None:
 
 
 def test_rating_messages_prepend_k_shots() -> None:
-    m0 = rating_messages("Do X", "Done.", 0)
-    m3 = rating_messages("Do X", "Done.", 3)
+    m0 = shipped().rating_messages("Do X", "Done.", 0)
+    m3 = shipped().rating_messages("Do X", "Done.", 3)
     assert len(m0) == 1 and len(m3) == 7
     assert m3[1]["role"] == "assistant" and "Score:" in m3[1]["content"]
     assert m3[-1]["content"].endswith("Do X\n\nDone.\n")
     with pytest.raises(ValueError):
-        rating_messages("x", "y", 99)
+        shipped().rating_messages("x", "y", 99)
 
 
 def rated(scores: list[float | None]) -> list[RatedPair]:
@@ -323,15 +324,14 @@ def test_likelihood_modes_write_parts_and_rank_scores(tiny_model: Path, tmp_path
 
 def test_likelihood_mode_resumes_without_rescoring(tiny_model: Path, tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    import selfalign.curate as curate
     from selfalign.generation import load_engine
 
     cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=combined"])
     engine = load_engine(cfg, str(tiny_model))
     pairs = _ranked_pairs(6)
     whole = rate_pairs(engine, pairs, cfg.curation, tmp_path / "whole.jsonl")
-    monkeypatch.setattr(curate, "_LIKELIHOOD_CHUNK", 2)
-    real, calls, kill = curate.score_likelihood, [], [True]
+    monkeypatch.setattr(rank, "CHUNK", 2)
+    real, calls, kill = rank.score_likelihood, [], [True]
 
     def failing(engine, chunk, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
         calls.append([p.source_id for p in chunk])
@@ -339,7 +339,7 @@ def test_likelihood_mode_resumes_without_rescoring(tiny_model: Path, tmp_path: P
             raise RuntimeError("killed")
         return real(engine, chunk, *a, **k)
 
-    monkeypatch.setattr(curate, "score_likelihood", failing)
+    monkeypatch.setattr(rank, "score_likelihood", failing)
     with pytest.raises(RuntimeError, match="killed"):
         rate_pairs(engine, pairs, cfg.curation, tmp_path / "r.jsonl")
     calls.clear()
@@ -353,7 +353,6 @@ def test_likelihood_mode_resumes_without_rescoring(tiny_model: Path, tmp_path: P
 
 def test_role_margins_are_computed_once_per_instruction_across_chunks(
         tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import selfalign.curate as curate
     import selfalign.likelihood as likelihood
     from selfalign.generation import load_engine
 
@@ -364,7 +363,7 @@ def test_role_margins_are_computed_once_per_instruction_across_chunks(
     pairs = [AugmentedPair(f"Write about item {k % 3}.", f"Item {k} is a thing. " * (k + 1), str(k), "s", "")
              for k in range(6)]
     whole = rate_pairs(engine, pairs, cfg.curation, tmp_path / "whole.jsonl")
-    monkeypatch.setattr(curate, "_LIKELIHOOD_CHUNK", 2)
+    monkeypatch.setattr(rank, "CHUNK", 2)
     real, scored = likelihood.token_logprobs, []
 
     def counting(model, seqs, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
@@ -386,24 +385,24 @@ def test_role_margins_are_computed_once_per_instruction_across_chunks(
 
 
 @pytest.mark.parametrize("mode", ["likelihood", "combined", "quality"])
-def test_rate_batch_likelihood_rows_rank_like_the_local_stage(tiny_model: Path, tmp_path: Path, mode: str) -> None:
-    from selfalign.curate import finish_ranked, rate_batch
+def test_rank_step_batches_rank_like_the_local_stage(tiny_model: Path, tmp_path: Path, mode: str) -> None:
     from selfalign.generation import load_engine
+    from selfalign.rank import RankStep
 
     cfg = load_config(None, [f"models.base={tiny_model}", f"curation.mode={mode}"])
     engine = load_engine(cfg, str(tiny_model))
     pairs = _ranked_pairs(4)
     local = rate_pairs(engine, pairs, cfg.curation, tmp_path / "local.jsonl", max_response_tokens=256)
-    rows = rate_batch(engine, pairs[:2], cfg.curation, max_response_tokens=256) + \
-        rate_batch(engine, pairs[2:], cfg.curation, max_response_tokens=256)
+    step = RankStep(shipped(), mode, 256)  # as a Ray actor runs it: batch by batch, ranked at the end
+    rows = step.run(engine, pairs[:2], isolate=True) + step.run(engine, pairs[2:], isolate=True)
     assert all(r.score is None for r in rows)  # rows alone have no rank
-    ranked = finish_ranked(rows, tmp_path / "ray.jsonl", mode)
+    ranked = step.finish(rows)
     assert [r.score for r in ranked] == [r.score for r in local]
     assert [r.parts["value"] for r in ranked] == pytest.approx([r.parts["value"] for r in local], abs=1e-3)
 
 
 def test_robust_z_median_mad_and_its_fallbacks() -> None:
-    from selfalign.curate import robust_z
+    from selfalign.rank import robust_z
 
     z = robust_z([1.0, 2.0, 3.0, 4.0, 100.0])  # median 3, deviations 2 1 0 1 97: MAD 1
     assert z == pytest.approx([-2 / 1.4826, -1 / 1.4826, 0.0, 1 / 1.4826, 97 / 1.4826])
@@ -413,7 +412,7 @@ def test_robust_z_median_mad_and_its_fallbacks() -> None:
 
 
 def test_combined_value_penalizes_each_bad_signal_and_never_rewards() -> None:
-    from selfalign.curate import combine
+    from selfalign.rank import combine
 
     def rec(sid: str, ifd: float, end: float, seg: float, role: float) -> RatedPair:
         return RatedPair("i", "r", sid, "s", None, "", parts={"ifd": ifd, "end_logprob": end, "worst_segment_ratio": seg,
@@ -434,7 +433,7 @@ def test_combined_value_penalizes_each_bad_signal_and_never_rewards() -> None:
 
 
 def test_quality_value_adds_fluency_and_length_to_the_combined_penalties() -> None:
-    from selfalign.curate import combine
+    from selfalign.rank import combine
 
     def rec(sid: str, response: str, nll: float, ifd: float = 0.8, end: float = -1.0) -> RatedPair:
         return RatedPair("i", response, sid, "s", None, "", parts={
@@ -457,7 +456,7 @@ def test_quality_value_adds_fluency_and_length_to_the_combined_penalties() -> No
 
 
 def test_rank_scores_ties_singletons_and_unvalued() -> None:
-    from selfalign.curate import rank_scores
+    from selfalign.rank import rank_scores
 
     def rec(v):  # noqa: ANN001, ANN202
         return RatedPair("i", "r", str(v), "s", None, "", parts={"value": v})
@@ -468,18 +467,19 @@ def test_rank_scores_ties_singletons_and_unvalued() -> None:
 
 
 def test_revalue_turns_one_likelihood_mode_into_the_other(tiny_model: Path, tmp_path: Path) -> None:
-    from selfalign.curate import finish_ranked, revalue
+    from selfalign.executors import finish
     from selfalign.generation import load_engine
+    from selfalign.rank import RankStep, revalue
 
     cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=likelihood"])
     engine = load_engine(cfg, str(tiny_model))
     pairs = _ranked_pairs(5)
     lik = rate_pairs(engine, pairs, cfg.curation, tmp_path / "l.jsonl")
     comb = rate_pairs(engine, pairs, cfg.curation.model_copy(update={"mode": "combined"}), tmp_path / "c.jsonl")
-    derived = finish_ranked(revalue(lik, "combined"), tmp_path / "d.jsonl", "combined")
+    derived = finish(RankStep(shipped(), "combined"), revalue(lik, "combined"), tmp_path / "d.jsonl")
     assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in comb], abs=1e-3)
     assert [r.score for r in derived] == [r.score for r in comb]
     qual = rate_pairs(engine, pairs, cfg.curation.model_copy(update={"mode": "quality"}), tmp_path / "q.jsonl")
-    derived = finish_ranked(revalue(comb, "quality"), tmp_path / "dq.jsonl", "quality")
+    derived = finish(RankStep(shipped(), "quality"), revalue(comb, "quality"), tmp_path / "dq.jsonl")
     assert [r.parts["value"] for r in derived] == pytest.approx([r.parts["value"] for r in qual], abs=1e-3)
     assert [r.score for r in derived] == [r.score for r in qual]

@@ -11,7 +11,7 @@ from selfalign.generation import (
     load_engine,
     next_token_probs,
 )
-from selfalign.prompts import rating_messages, render_prompt
+from selfalign.prompts import shipped
 
 PAIRS = [("What is 2+2?", "2+2 equals 4."),
          ("Name a fruit.", "An apple is a fruit, and it is red or green. Many people eat apples."),
@@ -27,7 +27,7 @@ def test_common_prefix_len() -> None:
 def test_prefix_cache_gives_the_same_probabilities(tiny_model: Path) -> None:
     cfg = load_config(None, ["generation.batch_size=2"])
     engine = load_engine(cfg, str(tiny_model))
-    prompts = [render_prompt(engine.tokenizer, rating_messages(i, r, 3)) + "Score:" for i, r in PAIRS]
+    prompts = [shipped().render_prompt(engine.tokenizer, shipped().rating_messages(i, r, 3)) + "Score:" for i, r in PAIRS]
     cands = [" 1", " 2", " 3", " 4", " 5"]
     with_cache = next_token_probs(engine, prompts, cands, progress=False)
     engine.prefix_cache = False
@@ -53,7 +53,7 @@ def test_generate_keeps_order_and_reports_each_result(tiny_model: Path) -> None:
 def test_prefix_cache_generation_matches_plain_on_smollm2() -> None:
     cfg = load_config(None, ["generation.batch_size=3"])
     engine = load_engine(cfg, "smollm2")
-    prompts = [render_prompt(engine.tokenizer, rating_messages(i, r, 3)) for i, r in PAIRS]
+    prompts = [shipped().render_prompt(engine.tokenizer, shipped().rating_messages(i, r, 3)) for i, r in PAIRS]
     p = GenParams(temperature=0, max_new_tokens=24)
     cached = generate(engine, prompts, p, progress=False)
     engine.prefix_cache = False
@@ -64,7 +64,7 @@ def test_prefix_cache_generation_matches_plain_on_smollm2() -> None:
 def test_prefix_cache_is_reused_across_calls(tiny_model: Path) -> None:
     cfg = load_config(None, ["generation.batch_size=2"])
     engine = load_engine(cfg, str(tiny_model))
-    prompts = [render_prompt(engine.tokenizer, rating_messages(i, r, 3)) + "Score:" for i, r in PAIRS]
+    prompts = [shipped().render_prompt(engine.tokenizer, shipped().rating_messages(i, r, 3)) + "Score:" for i, r in PAIRS]
     cands = [" 1", " 2", " 3", " 4", " 5"]
     next_token_probs(engine, prompts, cands, progress=False)
     memo = engine._prefix

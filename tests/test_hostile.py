@@ -364,12 +364,13 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
 
     elif isinstance(exp, Status):
         import selfalign.augment as aug
+        import selfalign.steps as steps
         from selfalign.generation import GenParams, HFEngine
         from selfalign.models import load_tokenizer
         from selfalign.records import UnlabelledResponse
 
         outputs = case.data
-        monkeypatch.setattr(aug, "generate", _fake_generate(outputs))
+        monkeypatch.setattr(steps, "generate", _fake_generate(outputs))
         engine = HFEngine(None, load_tokenizer(str(tiny_model)), 2, "fake")
         responses = [UnlabelledResponse(f"Response number {i} is a fine answer.", f"r{i}") for i in range(len(outputs))]
         pairs = aug.augment(engine, responses, GenParams(), tmp_path / "augmented.jsonl")
@@ -398,10 +399,10 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
         assert cur.select(rated, 1.0) == []  # never kept, whatever the threshold
 
     elif isinstance(exp, Cut):
-        import selfalign.augment as aug
+        import selfalign.steps as steps
         from selfalign.pipeline import run_pipeline
 
-        monkeypatch.setattr(aug, "generate", _fake_generate(["What is this text about?"] * 3))
+        monkeypatch.setattr(steps, "generate", _fake_generate(["What is this text about?"] * 3))
         run = run_pipeline(cfg, until="curate")
         counts = run.manifest.data["counts"]
         assert counts["sampled"] == 3 and counts["unlabelled_rejected"] == 0

@@ -30,7 +30,7 @@ from hub_server import FakeHub  # noqa: E402
 from selfalign import hub as hubmod  # noqa: E402
 from selfalign.config import HubConfig, load_config  # noqa: E402
 from selfalign.hub import HubError, push_run  # noqa: E402
-from selfalign.prompts import rating_prompt  # noqa: E402
+from selfalign.prompts import shipped  # noqa: E402
 
 TOKEN = "hf_test_secret_token_4f1c9b7e2a"
 OTHER_TOKEN = "hf_other_users_token_9d8c7b6a5e"
@@ -225,7 +225,7 @@ def test_push_and_load_back(run_dir: Path, fake_hub: FakeHub, default_endpoint: 
     assert "4.5" in fcard.text and "org/seed-data" in fcard.text and "lima/train.jsonl" in fcard.text
     assert "lora_alpha" not in fcard.text and "seed_pairs" in fcard.text
     # the rating prompt comes from the templates, not from curate's local card (never read back)
-    assert rating_prompt().strip() in dcard.text and rating_prompt().strip() in fcard.text
+    assert shipped().rating_prompt.strip() in dcard.text and shipped().rating_prompt.strip() in fcard.text
     assert RATING_PROMPT not in dcard.text and "Local card." not in dcard.text and dcard.data.license == "other"
     assert dcard.data.configs[0]["data_files"][0]["path"] == "data.jsonl"
     assert str(base_dir) not in bcard.text + fcard.text + dcard.text  # no local paths on public cards

@@ -59,7 +59,7 @@ def test_pair_likelihood_parts(tiny) -> None:
 
 def test_role_margin_against_a_direct_pass(tiny) -> None:
     from selfalign.likelihood import NEUTRAL_TURN, instruction_roles
-    from selfalign.prompts import forward_messages, render_prompt
+    from selfalign.prompts import shipped
 
     model, tok = tiny
     ins = ["Name a colour.", "Blue is a colour of the sky.", "Name a colour."]
@@ -67,9 +67,9 @@ def test_role_margin_against_a_direct_pass(tiny) -> None:
     assert got[0] == got[2]  # one score per distinct instruction
     for text, (user, assistant) in zip(ins, got, strict=True):
         ids = tok(text, add_special_tokens=False)["input_ids"]
-        rendered = render_prompt(tok, forward_messages("\u2063X\u2063"))
+        rendered = shipped().render_prompt(tok, shipped().forward_messages("\u2063X\u2063"))
         pre_u = tok(rendered.split("\u2063X\u2063")[0], add_special_tokens=False)["input_ids"]
-        pre_a = tok(render_prompt(tok, forward_messages(NEUTRAL_TURN)), add_special_tokens=False)["input_ids"]
+        pre_a = tok(shipped().render_prompt(tok, shipped().forward_messages(NEUTRAL_TURN)), add_special_tokens=False)["input_ids"]
         want_u = -sum(_direct(model, pre_u + ids, len(pre_u))) / len(ids)
         want_a = -sum(_direct(model, pre_a + ids, len(pre_a))) / len(ids)
         assert user == pytest.approx(want_u, abs=1e-4) and assistant == pytest.approx(want_a, abs=1e-4)

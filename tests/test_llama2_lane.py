@@ -67,14 +67,17 @@ def turns(ids: list[int]) -> int:
 def test_llama2_lane_hf_backend(llama2: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import selfalign.augment
     import selfalign.curate
-    import selfalign.forward
+    import selfalign.forward  # noqa: F401
+    import selfalign.steps
     from selfalign.generation import generate
     from selfalign.pipeline import run_pipeline
 
     seen: list[tuple[str, Any, list[str], int]] = []
-    for mod in (selfalign.augment, selfalign.curate, selfalign.forward):
+    stage_of = {"augment": "selfalign.augment", "responses": "selfalign.forward"}  # single-pass steps, by label
+    for mod in (selfalign.steps, selfalign.curate):
         def spy(engine, prompts, params, *a, _m=mod.__name__, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-            seen.append((_m, engine, list(prompts), params.max_new_tokens))
+            name = "selfalign.curate" if _m == "selfalign.curate" else stage_of[k.get("desc", "")]
+            seen.append((name, engine, list(prompts), params.max_new_tokens))
             return generate(engine, prompts, params, *a, **k)
 
         monkeypatch.setattr(mod, "generate", spy)
@@ -147,7 +150,7 @@ def test_rating_prompts_of_all_lima_pairs_fit_llama2_context() -> None:
     from transformers import AutoTokenizer
 
     from selfalign.curate import rating_prompts
-    from selfalign.prompts import count_tokens, rating_messages, render_prompt, truncate_tokens
+    from selfalign.prompts import count_tokens, shipped, truncate_tokens
     from selfalign.records import AugmentedPair
 
     cfg = load_config(packaged_config_path("llama2-7b"))
@@ -155,7 +158,7 @@ def test_rating_prompts_of_all_lima_pairs_fit_llama2_context() -> None:
     rows = [json.loads(x) for x in need(LIMA).read_text().splitlines()]
     pairs = [AugmentedPair(truncate_tokens(tok, r["conversations"][0], 128)[0], r["conversations"][1], str(i), "lima", "")
              for i, r in enumerate(rows) if len(r["conversations"]) == 2]
-    before = [count_tokens(tok, render_prompt(tok, rating_messages(
+    before = [count_tokens(tok, shipped().render_prompt(tok, shipped().rating_messages(
         p.instruction, truncate_tokens(tok, p.response, cur.max_response_tokens)[0], cur.shots))) for p in pairs]
     over = sum(b + cur.max_new_tokens > CONTEXT for b in before)
     assert len(pairs) == 1000 and over == 138  # 13.8% (measured)

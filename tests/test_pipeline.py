@@ -63,7 +63,7 @@ def test_unchanged_stages_are_skipped(smoke_cfg, capsys: pytest.CaptureFixture) 
 
 
 def test_resume_after_interrupted_augmentation(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
-    import selfalign.augment as augment_mod
+    import selfalign.steps as augment_mod  # every single-pass step calls the engine through steps.generate
 
     real = augment_mod.generate
     budget = {"n": 5}
@@ -191,7 +191,7 @@ def test_out_dir_with_another_config_is_refused(smoke_cfg, tiny_model: Path) -> 
 
 
 def test_config_written_by_an_older_version_counts_its_missing_keys_as_defaults(smoke_cfg) -> None:
-    from selfalign.pipeline import config_changes
+    from selfalign.rundir import config_changes
 
     old = smoke_cfg.to_dict()
     del old["run"]["memory_check"], old["train_forward"]["gradient_checkpointing"]

@@ -121,9 +121,11 @@ def bad_rows() -> list[dict]:
 
 
 def test_ray_augment_same_ids_as_local_and_bad_rows_are_errors(tmp_path: Path, tiny_model: Path, ray_instance) -> None:
-    from selfalign.augment import augment
+    from selfalign.augment import AugmentStep, augment
     from selfalign.generation import GenParams, load_engine
+    from selfalign.prompts import shipped
     from selfalign.records import UnlabelledResponse
+    from selfalign.steps import ModelRef
 
     shards = tmp_path / "shards"
     ids = write_shards(shards)
@@ -132,8 +134,9 @@ def test_ray_augment_same_ids_as_local_and_bad_rows_are_errors(tmp_path: Path, t
             f.write(json.dumps(r) + "\n")
     # bad-long: its response is longer than the context: cut to fit it (#12), counted, not an error
     cfg = load_config(None, [f"models.base={tiny_model}", *RAY_OPTS, *FAST_GEN, "generation.max_prompt_tokens=100000"])
-    out = ray_exec.run_job(cfg, "augment", shards, tmp_path / "ray" / "augmented.jsonl", str(tiny_model), None, "b")
-    rows = read_jsonl(out)
+    step = AugmentStep.from_config(cfg, shipped(), "b")
+    ray_exec.run_job(cfg, step, shards, tmp_path / "ray" / "augmented.jsonl", ModelRef(str(tiny_model), None, "b", "augment"))
+    rows = read_jsonl(tmp_path / "ray" / "augmented.jsonl")
     by_id = {r["source_id"]: r for r in rows}
     assert len(rows) == len(by_id) == N_ROWS + 3
     assert set(by_id) == ids | {r["source_id"] for r in bad_rows()}
@@ -156,8 +159,10 @@ def test_ray_augment_same_ids_as_local_and_bad_rows_are_errors(tmp_path: Path, t
 # logprob mode is the same job with another step: marked slow to keep the default run short
 @pytest.mark.parametrize("mode", ["generate", pytest.param("logprob", marks=pytest.mark.slow)])
 def test_greedy_curation_on_ray_scores_as_local(tmp_path: Path, tiny_model: Path, ray_instance, mode: str) -> None:
-    from selfalign.curate import rate_pairs
+    from selfalign.curate import rate_pairs, step_for
     from selfalign.generation import load_engine
+    from selfalign.prompts import shipped
+    from selfalign.steps import ModelRef
 
     pairs = [AugmentedPair(f"Question {i}: what is w{i % 13}?", f"It is {'w' * (1 + i % 9)} {i}.", f"p{i:03d}", "t", "")
              for i in range(48)]
@@ -168,8 +173,9 @@ def test_greedy_curation_on_ray_scores_as_local(tmp_path: Path, tiny_model: Path
     cfg = load_config(None, [f"models.base={tiny_model}", *RAY_OPTS, f"curation.mode={mode}", "curation.shots=1",
                              "curation.retries=0", "curation.n_samples=1", "curation.max_new_tokens=6",
                              "generation.batch_size=8", "ray.block_rows=12"])
-    out = ray_exec.run_job(cfg, "curate", src, tmp_path / "rated.jsonl", str(tiny_model), None, "rater")
-    ray_rows = {r["source_id"]: r for r in read_jsonl(out)}
+    ray_exec.run_job(cfg, step_for(cfg, shipped()), src, tmp_path / "rated.jsonl",
+                     ModelRef(str(tiny_model), None, "rater", "curate"))
+    ray_rows = {r["source_id"]: r for r in read_jsonl(tmp_path / "rated.jsonl")}
     local = rate_pairs(load_engine(cfg, str(tiny_model)), [p for p in pairs if p.status == "ok"], cfg.curation,
                        tmp_path / "local.jsonl", 0, cfg.curation.max_response_tokens)
     assert set(ray_rows) == {r.source_id for r in local} == {f"p{i:03d}" for i in range(48)} | {"p-long"}
@@ -210,31 +216,32 @@ def test_local_instance_leaves_a_cpu_for_reads_and_writes() -> None:
 
 
 def test_an_engine_error_fails_only_its_row(tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The per-batch steps the actors run: a batch that fails is retried row by row, and only the
-    row the engine fails on becomes an error record (the others are generated as usual)."""
-    from selfalign import augment, curate
+    """The steps as the actors run them (`isolate`): a batch that fails is retried row by row, and
+    only the row the engine fails on becomes an error record (the others are generated as usual)."""
+    from selfalign import curate
+    from selfalign.augment import AugmentStep
     from selfalign.generation import GenParams, load_engine
+    from selfalign.prompts import shipped
     from selfalign.records import UnlabelledResponse
 
     cfg = load_config(None, [f"models.base={tiny_model}", "curation.mode=generate", "curation.shots=0", "curation.max_new_tokens=4",
                              "curation.retries=0"])
     engine = load_engine(cfg, str(tiny_model))
-    real = augment.generate
+    real = type(engine).generate
 
-    def flaky(engine, prompts, params, **kw):  # noqa: ANN001, ANN003, ANN202
+    def flaky(self, prompts, params, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         if any("BOOM" in p for p in prompts):
             raise RuntimeError("CUDA error: device-side assert")
-        return real(engine, prompts, params, **kw)
+        return real(self, prompts, params, *a, **kw)
 
-    monkeypatch.setattr(augment, "generate", flaky)
-    monkeypatch.setattr(curate, "generate", flaky)
+    monkeypatch.setattr(type(engine), "generate", flaky)
     rows = [UnlabelledResponse(f"Answer {i}. {'BOOM' if i == 1 else 'fine'}", f"r{i}") for i in range(3)]
-    out = augment.augment_batch(engine, rows, GenParams(max_new_tokens=3))
+    out = AugmentStep(shipped(), GenParams(max_new_tokens=3)).run(engine, rows, isolate=True)
     assert [p.source_id for p in out] == ["r0", "r1", "r2"]
     assert [p.status == "error" for p in out] == [False, True, False]
     assert out[1].error == "engine_error: RuntimeError: CUDA error: device-side assert"
     pairs = [AugmentedPair(f"Question {i}?", r.response, r.source_id, "", "") for i, r in enumerate(rows)]
-    rated = curate.rate_batch(engine, pairs, cfg.curation)
+    rated = curate.RateStep(shipped(), cfg.curation).run(engine, pairs, isolate=True)
     assert [r.status for r in rated] == ["ok", "error", "ok"] and rated[1].error.startswith("engine_error")
     assert rated[0].raw_outputs and rated[1].score is None
 

@@ -19,7 +19,7 @@ from selfalign.augment import (
     status_counts,
     words,
 )
-from selfalign.prompts import request_words, use_templates
+from selfalign.prompts import Templates, shipped
 
 RESPONSE = ("The box is just the beginning. Inside you will find a set of chisels, a mallet and a manual "
             "that walks you through your first dovetail joint, step by step.")
@@ -97,19 +97,16 @@ def test_words_are_unicode_and_lowercased() -> None:
 
 
 def test_the_word_list_is_data_and_follows_templates_dir(tmp_path: Path) -> None:
-    shipped = request_words()
-    assert {"write", "explain", "how", "what", "please"} <= shipped
+    assert {"write", "explain", "how", "what", "please"} <= shipped().request_words
     folder = tmp_path / "templates"
     shutil.copytree(Path(str(resources.files("selfalign").joinpath("templates"))), folder)
     data = json.loads((folder / "request_words.json").read_text())
     data["words"] = [*data["words"], "beschreibe"]
     (folder / "request_words.json").write_text(json.dumps(data))
-    try:
-        use_templates(folder)
-        assert reads_as_request("Beschreibe den Inhalt der Kiste", RESPONSE)
-    finally:
-        use_templates(None)
-    assert not reads_as_request("Beschreibe den Inhalt der Kiste", RESPONSE)
+    own = Templates.load(folder)
+    assert reads_as_request("Beschreibe den Inhalt der Kiste", RESPONSE, own.request_words)
+    assert not reads_as_request("Beschreibe den Inhalt der Kiste", RESPONSE)  # the shipped list: no global state
+    assert not reads_as_request("Beschreibe den Inhalt der Kiste", RESPONSE, shipped().request_words)
 
 
 def test_augment_counts_not_request(tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -120,14 +117,14 @@ def test_augment_counts_not_request(tiny_model: Path, tmp_path: Path, monkeypatc
 
     outputs = ["What does the kit hold?", "The box is just the beginning...", "", "Explain dovetails"]
 
-    def fake_generate(engine, prompts, params, on_result=None, skip=None, **kw):  # noqa: ANN001, ANN003, ANN202
+    def fake_generate(prompts, params, on_result=None, skip=None, **kw):  # noqa: ANN001, ANN003, ANN202
         for i in range(len(prompts)):  # output i answers prompt i
             if on_result is not None:
                 on_result(i, outputs[i])
         return outputs[: len(prompts)]
 
-    monkeypatch.setattr(aug, "generate", fake_generate)
     engine = HFEngine(None, load_tokenizer(str(tiny_model)), 2, "fake")
+    monkeypatch.setattr(engine, "generate", fake_generate)
     responses = [UnlabelledResponse(RESPONSE, f"r{i}") for i in range(4)]
     pairs = aug.augment(engine, responses, GenParams(), tmp_path / "on.jsonl")
     assert [p.status for p in pairs] == ["ok", "not_request", "empty", "ok"]

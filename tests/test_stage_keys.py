@@ -12,7 +12,8 @@ import pytest
 
 from selfalign.config import Config
 from selfalign.manifest import fingerprint
-from selfalign.pipeline import NOT_READ_BY_STAGES, STAGE_READS, run_pipeline
+from selfalign.pipeline import run_pipeline
+from selfalign.reads import NOT_READ_BY_STAGES, STAGE_READS
 
 
 def _flat(d: dict, prefix: str = "") -> list[str]:
@@ -83,6 +84,6 @@ def test_editing_a_template_redoes_exactly_its_dependent_stages(smoke_cfg, tmp_p
 
 @pytest.mark.parametrize("ref", sorted({t for r in STAGE_READS.values() for t in r.templates}))
 def test_every_declared_template_exists(ref: str) -> None:
-    from selfalign.prompts import template_fingerprint
+    from selfalign.prompts import shipped
 
-    assert len(template_fingerprint(ref)) == 16
+    assert len(shipped().fingerprint(ref)) == 16

@@ -9,7 +9,7 @@ from selfalign.backward import backward_example, backward_examples
 from selfalign.config import load_config
 from selfalign.forward import forward_examples
 from selfalign.models import load_tokenizer
-from selfalign.prompts import render_prompt
+from selfalign.prompts import shipped
 from selfalign.records import RatedPair, SeedPair
 from selfalign.train import (
     IGNORE_INDEX,
@@ -26,7 +26,7 @@ PAIR = SeedPair("What is the boiling point of water at sea level?",
 
 def check_mask(tok, ex: TrainExample, row: dict) -> None:
     ids, labels = row["input_ids"], row["labels"]
-    prompt_ids = tok(render_prompt(tok, ex.messages), add_special_tokens=False)["input_ids"]
+    prompt_ids = tok(shipped().render_prompt(tok, ex.messages), add_special_tokens=False)["input_ids"]
     n = len(prompt_ids)
     assert ids[:n] == prompt_ids
     assert labels[:n] == [IGNORE_INDEX] * n  # no loss on the prompt
@@ -43,7 +43,7 @@ def test_backward_masking_covers_instruction_only(fixture: str, request: pytest.
     row = tokenize_example(tok, ex, 1024)
     check_mask(tok, ex, row)
     # the response is in the (masked) prompt, the instruction is the target
-    assert PAIR.response in render_prompt(tok, ex.messages)
+    assert PAIR.response in shipped().render_prompt(tok, ex.messages)
     assert ex.target == PAIR.instruction
 
 

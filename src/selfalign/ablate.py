@@ -116,7 +116,7 @@ def arm_config(cfg: Config, steps: int, seed: int) -> Config:
 def arm_key(run: Run, data: ArmData, seed_pairs: Sequence[SeedPair], steps: int, heldout_hash: str) -> str:
     """What an arm/seed's adapter and measurement depend on: the config the forward model reads
     (as its stage key declares), the forward template, the training examples, steps, held-out pairs."""
-    values, temps = declared_reads("train-forward", run.cfg)
+    values, temps = declared_reads("train-forward", run.cfg, run.templates)
     return stage_key("ablate", values, temps, _text_hash(seed_pairs), data.arm, data.seed, _text_hash(data.augmented), steps,
                      heldout_hash)
 
@@ -139,11 +139,13 @@ def heldout_set(cfg: Config, run_dir: Path, n: int, source: str, oasst1_val: str
 def heldout_rows(tok: Any, pairs: Sequence[SeedPair], cfg: Config) -> tuple[list[dict[str, list[int]]], dict[str, int]]:
     """Tokenized as the forward model's seed examples: seed tag as system, loss on the response."""
     from selfalign.forward import forward_examples
+    from selfalign.prompts import Templates
     from selfalign.train import tokenize_example
 
+    tpl = Templates.for_config(cfg)
     rows, dropped = [], {}
-    for ex in forward_examples(list(pairs), [], cfg.forward):
-        got = tokenize_example(tok, ex, cfg.train_forward.max_seq_len)
+    for ex in forward_examples(list(pairs), [], cfg.forward, tpl):
+        got = tokenize_example(tok, ex, cfg.train_forward.max_seq_len, tpl)
         if isinstance(got, str):
             dropped[got] = dropped.get(got, 0) + 1
         else:
@@ -171,11 +173,11 @@ def _start_fresh(out: Path) -> None:
 
 def _prepare(cfg: Config) -> Run:
     """The run's seed, augmented and rated pairs (stages that are up to date are skipped)."""
+    from selfalign.executors import ray_executor
     from selfalign.models import setup_threads
-    from selfalign.pipeline import _ray_exec
 
     setup_threads(cfg.run.threads)
-    ctx = _ray_exec().ray_cluster(cfg.ray) if cfg.run.executor == "ray" else contextlib.nullcontext()
+    ctx = ray_executor().ray_cluster(cfg.ray) if cfg.run.executor == "ray" else contextlib.nullcontext()
     with ctx:
         run = Run(cfg)
         for i in range(1, cfg.curation.iterations + 1):
@@ -276,7 +278,7 @@ def _run_arm(run: Run, log: RecordLog, d: ArmData, key: str, steps: int, rows: S
     cfg = arm_config(run.cfg, steps, d.seed)
     if not (out / "adapter_model.safetensors").is_file():  # else: trained, then stopped before measuring
         say(f"ablate {progress}: training {name}: {n_seed} seed + {len(d.augmented)} augmented examples")
-        train_forward(cfg, run.seed(), d.augmented, out, name=f"ablate {name}")
+        train_forward(cfg, run.seed(), d.augmented, out, name=f"ablate {name}", templates=run.templates)
     trained = json.loads((out / "training_info.json").read_text(encoding="utf-8"))
     t = time.perf_counter()
     got = measure(cfg, out, rows)

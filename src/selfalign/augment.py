@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import re
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfalign.config import ConfigError
-from selfalign.generation import Engine, GenParams, context_limit, generate, overlong_prompts
-from selfalign.io import RecordLog
-from selfalign.prompts import PromptTooLong, backward_prompt, request_words
+from selfalign.config import Config, ConfigError
+from selfalign.generation import Engine, GenParams, context_limit, overlong_prompts
+from selfalign.prompts import PromptTooLong, Templates, shipped
 from selfalign.records import AugmentedPair, UnlabelledResponse
+from selfalign.steps import Prepared, Request, Step
 
 # Template pieces a weak backward model sometimes echoes at the start of its output.
 _ECHO_PREFIX = re.compile(
@@ -54,13 +55,13 @@ def copies_response(instruction: str, response: str) -> bool:
     return len(grams & start) >= COPY_SHARE * len(grams)
 
 
-def reads_as_request(instruction: str, response: str) -> bool:
+def reads_as_request(instruction: str, response: str, words_: frozenset[str] | None = None) -> bool:
     """Whether a generated instruction reads as a request for `response`, by three visible signs
     and one counter-sign (no model, no tuning on outputs):
 
     - it holds a "?" (ASCII or fullwidth), or
     - its first word, after markdown marks, list numbers and quotes are stripped, is one of
-      `templates/request_words.json` (imperatives such as write, explain, list; question words
+      `words_` (`templates/request_words.json` of the run's templates; the shipped ones by default) (imperatives such as write, explain, list; question words
       such as how, what, can), or
     - it holds the word "please";
     - but not when it mostly copies the response's start (`copies_response`): a paraphrase that
@@ -74,12 +75,13 @@ def reads_as_request(instruction: str, response: str) -> bool:
     if "?" in instruction or "\uff1f" in instruction:
         return True
     w = words(_LEAD_MARKS.sub("", instruction))
-    return bool(w) and (w[0] in request_words() or "please" in w)
+    return bool(w) and (w[0] in (words_ if words_ is not None else shipped().request_words) or "please" in w)
 
 
-def clean_instruction(raw: str, response: str, max_chars: int, require_request: bool = True) -> tuple[str, str]:
+def clean_instruction(raw: str, response: str, max_chars: int, require_request: bool = True,
+                      words_: frozenset[str] | None = None) -> tuple[str, str]:
     """(instruction, status): status is ok, empty, too_long, echo (copied the response) or, with
-    `require_request`, not_request (does not read as a request: `reads_as_request`)."""
+    `require_request`, not_request (does not read as a request: `reads_as_request` with `words_`)."""
     text = raw
     for marker in _STOP_MARKERS:
         k = text.find(marker)
@@ -94,7 +96,7 @@ def clean_instruction(raw: str, response: str, max_chars: int, require_request: 
         return text, "too_long"
     if len(text) > 40 and response.strip().startswith(text[: min(len(text), 200)]):
         return text, "echo"
-    if require_request and not reads_as_request(text, response):
+    if require_request and not reads_as_request(text, response, words_):
         return text, "not_request"
     return text, "ok"
 
@@ -107,66 +109,74 @@ def status_counts(pairs: list[AugmentedPair]) -> dict[str, int]:
     return {s: sum(p.status == s for p in pairs) for s in STATUSES}
 
 
-def backward_prompts(
-    engine: Engine, responses: list[UnlabelledResponse], max_prompt_tokens: int, max_new_tokens: int = 0
-) -> tuple[list[str], list[bool]]:
-    """The backward prompt of each response, and whether the response was cut: to
-    `max_prompt_tokens`, and further so that the prompt and `max_new_tokens` fit the context."""
-    limit = context_limit(engine, max_new_tokens)
-    prompts, was_cut = [], []
-    for r in responses:  # a long response is cut to fit the prompt budget and the context; the record says so
+@dataclass
+class AugmentStep(Step):
+    """Self-augmentation: the backward model's prompt for each unlabelled response (cut to
+    `max_prompt_tokens` and to fit the model's context), and the record of what it wrote
+    (`clean_instruction`). A prompt that cannot fit even so gives a record with status error."""
+
+    templates: Templates
+    params: GenParams  # instruction sampling; its seed is the run's
+    max_prompt_tokens: int = 768
+    max_instruction_chars: int = 1000
+    require_request: bool = True
+    model: str = ""  # the engine's name, in each record's generation settings
+
+    name = "augment"
+    desc = "augment"
+
+    @classmethod
+    def from_config(cls, cfg: Config, templates: Templates, model: str) -> AugmentStep:
+        g = cfg.generation
+        return cls(templates, GenParams.from_config(g.instruction, cfg.run.seed), g.max_prompt_tokens,
+                   g.max_instruction_chars, g.require_request, model)
+
+    def item_id(self, item: UnlabelledResponse) -> str:
+        return item.source_id
+
+    def from_row(self, row: dict[str, Any]) -> tuple[UnlabelledResponse, str]:
+        from selfalign.unlabelled import response_of
+
+        source = row.get("source") if isinstance(row.get("source"), str) else ""
         try:
-            prompt, c = backward_prompt(engine.tokenizer, r.response, max_prompt_tokens, limit)
-        except PromptTooLong as e:
-            raise ConfigError(f"augment: {e}; lower generation.instruction.max_new_tokens") from None
-        prompts.append(prompt)
-        was_cut.append(c)
-    return prompts, was_cut
+            return UnlabelledResponse(response_of(row), str(row["source_id"]), source), ""
+        except ValueError as e:
+            text = row.get("response") if isinstance(row.get("response"), str) else ""
+            return UnlabelledResponse(text, str(row["source_id"]), source), f"bad_row: {e}"
 
+    def settings(self) -> dict[str, Any]:
+        p = self.params
+        return {"temperature": p.temperature, "top_p": p.top_p, "max_new_tokens": p.max_new_tokens, "seed": p.seed,
+                "model": self.model}
 
-def generation_settings(engine: Engine, params: GenParams) -> dict[str, Any]:
-    return {"temperature": params.temperature, "top_p": params.top_p,
-            "max_new_tokens": params.max_new_tokens, "seed": params.seed, "model": engine.name}
-
-
-def make_pair(r: UnlabelledResponse, text: str, settings: dict[str, Any], cut: bool,
-              max_instruction_chars: int, require_request: bool = True) -> AugmentedPair:
-    instruction, status = clean_instruction(text, r.response, max_instruction_chars, require_request)
-    return AugmentedPair(instruction, r.response, r.source_id, r.source, text, status, settings, cut)
-
-
-def error_pair(r: UnlabelledResponse, settings: dict[str, Any], reason: str, cut: bool = False) -> AugmentedPair:
-    """The record of a response no instruction could be generated for (kept, never dropped)."""
-    return AugmentedPair("", r.response, r.source_id, r.source, "", "error", settings, cut, reason)
-
-
-def augment_batch(
-    engine: Engine,
-    responses: list[UnlabelledResponse],
-    params: GenParams,
-    max_prompt_tokens: int = 768,
-    max_instruction_chars: int = 1000,
-    require_request: bool = True,
-) -> list[AugmentedPair]:
-    """One record per response, in order: the Ray executor's step (the same functions as
-    `augment`). A prompt longer than the model's context, or a row the engine fails on, gives a
-    record with status error and the reason; the other rows of the batch are unaffected."""
-    settings = generation_settings(engine, params)
-    prompts, was_cut = backward_prompts(engine, responses, max_prompt_tokens, params.max_new_tokens)
-    errors = overlong_prompts(engine, prompts, params.max_new_tokens)
-    run = [i for i, e in enumerate(errors) if not e]
-    texts: dict[int, str] = {}
-    try:
-        texts.update(zip(run, generate(engine, [prompts[i] for i in run], params, progress=False), strict=True))
-    except Exception:  # noqa: BLE001 - one row at a time, so that a bad row fails alone
-        for i in run:
+    def prepare(self, engine: Engine, items: Sequence[UnlabelledResponse]) -> list[Prepared]:
+        limit = context_limit(engine, self.params.max_new_tokens)
+        out = []
+        for r in items:  # a long response is cut to fit the prompt budget and the context; the record says so
             try:
-                texts[i] = generate(engine, [prompts[i]], params, progress=False)[0]
-            except Exception as e:  # noqa: BLE001 - recorded on the row
-                errors[i] = f"engine_error: {type(e).__name__}: {e}"[:500]
-    return [error_pair(r, settings, errors[i], was_cut[i]) if errors[i]
-            else make_pair(r, texts[i], settings, was_cut[i], max_instruction_chars, require_request)
-            for i, r in enumerate(responses)]
+                prompt, cut = self.templates.backward_prompt(engine.tokenizer, r.response, self.max_prompt_tokens, limit)
+            except PromptTooLong as e:
+                raise ConfigError(f"augment: {e}; lower generation.instruction.max_new_tokens") from None
+            out.append(Prepared(r, Request(prompt, self.params), cut=cut))
+        for p, why in zip(out, overlong_prompts(engine, [p.request.prompt for p in out], self.params.max_new_tokens),
+                          strict=True):
+            p.error = why
+        return out
+
+    def record(self, prep: Prepared, output: str) -> AugmentedPair:
+        r = prep.item
+        instruction, status = clean_instruction(output, r.response, self.max_instruction_chars, self.require_request,
+                                                self.templates.request_words)
+        return AugmentedPair(instruction, r.response, r.source_id, r.source, output, status,
+                             self.settings(), prep.cut)
+
+    def error_record(self, item: UnlabelledResponse, reason: str, cut: bool = False) -> AugmentedPair:
+        """The record of a response no instruction could be generated for (kept, never dropped)."""
+        return AugmentedPair("", item.response, item.source_id, item.source, "", "error",
+                             self.settings(), cut, reason)
+
+    def load(self, rec: dict[str, Any]) -> AugmentedPair:
+        return AugmentedPair(**rec)
 
 
 def augment(
@@ -177,33 +187,12 @@ def augment(
     max_prompt_tokens: int = 768,
     max_instruction_chars: int = 1000,
     require_request: bool = True,
+    templates: Templates | None = None,
 ) -> list[AugmentedPair]:
-    """Generate one instruction per response; records are appended to `out_path` as they finish.
+    """Generate one instruction per response with the local executor: records are appended to
+    `out_path` as they finish, and a re-run after an interruption does only the missing ones."""
+    from selfalign.executors import run_local
 
-    Re-running after an interruption skips the responses already in the log: no duplicate,
-    no lost record. A prompt longer than the model's context gives a record with status error.
-    Returns all records in the order of `responses`.
-    """
-    log = RecordLog(out_path)
-    done = log.done_keys("source_id")
-    todo = list(responses)  # all of them: batches and seeds must match an uninterrupted run
-    settings = generation_settings(engine, params)
-    prompts, was_cut = backward_prompts(engine, todo, max_prompt_tokens, params.max_new_tokens)
-    errors = overlong_prompts(engine, prompts, params.max_new_tokens)
-    runnable = [i for i, e in enumerate(errors) if not e]
-    skip = {k for k, i in enumerate(runnable) if todo[i].source_id in done}
-
-    def save(k: int, text: str) -> None:
-        i = runnable[k]
-        log.append(asdict(make_pair(todo[i], text, settings, was_cut[i], max_instruction_chars, require_request)))
-
-    try:
-        for i, e in enumerate(errors):
-            if e and todo[i].source_id not in done:
-                log.append(asdict(error_pair(todo[i], settings, e, was_cut[i])))
-        if len(skip) < len(runnable):
-            generate(engine, [prompts[i] for i in runnable], params, on_result=save, desc="augment", skip=skip)
-    finally:
-        log.close()
-    by_id = {rec["source_id"]: rec for rec in log.records}
-    return [AugmentedPair(**by_id[r.source_id]) for r in responses if r.source_id in by_id]
+    step = AugmentStep(templates or shipped(), params, max_prompt_tokens, max_instruction_chars, require_request,
+                       engine.name)
+    return run_local(step, engine, responses, Path(out_path))

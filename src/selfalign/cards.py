@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 from huggingface_hub import DatasetCardData, ModelCard, ModelCardData, try_to_load_from_cache
 
-from selfalign.prompts import prompt_file, rating_prompt
+from selfalign.prompts import Templates, shipped
 from selfalign.report import table
 
 KINDS = ("backward", "curated", "forward")
@@ -40,17 +40,25 @@ DATASET_TAGS = ["selfalign", "instruction-backtranslation", "synthetic"]
 
 
 @cache
-def _template(name: str) -> Any:
+def _template(text: str) -> Any:
     import jinja2
 
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True, autoescape=False)
-    return env.from_string(prompt_file(name))
+    return env.from_string(text)
 
 
-def render_card(name: str, meta: ModelCardData | DatasetCardData, **values: Any) -> str:
+def _templates(config: dict[str, Any]) -> Templates:
+    """The templates of the run whose config this is (`run.templates_dir`, else the shipped ones)."""
+    run = config.get("run") if isinstance(config.get("run"), dict) else {}
+    folder = run.get("templates_dir")
+    return Templates.load(folder if folder and Path(folder).expanduser().is_dir() else None)
+
+
+def render_card(name: str, meta: ModelCardData | DatasetCardData, templates: Templates | None = None,
+                **values: Any) -> str:
     """YAML metadata + the template `name` filled with `values` (runs of blank lines squeezed)."""
-    body = re.sub(r"\n{3,}", "\n\n", _template(name).render(**values)).strip()
+    body = re.sub(r"\n{3,}", "\n\n", _template((templates or shipped()).file(name)).render(**values)).strip()
     return f"---\n{meta.to_yaml()}\n---\n\n{body}\n"
 
 
@@ -286,13 +294,13 @@ def model_card(info: RunInfo, repos: Repos, kind: str, merged: bool = False) -> 
         ("curation iterations", _dig(c, "curation.iterations")),
     ]
     return render_card(
-        "model_card.md", meta, kind=kind, curated_link=repos.link("curated"), threshold=threshold,
+        "model_card.md", meta, _templates(c), kind=kind, curated_link=repos.link("curated"), threshold=threshold,
         use_seed=fwd.get("use_seed", True) is not False,
         seed_tag=fwd.get("seed_tag", "Answer in the style of an AI Assistant."),
         augmented_tag=fwd.get("augmented_tag", "Answer with knowledge from web search."),
         run_table=_kv_table(run_rows), settings_table=_kv_table(_settings_rows(info, kind)),
         counts_table=_counts_table(info.counts),
-        rating_prompt=_code(rating_prompt().strip()) if kind == "forward" else "",
+        rating_prompt=_code(_templates(c).rating_prompt.strip()) if kind == "forward" else "",
         related=repos.links("curated", "forward") if kind == "backward" else repos.links("backward", "curated"),
         repo_id=repos.ids[kind], base_ref=hub_id or "PATH/TO/BASE_MODEL", merged=merged,
         base_note="" if hub_id else _cell(_public(info.base or adapter_base)),
@@ -308,7 +316,8 @@ def _size_category(n: int) -> str:
 
 
 def dataset_card(provenance: dict[str, Any], n_rows: int, config: dict[str, Any] | None = None,
-                 counts: dict[str, Any] | None = None, repos: Repos | None = None) -> str:
+                 counts: dict[str, Any] | None = None, repos: Repos | None = None,
+                 templates: Templates | None = None) -> str:
     """README.md of a curated dataset: the local `curated_N/` folder (`repos` None) or the Hub
     dataset repository (`repos`: links, a load snippet and a `configs:` block).
 
@@ -341,11 +350,11 @@ def dataset_card(provenance: dict[str, Any], n_rows: int, config: dict[str, Any]
         if key in p:
             rows.append((key.replace("_", " "), p[key]))
     return render_card(
-        "dataset_card.md", meta,
+        "dataset_card.md", meta, templates or _templates(c),
         title=repos.ids["curated"] if repos is not None else "Curated instruction data (selfalign)",
         shots=cur.get("shots", p.get("shots")), threshold=cur.get("threshold", p.get("threshold")),
         repo_id=repos.ids["curated"] if repos is not None else "",
         provenance_table=_kv_table(rows), counts_table=_counts_table(counts or {}),
-        rating_prompt=_code(rating_prompt().strip()),
+        rating_prompt=_code(_templates(c).rating_prompt.strip()),
         related=repos.links("backward", "forward") if repos is not None else "",
     )

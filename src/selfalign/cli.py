@@ -47,9 +47,6 @@ def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
     path = find_config(config)
     cfg = load_config(path, list(overrides))
     _RUN_DIR[:] = [Path(cfg.run.out_dir)]
-    from selfalign.prompts import use_templates
-
-    use_templates(cfg.run.templates_dir)
     shipped = path.parent.name == "configs" and path.parent.parent.name == "selfalign" and config != str(path)
     print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
     print(format_config(cfg), flush=True)

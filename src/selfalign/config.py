@@ -22,7 +22,6 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
-    field_validator,
 )
 
 
@@ -225,16 +224,6 @@ class CurationConfig(_Section):
     max_new_tokens: PosInt = 64
     max_response_tokens: PosInt = 256  # responses are cut to this many tokens in the rating prompt
     iterations: _int_range(1, 2) = 1  # 2: the forward model M1 re-rates the candidates, M2 is trained
-
-    @field_validator("shots")
-    @classmethod
-    def _shots(cls, v: int) -> int:
-        from selfalign.prompts import rating_fewshot
-
-        n = len(rating_fewshot())
-        if v > n:
-            raise ValueError(f"must be an integer in [0, {n}] (the worked examples shipped)")
-        return v
 
 
 class ForwardConfig(_Section):

@@ -9,37 +9,43 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config, ForwardConfig
-from selfalign.generation import Engine, GenParams, context_limit, generate
+from selfalign.generation import Engine, GenParams, context_limit, overlong_prompts
 from selfalign.io import DataError, is_blank
-from selfalign.prompts import fit_prompt, forward_messages, render_prompt
+from selfalign.prompts import PromptTooLong, Templates, fit_prompt, shipped
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair
+from selfalign.steps import Prepared, Request, Step
 from selfalign.train import TrainExample, TrainResult, train_lora
 
 
 def forward_examples(
-    seed: Sequence[SeedPair], curated: Sequence[RatedPair | AugmentedPair], fwd: ForwardConfig
+    seed: Sequence[SeedPair], curated: Sequence[RatedPair | AugmentedPair], fwd: ForwardConfig,
+    templates: Templates | None = None,
 ) -> list[TrainExample]:
-    out = [TrainExample(forward_messages(p.instruction, fwd.seed_tag), p.response, p.source_id) for p in seed]
-    out += [TrainExample(forward_messages(p.instruction, fwd.augmented_tag), p.response, p.source_id) for p in curated]
+    tpl = templates or shipped()
+    out = [TrainExample(tpl.forward_messages(p.instruction, fwd.seed_tag), p.response, p.source_id) for p in seed]
+    out += [TrainExample(tpl.forward_messages(p.instruction, fwd.augmented_tag), p.response, p.source_id)
+            for p in curated]
     return out
 
 
 def train_forward(
     cfg: Config, seed: Sequence[SeedPair], curated: Sequence[RatedPair | AugmentedPair], out_dir: Path,
-    name: str = "forward",
+    name: str = "forward", templates: Templates | None = None,
 ) -> TrainResult:
-    examples = forward_examples(seed if cfg.forward.use_seed else [], curated, cfg.forward)
+    tpl = templates or shipped()
+    examples = forward_examples(seed if cfg.forward.use_seed else [], curated, cfg.forward, tpl)
     if not examples:
         raise DataError("forward model: no training example (no seed and nothing curated)")
     from selfalign.memory import check_training
 
     check_training(cfg, cfg.train_forward)  # before loading: refuse what can't fit
     return train_lora(examples, out_dir, cfg.models, cfg.lora, cfg.train_forward, seed=cfg.run.seed,
-                      device=cfg.run.device, name=name)
+                      device=cfg.run.device, name=name, templates=tpl)
 
 
 def load_curated(folder: Path) -> list[RatedPair]:
@@ -75,9 +81,63 @@ def load_prompts(path: str, limit: int | None = None, split: str = "test") -> li
     return out
 
 
-def sample_responses(engine: Engine, prompts: list[str], params: GenParams, system: str | None) -> list[str]:
-    """One response per prompt; a prompt too long for the model's context with the new tokens is cut."""
-    limit = context_limit(engine, params.max_new_tokens)
-    rendered = [fit_prompt(engine.tokenizer, lambda t: render_prompt(engine.tokenizer, forward_messages(t, system)),
-                           p, 1 << 30, limit)[0] for p in prompts]
-    return generate(engine, rendered, params, desc="responses")
+@dataclass
+class Prompt:
+    """An evaluation prompt and its id (`prompt-000000`: its place in the prompts file)."""
+
+    source_id: str
+    prompt: str
+
+
+@dataclass
+class RespondStep(Step):
+    """Responses of a model to prompts: the forward prompt (with the system tag `system`), cut to fit
+    the model's context with the new tokens; records {"prompt", "response", "model", "source_id"}."""
+
+    templates: Templates
+    params: GenParams
+    system: str | None = None
+    model: str = ""
+
+    name = "respond"
+    desc = "responses"
+
+    def item_id(self, item: Prompt) -> str:
+        return item.source_id
+
+    def from_row(self, row: dict[str, Any]) -> tuple[Prompt, str]:
+        return Prompt(str(row["source_id"]), str(row["prompt"])), ""
+
+    def prepare(self, engine: Engine, items: Sequence[Prompt]) -> list[Prepared]:
+        tpl, tok = self.templates, engine.tokenizer
+        limit = context_limit(engine, self.params.max_new_tokens)
+        out = []
+        for p in items:
+            try:
+                prompt, cut = fit_prompt(tok, lambda t: tpl.render_prompt(tok, tpl.forward_messages(t, self.system)),
+                                         p.prompt, 1 << 30, limit)
+                out.append(Prepared(p, Request(prompt, self.params), cut=cut))
+            except PromptTooLong as e:
+                out.append(Prepared(p, Request("", self.params), f"prompt_too_long: {e}", True))
+        for p, why in zip(out, overlong_prompts(engine, [p.request.prompt for p in out], self.params.max_new_tokens),
+                          strict=True):
+            p.error = p.error or why
+        return out
+
+    def record(self, prep: Prepared, output: str) -> dict[str, Any]:
+        return {"prompt": prep.item.prompt, "response": output, "model": self.model, "source_id": prep.item.source_id}
+
+    def error_record(self, item: Prompt, reason: str, cut: bool = False) -> dict[str, Any]:
+        return {"prompt": item.prompt, "response": "", "model": self.model, "source_id": item.source_id,
+                "status": "error", "error": reason}
+
+
+def prompt_items(prompts: Sequence[str]) -> list[Prompt]:
+    return [Prompt(f"prompt-{i:06d}", p) for i, p in enumerate(prompts)]
+
+
+def sample_responses(engine: Engine, prompts: list[str], params: GenParams, system: str | None,
+                     templates: Templates | None = None) -> list[str]:
+    """One response per prompt ("" where the prompt cannot fit the model's context)."""
+    step = RespondStep(templates or shipped(), params, system, engine.name)
+    return [r["response"] for r in step.run(engine, prompt_items(prompts))]

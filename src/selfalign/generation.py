@@ -146,8 +146,9 @@ def context_length(engine: Any) -> int | None:
 
 
 def overlong_prompts(engine: Any, prompts: list[str], max_new_tokens: int) -> list[str]:
-    """For each prompt, "" or why it cannot run: its tokens + `max_new_tokens` exceed the context."""
-    limit = context_length(engine)
+    """For each prompt, "" or why it cannot run: its tokens + `max_new_tokens` exceed the engine's
+    context (`engine.context`, or its model's; unknown: no limit)."""
+    limit = getattr(engine, "context", None) or context_length(engine)
     if limit is None:
         return [""] * len(prompts)
     out = []

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from selfalign.prompts import forward_messages, render_prompt, render_target, templates
+from selfalign.prompts import Templates, shipped
 
 
 @dataclass
@@ -106,16 +106,17 @@ NEUTRAL_TURN = "Hi"  # the role check's user turn when a templates.json override
 _MARK = "\u2063SELFALIGN\u2063"  # stands for the text in a rendered template, to find where it starts
 
 
-def _prefix(tokenizer: Any, messages_of: Any) -> list[int]:
+def _prefix(tokenizer: Any, messages_of: Any, tpl: Templates) -> list[int]:
     """Token ids of the rendered prompt `render_prompt(messages_of(text))` before `text`."""
-    rendered = render_prompt(tokenizer, messages_of(_MARK))
+    rendered = tpl.render_prompt(tokenizer, messages_of(_MARK))
     head = rendered.split(_MARK)[0] if _MARK in rendered else rendered
     return tokenizer(head, add_special_tokens=False)["input_ids"]
 
 
 def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_tokens: int = 128,
                       batch_size: int = 8, progress: bool = True,
-                      cache: dict[str, tuple[float, float]] | None = None) -> list[tuple[float, float]]:
+                      cache: dict[str, tuple[float, float]] | None = None,
+                      templates: Templates | None = None) -> list[tuple[float, float]]:
     """(mean NLL as the user's turn, mean NLL as the assistant's reply to the neutral turn of
     `templates.json` "role_check") of each instruction's first `max_tokens` tokens; each distinct
     instruction is scored once. An instruction as the user's turn is what the run's forward prompt
@@ -128,9 +129,10 @@ def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_t
     if not distinct:
         return [got[t] for t in instructions]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    user = _prefix(tokenizer, forward_messages)
-    turn = templates().get("role_check", {}).get("user_turn", NEUTRAL_TURN)
-    assistant = tokenizer(render_prompt(tokenizer, forward_messages(turn)), add_special_tokens=False)["input_ids"]
+    tpl = templates or shipped()
+    user = _prefix(tokenizer, tpl.forward_messages, tpl)
+    turn = tpl.sections.get("role_check", {}).get("user_turn", NEUTRAL_TURN)
+    assistant = tokenizer(tpl.render_prompt(tokenizer, tpl.forward_messages(turn)), add_special_tokens=False)["input_ids"]
     ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in distinct]
     seqs = [user + x for x in ids] + [assistant + x for x in ids]
     starts = [len(user)] * len(ids) + [len(assistant)] * len(ids)
@@ -143,11 +145,12 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
                      segments: int = 3, batch_size: int = 8, progress: bool = True,
                      tail_tokens: int = 32, max_instruction_tokens: int = 128,
                      roles: bool = False, role_cache: dict[str, tuple[float, float]] | None = None,
-                     ) -> list[PairLikelihood]:
+                     templates: Templates | None = None) -> list[PairLikelihood]:
     """The likelihood parts of each (instruction, response) pair: two forward passes per pair;
     with `roles`, also the role margin (two short passes per distinct instruction,
     `instruction_roles`, which reuses and fills `role_cache`; NaN without). The likelihood
     curation modes ask for it: the combined and quality modes read it (`curate.COMBINED_SIGNALS`)."""
+    tpl = templates or shipped()
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     cond_seqs, cond_starts, uncond_seqs, n_resp, n_end, cuts = [], [], [], [], [], []
@@ -155,9 +158,9 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
         full = tokenizer(response, add_special_tokens=False)["input_ids"]
         resp = head_and_tail(full, max_response_tokens, tail_tokens)
         cuts.append(len(resp) < len(full))
-        messages = forward_messages(instruction)
-        prompt = tokenizer(render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
-        full_target = render_target(tokenizer, messages, response)
+        messages = tpl.forward_messages(instruction)
+        prompt = tokenizer(tpl.render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+        full_target = tpl.render_target(tokenizer, messages, response)
         end_ids = tokenizer(full_target[len(response):], add_special_tokens=False)["input_ids"] if \
             full_target.startswith(response) else []
         cond_seqs.append(prompt + resp + end_ids)
@@ -170,7 +173,7 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
                             "likelihood", progress)
     nan = float("nan")
     role_nlls = instruction_roles(model, tokenizer, [i for i, _ in pairs], max_instruction_tokens, batch_size,
-                                  progress, role_cache) if roles else [(nan, nan)] * len(pairs)
+                                  progress, role_cache, tpl) if roles else [(nan, nan)] * len(pairs)
     out = []
     for c, u, n, e, was_cut, (nu_i, na_i) in zip(cond, uncond, n_resp, n_end, cuts, role_nlls, strict=True):
         resp_c = c[:n]

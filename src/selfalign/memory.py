@@ -207,12 +207,9 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 
 def prompt_tokens(cfg: Config, stage: str, tokenizer: Any = None) -> PromptTokens:
     """Token counts of a stage's prompts, from the tokenizer when given (else estimates)."""
-    from selfalign.prompts import (
-        backward_messages,
-        forward_messages,
-        rating_messages,
-        render_prompt,
-    )
+    from selfalign.prompts import Templates
+
+    tpl = Templates.load(cfg.run.templates_dir)
 
     g, cur = cfg.generation, cfg.curation
     new = cur.max_new_tokens if cur.mode == "generate" else 8  # logprob: "Score:" and one token (likelihood: none)
@@ -223,9 +220,9 @@ def prompt_tokens(cfg: Config, stage: str, tokenizer: Any = None) -> PromptToken
         "responses": 512 + g.response.max_new_tokens,  # a user prompt (not cut) + the response
     }[stage]
     render = {
-        "augment": lambda a, b: backward_messages(a),
-        "curate": lambda a, b: rating_messages(a, b, cur.shots),
-        "responses": lambda a, b: forward_messages(a, cfg.forward.seed_tag),
+        "augment": lambda a, b: tpl.backward_messages(a),
+        "curate": lambda a, b: tpl.rating_messages(a, b, cur.shots),
+        "responses": lambda a, b: tpl.forward_messages(a, cfg.forward.seed_tag),
     }[stage]
     if tokenizer is None:
         fixed = RATING_FIXED + RATING_PER_SHOT * cur.shots if stage == "curate" else TEMPLATE_FIXED
@@ -233,7 +230,7 @@ def prompt_tokens(cfg: Config, stage: str, tokenizer: Any = None) -> PromptToken
         return PromptTokens(fixed, shared, variable, counted=False)
 
     def ids(a: str, b: str) -> list[int]:
-        return tokenizer(render_prompt(tokenizer, render(a, b)), add_special_tokens=False)["input_ids"]
+        return tokenizer(tpl.render_prompt(tokenizer, render(a, b)), add_special_tokens=False)["input_ids"]
 
     shared = _common_prefix(ids("What is x?", "x is y."), ids("Tell me about z.", "z is w."))
     return PromptTokens(len(ids("", "")), shared, variable, counted=True)

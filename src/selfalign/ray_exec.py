@@ -8,11 +8,11 @@ One job per stage, of the shape Ray can checkpoint:
     -> map_batches(EngineActor, compute=ActorPoolStrategy(size=ray.concurrency))  (an engine each)
     -> write_datasink(RecordSink)  (one JSONL file per block in <output>.parts/, then commit)
 
-Each actor holds selfalign's engine (`generation.load_engine`: the HF engine, or vLLM) and calls
-the same per-batch steps as the local executor (`augment.augment_batch`, `curate.rate_batch`),
-so the records have the same schema; the records are serialised by the actor (`json.dumps`, as
-`io.RecordLog` does) and written verbatim. After the job, the parts are concatenated into the
-stage's usual file (augment/augmented.jsonl, curate_N/rated.jsonl, responses.jsonl).
+Each actor holds selfalign's engine (`generation.load_engine`: the HF engine) and runs the stage's
+Step (`steps.py`) on its batches, as the local executor does, so the records are the same; they
+are serialised by the actor (`io.json_line`, as the record log does) and written verbatim. After
+the job, the parts are concatenated into the stage's usual file (augment/augmented.jsonl,
+curate_N/rated.jsonl, responses.jsonl), in the order of the stage's items.
 
 Resume: `CheckpointConfig(id_column="source_id")` records each written block's ids (two-phase:
 pending, data file, commit); a re-run drops committed rows at read time and deletes data files
@@ -20,11 +20,8 @@ of uncommitted blocks. Ray turns checkpointing off with only a warning when a jo
 a Write, and says nothing when a path starts with something else than a Read (`from_items`: ids are
 recorded but never filtered); `write_checkpointed` refuses both.
 
-Seeds: a batch is seeded by `row_seed(run.seed, <first source_id of the batch>)`. With batched
-transformers sampling the samples depend on which rows share a batch (Ray forms the batches), so
-the guarantee is "every id exactly once", not "the same text as the local executor". Greedy
-decoding (curation) gives the same result up to float rounding. On vLLM (`ray_llm.py`) each
-row has its own seed, `row_seed(run.seed, source_id)`.
+Seeds: every sampled row is seeded by `steps.row_seed(run.seed, source_id)`, so a row's text does
+not depend on which batch or worker it landed in.
 """
 
 from __future__ import annotations
@@ -36,7 +33,6 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +41,9 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
 from selfalign.config import Config, ConfigError, RayConfig
-from selfalign.io import DataError, data_files, writing
-from selfalign.ray_rows import ray_batch_size as _batch_size
-from selfalign.ray_rows import row_seed as row_seed
-from selfalign.ray_rows import unlabelled_row as _unlabelled
-from selfalign.records import AugmentedPair
+from selfalign.io import DataError, data_files, json_line, write_jsonl, writing
+from selfalign.ray_llm import ray_batch_size
+from selfalign.steps import ID, ModelRef, Step, as_dict, in_order
 
 CHECKPOINT_OFF = "doesn't support checkpointing"  # Ray's warning when it turns checkpointing off
 IO_CPUS = 0.25  # logical CPUs of a read or write task (JSON lines: light work)
@@ -60,73 +54,24 @@ class RayJobError(DataError):
     """A Ray job that cannot run as asked (checkpointing would be off, an id written twice, ...)."""
 
 
-# --- per-batch steps (plain functions: the actor calls them; tests call them without Ray) --------
-
-def augment_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One AugmentedPair record per row (unlabelled responses: `source_id` and `response`,
-    `text` or LIMA `conversations`); bad rows and failed generations have status error."""
-    from selfalign.augment import augment_batch, error_pair, generation_settings
-    from selfalign.generation import GenParams
-
-    g = cfg.generation
-    parsed = [_unlabelled(r) for r in rows]
-    good = [i for i, (_, why) in enumerate(parsed) if not why]
-    seed = row_seed(cfg.run.seed, min((parsed[i][0].source_id for i in good), default=""))
-    params = GenParams.from_config(g.instruction, seed)
-    done = augment_batch(engine, [parsed[i][0] for i in good], params, g.max_prompt_tokens, g.max_instruction_chars,
-                         g.require_request)
-    out: list[AugmentedPair] = [error_pair(r, generation_settings(engine, params), why) for r, why in parsed]
-    for i, rec in zip(good, done, strict=True):
-        out[i] = rec
-    return [asdict(r) for r in out]
-
-
-def rate_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One RatedPair record per usable row (AugmentedPair rows with status ok; the others are not
-    rated, as in the local executor); failed ratings have status error."""
-    from selfalign.curate import rate_batch
-
-    fields = AugmentedPair.__dataclass_fields__
-    pairs = [AugmentedPair(**{k: v for k, v in r.items() if k in fields}) for r in rows if r.get("status") == "ok"]
-    if not pairs:
-        return []
-    seed = row_seed(cfg.run.seed, min(p.source_id for p in pairs))
-    return [asdict(r) for r in rate_batch(engine, pairs, cfg.curation, seed, cfg.curation.max_response_tokens)]
-
-
-def respond_rows(engine: Any, cfg: Config, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One {"prompt", "response", "model"} record per prompt row (as the local responses.jsonl)."""
-    from selfalign.forward import sample_responses
-    from selfalign.generation import GenParams, overlong_prompts
-    from selfalign.prompts import forward_messages, render_prompt
-
-    g = cfg.generation.response
-    seed = row_seed(cfg.run.seed, min((str(r["source_id"]) for r in rows), default=""))
-    prompts = [str(r["prompt"]) for r in rows]
-    rendered = [render_prompt(engine.tokenizer, forward_messages(p, cfg.forward.seed_tag)) for p in prompts]
-    errors = overlong_prompts(engine, rendered, g.max_new_tokens)
-    run = [i for i, e in enumerate(errors) if not e]
-    texts = dict(zip(run, sample_responses(engine, [prompts[i] for i in run], GenParams.from_config(g, seed),
-                                           cfg.forward.seed_tag), strict=True))
-    out = []
-    for i, p in enumerate(prompts):
-        rec = {"prompt": p, "response": texts.get(i, ""), "model": engine.name}
-        if errors[i]:
-            rec.update(status="error", error=errors[i])
-        out.append(rec)
-    return out
-
-
-STEPS: dict[str, Callable[[Any, Config, list[dict[str, Any]]], list[dict[str, Any]]]] = {
-    "augment": augment_rows, "curate": rate_rows, "responses": respond_rows,
-}
+def step_rows(step: Step, engine: Any, rows: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """(source_id, JSON line) of each row's record: the step run on the rows it can use, an error
+    record for each row it cannot (`Step.from_row`); rows that are not for the step get none."""
+    parsed = [step.from_row(r) for r in rows]
+    good = [i for i, (item, why) in enumerate(parsed) if item is not None and not why]
+    recs: dict[int, Any] = dict(zip(good, step.run(engine, [parsed[i][0] for i in good], progress=False,
+                                                   isolate=True), strict=True))
+    for i, (item, why) in enumerate(parsed):
+        if item is not None and why:
+            recs[i] = step.error_record(item, why)
+    return [(str(rows[i][ID]), json_line(as_dict(recs[i]))) for i in sorted(recs)]
 
 
 class EngineActor:
     """A Ray actor holding one engine; called with a batch (a pyarrow Table of input rows), it
     returns the batch's records as (source_id, JSON line) columns."""
 
-    def __init__(self, cfg: dict[str, Any], step: str, spec: str, adapter: str | None, name: str) -> None:
+    def __init__(self, cfg: dict[str, Any], step: Step, model: ModelRef) -> None:
         import torch
 
         self.cfg = Config.model_validate(cfg)
@@ -134,19 +79,13 @@ class EngineActor:
         torch.set_num_threads(threads)
         from selfalign.generation import load_engine
 
-        self.step = STEPS[step]
-        stage = "curate" if step == "curate" else step
-        self.engine = load_engine(self.cfg, spec, adapter=adapter, name=name, stage=stage)
+        self.step = step
+        self.engine = load_engine(self.cfg, model.spec, adapter=model.adapter, name=model.name, stage=model.stage)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        rows = batch.to_pylist()
-        recs = self.step(self.engine, self.cfg, rows)
-        if self.step is respond_rows:  # one record per prompt row, in order; the record has no id
-            ids = [str(r["source_id"]) for r in rows]
-        else:  # augment: one per row; curate: one per `ok` row
-            ids = [str(r["source_id"]) for r in recs]
-        lines = [json.dumps(r, ensure_ascii=False) for r in recs]
-        return pa.table({"source_id": pa.array(ids, pa.string()), "record": pa.array(lines, pa.string())})
+        out = step_rows(self.step, self.engine, batch.to_pylist())
+        return pa.table({ID: pa.array([i for i, _ in out], pa.string()),
+                         "record": pa.array([line for _, line in out], pa.string())})
 
 
 class RecordSink(BlockBasedFileDatasink):
@@ -237,23 +176,27 @@ def _absolute(spec: str) -> str:
     return str(p.resolve()) if p.exists() else spec
 
 
-def run_job(
-    cfg: Config, step: str, inputs: str | Path, out_path: Path, spec: str, adapter: str | Path | None, name: str,
-    sort_key: Callable[[dict[str, Any]], Any] | None = None,
-) -> Path:
-    """Run one stage's rows through Ray and write `out_path` (JSONL); resumable (see module doc).
+def run_job(cfg: Config, step: Step, items: list[Any] | Path, out_path: Path, model: ModelRef) -> list[Any]:
+    """Run `step` over `items` on Ray and write `out_path` (JSONL); resumable (see module doc).
 
-    `inputs`: a file or a folder of .jsonl/.json/.parquet shards; every row has a unique `source_id`.
-    `sort_key`: order of the merged records (None: the order of the part files)."""
+    `items`: the stage's items (they go to Ray as `<out_path>.input.jsonl`, and the records come
+    back in their order), or a file or folder of .jsonl/.json/.parquet shards of input rows (read
+    by Ray in parallel; every row has a unique `source_id`; records in the order of the parts)."""
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
     rc = cfg.ray
     out_path = Path(out_path).resolve()
-    files = data_files(Path(inputs).resolve())
+    if isinstance(items, (str, Path)):
+        files = data_files(Path(items).resolve())
+    else:
+        files = [out_path.with_name(out_path.name + ".input.jsonl")]
+        write_jsonl(files[0], [as_dict(it) for it in items])
     parts = parts_dir(out_path)
     with writing(parts):
         parts.mkdir(parents=True, exist_ok=True)
+    model = ModelRef(_absolute(model.spec), Path(model.adapter).resolve() if model.adapter else None, model.name,
+                     model.stage)
     if cfg.generation.backend == "vllm":
         from selfalign import ray_llm
 
@@ -264,15 +207,21 @@ def run_job(
         ctx = DataContext.get_current()
         before = ctx.checkpoint_config
         ctx.checkpoint_config = CheckpointConfig(
-            id_column="source_id", checkpoint_path=checkpoint_dir(out_path, rc), delete_checkpoint_on_success=False)
+            id_column=ID, checkpoint_path=checkpoint_dir(out_path, rc), delete_checkpoint_on_success=False)
         try:
             ds = read_rows(files).repartition(target_num_rows_per_block=rc.block_rows)
-            ds = run(cfg, step, ds, _absolute(spec), str(Path(adapter).resolve()) if adapter else None, name)
-            write_checkpointed(ds, parts)
+            write_checkpointed(run(cfg, step, ds, model), parts)
         finally:
             ctx.checkpoint_config = before
-    merge_parts(parts, out_path, sort_key)
-    return out_path
+    if isinstance(items, (str, Path)):
+        merge_parts(parts, out_path)
+    else:
+        order = {step.item_id(it): k for k, it in enumerate(items)}
+        merge_parts(parts, out_path, lambda rec: order.get(str(rec.get(ID)), len(order)))
+    records = [json.loads(x) for x in out_path.read_text(encoding="utf-8").splitlines()]
+    if isinstance(items, (str, Path)):
+        return [step.load(r) for r in records]
+    return in_order(step, items, records)
 
 
 def write_checkpointed(ds: Any, parts: Path) -> None:
@@ -300,38 +249,35 @@ def write_checkpointed(ds: Any, parts: Path) -> None:
             raise RayJobError(f"Ray would run this job without checkpointing, so a re-run could not resume ({e})") from None
 
 
-def _hf_job(cfg: Config, step: str, ds: Any, spec: str, adapter: str | None, name: str) -> Any:
+def _hf_job(cfg: Config, step: Step, ds: Any, model: ModelRef) -> Any:
     from ray.data import ActorPoolStrategy
 
     rc = cfg.ray
     return ds.map_batches(  # `concurrency=` is deprecated since Ray 2.51: compute=ActorPoolStrategy
-        EngineActor, fn_constructor_args=(cfg.to_dict(), step, spec, adapter, name),
-        batch_size=_batch_size(cfg), batch_format="pyarrow", compute=ActorPoolStrategy(size=rc.concurrency),
+        EngineActor, fn_constructor_args=(cfg.to_dict(), step, model),
+        batch_size=ray_batch_size(cfg), batch_format="pyarrow", compute=ActorPoolStrategy(size=rc.concurrency),
         num_cpus=rc.cpus_per_actor, num_gpus=rc.gpus_per_actor or None,
     )
 
 
 def merge_parts(parts: Path, out_path: Path, sort_key: Callable[[dict[str, Any]], Any] | None = None) -> int:
-    """Concatenate the part files into `out_path` (atomically); refuse an id written twice.
-    Returns the number of records."""
+    """Concatenate the part files into `out_path` (atomically, ordered by `sort_key` of each record,
+    else in the order of the part files); refuse an id written twice. Returns the number of records."""
     seen: set[str] = set()
-    tmp = out_path.with_name(f".{out_path.name}.merge.tmp")
     lines: list[tuple[Any, str]] = []
+    for part in sorted(parts.glob("*.jsonl")):
+        for line in part.read_text(encoding="utf-8").splitlines():
+            rec = json.loads(line)
+            key = str(rec[ID])
+            if key in seen:
+                raise RayJobError(f"{part}: source_id {key!r} was written twice")
+            seen.add(key)
+            lines.append((sort_key(rec) if sort_key else len(lines), line))
+    tmp = out_path.with_name(f".{out_path.name}.merge.tmp")
     with writing(out_path), open(tmp, "w", encoding="utf-8") as f:
-        for part in sorted(parts.glob("*.jsonl")):
-            for line in part.read_text(encoding="utf-8").splitlines():
-                rec = json.loads(line)
-                key = str(rec.get("source_id", rec.get("prompt")))
-                if "source_id" in rec and key in seen:
-                    raise RayJobError(f"{part}: source_id {key!r} was written twice")
-                seen.add(key)
-                if sort_key is None:
-                    f.write(line + "\n")
-                else:
-                    lines.append((sort_key(rec), line))
         for _, line in sorted(lines, key=lambda x: x[0]):
             f.write(line + "\n")
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, out_path)
-    return len(seen) if sort_key is None else len(lines)
+    return len(lines)

@@ -20,7 +20,7 @@ import torch
 
 from selfalign.config import LoraConfig, ModelsConfig, TrainConfig
 from selfalign.io import write_json, write_jsonl
-from selfalign.prompts import Messages, render_prompt, render_target
+from selfalign.prompts import Messages, Templates, shipped
 
 IGNORE_INDEX = -100
 
@@ -47,7 +47,8 @@ class TokenizedSet:
         return sum(sum(1 for x in r["labels"] if x != IGNORE_INDEX) for r in self.rows)
 
 
-def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int) -> dict[str, Any] | str:
+def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int,
+                     templates: Templates | None = None) -> dict[str, Any] | str:
     """input_ids + labels (prompt masked with -100), or a reason string if it can't be used.
 
     Over-long examples lose the tail of the target; an example whose prompt leaves no room for
@@ -55,8 +56,9 @@ def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int) -> dict[str
     """
     if not ex.target.strip():
         return "empty_target"
-    prompt_ids = tokenizer(render_prompt(tokenizer, ex.messages), add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(render_target(tokenizer, ex.messages, ex.target), add_special_tokens=False)["input_ids"]
+    tpl = templates or shipped()
+    prompt_ids = tokenizer(tpl.render_prompt(tokenizer, ex.messages), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(tpl.render_target(tokenizer, ex.messages, ex.target), add_special_tokens=False)["input_ids"]
     truncated = False
     room = max_len - len(prompt_ids)
     if room < 1:
@@ -71,10 +73,11 @@ def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int) -> dict[str
     }
 
 
-def tokenize_examples(tokenizer: Any, examples: list[TrainExample], max_len: int) -> TokenizedSet:
+def tokenize_examples(tokenizer: Any, examples: list[TrainExample], max_len: int,
+                      templates: Templates | None = None) -> TokenizedSet:
     out = TokenizedSet(rows=[])
     for ex in examples:
-        got = tokenize_example(tokenizer, ex, max_len)
+        got = tokenize_example(tokenizer, ex, max_len, templates)
         if isinstance(got, str):
             out.dropped[got] = out.dropped.get(got, 0) + 1
             continue
@@ -229,6 +232,7 @@ def train_lora(
     seed: int = 0,
     device: str = "auto",
     name: str = "lora",
+    templates: Templates | None = None,
 ) -> TrainResult:
     """Train a LoRA adapter of `models.base` on `examples` and save a standard PEFT folder at `out_dir`.
 
@@ -247,7 +251,7 @@ def train_lora(
     work = out_dir.with_name(out_dir.name + ".work")
     set_seed(seed)
     model, tok = load_model(models.base, models, device=device, trainable=True)
-    data = tokenize_examples(tok, examples, train.max_seq_len)
+    data = tokenize_examples(tok, examples, train.max_seq_len, templates)
     if not data.rows:
         from selfalign.io import DataError
 

@@ -3,7 +3,7 @@
 Mean negative log-likelihood per token of the true instruction given the response on the held-out
 pairs (lower is better), with the training tokenization (`backward.backward_examples` +
 `train.tokenize_example`), plus a few side-by-side examples of generated instructions (greedy, the
-augmentation prompt `prompts.backward_prompt`).
+augmentation prompt `prompts.Templates.backward_prompt`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 
 from selfalign.config import Config
 from selfalign.generation import GenParams, HFEngine, generate
-from selfalign.prompts import backward_prompt
+from selfalign.prompts import Templates
 from selfalign.records import SeedPair
 
 N_EXAMPLES = 5
@@ -57,7 +57,8 @@ def _nll_summary(per_example: Sequence[tuple[float, int]]) -> dict[str, Any]:
             "perplexity": round(math.exp(mean), 3) if mean is not None and mean < 50 else None}
 
 
-def nll_base_vs_backward(model: Any, tok: Any, pairs: Sequence[SeedPair], max_len: int, batch_size: int) -> dict[str, Any]:
+def nll_base_vs_backward(model: Any, tok: Any, pairs: Sequence[SeedPair], max_len: int, batch_size: int,
+                         templates: Templates | None = None) -> dict[str, Any]:
     """NLL/token of each pair's instruction given its response, with the backward adapter and
     without it (the base model), tokenized as in training (`backward_examples` + `tokenize_example`)."""
     from selfalign.backward import backward_examples
@@ -65,8 +66,8 @@ def nll_base_vs_backward(model: Any, tok: Any, pairs: Sequence[SeedPair], max_le
 
     rows: list[dict[str, list[int]]] = []
     dropped: dict[str, int] = {}
-    for ex in backward_examples(list(pairs), tok, max_len):
-        got = tokenize_example(tok, ex, max_len)
+    for ex in backward_examples(list(pairs), tok, max_len, templates):
+        got = tokenize_example(tok, ex, max_len, templates)
         if isinstance(got, str):
             dropped[got] = dropped.get(got, 0) + 1
         else:
@@ -86,19 +87,20 @@ def evaluate_backward(cfg: Config, run_dir: Path, heldout: Sequence[SeedPair], n
 
     model, tok = load_model(cfg.models.base, cfg.models, device=cfg.run.device, adapter=Path(run_dir) / "backward")
     bs = cfg.generation.batch_size or 8  # 0 = auto, for generation
-    nll = nll_base_vs_backward(model, tok, heldout, cfg.train_backward.max_seq_len, bs)
+    tpl = Templates.for_config(cfg)
+    nll = nll_base_vs_backward(model, tok, heldout, cfg.train_backward.max_seq_len, bs, tpl)
 
     engine = HFEngine(model, tok, bs, "backward")
     shown = list(heldout)[:n_examples]
-    prompts = [backward_prompt(tok, p.response, cfg.generation.max_prompt_tokens)[0] for p in shown]
+    prompts = [tpl.backward_prompt(tok, p.response, cfg.generation.max_prompt_tokens)[0] for p in shown]
     params = GenParams(0.0, 1.0, cfg.generation.instruction.max_new_tokens, cfg.run.seed)
     gen_bwd = generate(engine, prompts, params, desc="backward examples")
     with model.disable_adapter():
         gen_base = generate(engine, prompts, params, desc="base examples")
     mx = cfg.generation.max_instruction_chars
     examples = [{"response": p.response, "true_instruction": p.instruction,
-                 "backward_instruction": clean_instruction(g, p.response, mx)[0],
-                 "base_instruction": clean_instruction(b, p.response, mx)[0]}
+                 "backward_instruction": clean_instruction(g, p.response, mx, words_=tpl.request_words)[0],
+                 "base_instruction": clean_instruction(b, p.response, mx, words_=tpl.request_words)[0]}
                 for p, g, b in zip(shown, gen_bwd, gen_base, strict=True)]
     del engine, model
     return {**nll, "examples": examples}

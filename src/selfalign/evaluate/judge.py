@@ -1,6 +1,6 @@
 """Forward model: pairwise win rate against the base model, judged by the rater.
 
-Judged with `templates/pairwise_prompt.txt` (`prompts.pairwise_messages`). Every pair is judged in
+Judged with `templates/pairwise_prompt.txt` (`prompts.Templates.pairwise_messages`). Every pair is judged in
 both orders; **a win (or a loss) must hold in both orders, anything else is a tie** (a
 position-biased judge that always answers "A" gives only ties). Unparsable verdicts are counted; a
 pair with one is a tie by the same rule. The 95% interval is the Wilson score interval of the win
@@ -18,7 +18,7 @@ from selfalign.config import Config
 from selfalign.evaluate.stats import wilson_interval
 from selfalign.generation import Engine, GenParams, generate
 from selfalign.io import DataError
-from selfalign.prompts import pairwise_messages, render_prompt, truncate_tokens
+from selfalign.prompts import Templates, shipped, truncate_tokens
 
 _VERDICT_RE = re.compile(
     r"winner\s*\**\s*[:=\-]?\s*\**\s*(?:is\s+)?[\"'\[(]*\s*(?:response\s+|answer\s+)?(a|b|tie)\b", re.IGNORECASE
@@ -74,9 +74,10 @@ def judge_pairwise(
     max_new_tokens: int = 96,
     max_response_tokens: int = 512,
     seed: int = 0,
+    templates: Templates | None = None,
 ) -> dict[str, Any]:
     """Judge x vs y on every instruction in both orders (greedy); summary + per-item records."""
-    tok = engine.tokenizer
+    tok, tpl = engine.tokenizer, templates or shipped()
     n = len(instructions)
     if not (len(responses_x) == len(responses_y) == n):
         raise ValueError("judge_pairwise: instructions and responses differ in length")
@@ -85,8 +86,8 @@ def judge_pairwise(
         return truncate_tokens(tok, t, max_response_tokens)[0]
 
     xs, ys = [cut(t) for t in responses_x], [cut(t) for t in responses_y]
-    prompts = [render_prompt(tok, pairwise_messages(i, x, y)) for i, x, y in zip(instructions, xs, ys, strict=True)]
-    prompts += [render_prompt(tok, pairwise_messages(i, y, x)) for i, x, y in zip(instructions, xs, ys, strict=True)]
+    prompts = [tpl.render_prompt(tok, tpl.pairwise_messages(i, x, y)) for i, x, y in zip(instructions, xs, ys, strict=True)]
+    prompts += [tpl.render_prompt(tok, tpl.pairwise_messages(i, y, x)) for i, x, y in zip(instructions, xs, ys, strict=True)]
     outs = generate(engine, prompts, GenParams(0.0, 1.0, max_new_tokens, seed), desc="judge")
     items: list[dict[str, Any]] = []
     unparsable = 0
@@ -114,7 +115,7 @@ def model_responses(cfg: Config, adapter: Path | None, prompts: Sequence[str], n
 
     engine = load_engine(cfg, cfg.models.base, adapter=adapter, name=name)
     texts = sample_responses(engine, list(prompts), GenParams.from_config(cfg.generation.response, cfg.run.seed),
-                             cfg.forward.seed_tag)
+                             cfg.forward.seed_tag, Templates.for_config(cfg))
     del engine
     return texts
 

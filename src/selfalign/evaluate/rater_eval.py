@@ -31,15 +31,7 @@ from typing import Any
 
 from selfalign import curate
 from selfalign.config import Config, CurationConfig
-from selfalign.curate import (
-    RANKED_MODES,
-    SCORING_VERSION,
-    choose_rater,
-    curation_stats,
-    finish_ranked,
-    rate_pairs,
-    revalue,
-)
+from selfalign.curate import choose_rater, curation_stats, rate_pairs
 from selfalign.evaluate.corruptions import (
     CORRUPTION_KINDS,
     GOOD,
@@ -50,8 +42,10 @@ from selfalign.evaluate.corruptions import (
 from selfalign.evaluate.human import HUMAN_BAD, HUMAN_GOOD
 from selfalign.evaluate.resume import cached, fingerprint_matches, fingerprinted_log, texts_hash
 from selfalign.evaluate.stats import auc_interval, paired_comparison, precision_recall, roc_auc
+from selfalign.executors import finish
 from selfalign.generation import Engine
 from selfalign.io import DataError
+from selfalign.rank import RANKED_MODES, SCORING_VERSION, RankStep, revalue
 from selfalign.records import AugmentedPair, RatedPair, SeedPair
 
 REPORT_THRESHOLDS = (1.0, 2.0, 3.0, 4.0, 4.5, 5.0)
@@ -105,10 +99,11 @@ def base_instructions(cfg: Config, responses: dict[int, str], path: Path) -> dic
     with the run's backward prompt, greedy; cached in `path` while the inputs match."""
     from selfalign.augment import clean_instruction
     from selfalign.generation import GenParams, generate, load_engine
-    from selfalign.prompts import backward_prompt, templates
+    from selfalign.prompts import Templates
 
     g = cfg.generation
-    fp = {"base": cfg.models.base, "models": cfg.models.model_dump(), "template": templates()["backward"],
+    tpl = Templates.for_config(cfg)
+    fp = {"base": cfg.models.base, "models": cfg.models.model_dump(), "template": tpl.sections["backward"],
           "max_prompt_tokens": g.max_prompt_tokens, "max_new_tokens": g.instruction.max_new_tokens,
           "max_instruction_chars": g.max_instruction_chars, "seed": cfg.run.seed,
           "responses": texts_hash(sorted(responses.items()))}
@@ -118,12 +113,13 @@ def base_instructions(cfg: Config, responses: dict[int, str], path: Path) -> dic
             return {}
         engine = load_engine(cfg, cfg.models.base, adapter=None, name="base (no adapter)")
         idx = sorted(responses)
-        prompts = [backward_prompt(engine.tokenizer, responses[i], g.max_prompt_tokens)[0] for i in idx]
+        prompts = [tpl.backward_prompt(engine.tokenizer, responses[i], g.max_prompt_tokens)[0] for i in idx]
         outs = generate(engine, prompts, GenParams(0.0, 1.0, g.instruction.max_new_tokens, cfg.run.seed),
                         desc="base-model instructions")
         del engine
         # the cleaned instruction; the raw text when cleaning leaves nothing (still the base model's)
-        return {str(i): clean_instruction(o, responses[i], g.max_instruction_chars)[0] or o.strip()
+        return {str(i): clean_instruction(o, responses[i], g.max_instruction_chars, words_=tpl.request_words)[0]
+                or o.strip()
                 for i, o in zip(idx, outs, strict=True)}
 
     got, _ = cached(path, fp, compute)
@@ -159,12 +155,13 @@ def rating_fingerprint(cfg: Config, cur: CurationConfig, rater: tuple[str, Path 
                        ) -> dict[str, Any]:
     """What a rated record depends on: rater, models settings, curation settings but the
     threshold (selection only), rating templates, seed and the rated texts."""
-    from selfalign.prompts import prompt_file
+    from selfalign.prompts import Templates
 
+    tpl = Templates.for_config(cfg)
     return {"rater": rater[0], "adapter": str(rater[1] or ""), "models": cfg.models.model_dump(),
             "curation": cur.model_dump(exclude={"threshold", "iterations"}), "seed": cfg.run.seed,
-            "templates": texts_hash([prompt_file("rating_prompt.txt"), prompt_file("rating_fewshot.json"),
-                                     prompt_file("templates.json")]),
+            "templates": texts_hash([tpl.file("rating_prompt.txt"), tpl.file("rating_fewshot.json"),
+                                     tpl.file("templates.json")]),
             "scoring": SCORING_VERSION,
             "pairs": texts_hash([(p.source_id, p.source, p.instruction, p.response) for p in pairs])}
 
@@ -174,7 +171,9 @@ def rate_set(
 ) -> list[RatedPair]:
     """Rate `pairs` with `mode`; records in `path`, resumed when the fingerprint matches. The
     likelihood modes share their parts: when the other one's complete records of the same pairs
-    are there, they are re-valued (`curate.revalue`) instead of computed again."""
+    are there, they are re-valued (`rank.revalue`) instead of computed again."""
+    from selfalign.prompts import Templates
+
     cur = cfg.curation.model_copy(update={"mode": mode})
     fingerprinted_log(path, rating_fingerprint(cfg, cur, rater, pairs))
     if mode in RANKED_MODES:
@@ -185,8 +184,10 @@ def rate_set(
                 continue
             recs = [RatedPair(**json.loads(x)) for x in src.read_text(encoding="utf-8").splitlines() if x.strip()]
             if [r.source_id for r in recs] == [p.source_id for p in pairs]:
-                return finish_ranked(revalue(recs, mode), path, mode)
-    return rate_pairs(engine, pairs, cur, path, cfg.run.seed, cfg.curation.max_response_tokens)
+                tpl = Templates.for_config(cfg)
+                return finish(RankStep(tpl, mode, cur.max_response_tokens), revalue(recs, mode), path)
+    return rate_pairs(engine, pairs, cur, path, cfg.run.seed, cfg.curation.max_response_tokens,
+                      Templates.for_config(cfg))
 
 
 def length_scores(pairs: Sequence[AugmentedPair | RatedPair]) -> list[float]:

@@ -8,7 +8,7 @@ model vs backward adapter:
   the training tokenization);
 - ROUGE-L F1 between generated and true prompt (`rouge_l_f1`). Backward: the instruction the run
   generated. Base: one generated now by the base model with the augmentation prompt and sampling
-  (`augment.augment_batch`, `generation.instruction`, seeded with `run.seed`). Every pair counts,
+  (`augment.AugmentStep`, `generation.instruction`, seeded with `run.seed`). Every pair counts,
   whatever its status (an empty or failed generation scores 0);
 - the share of each augmentation status (`augment.STATUSES`), e.g. ok vs not_request;
 - side-by-side examples.
@@ -108,12 +108,13 @@ def evaluate_recovery(cfg: Config, run_dir: Path, n: int = 40, n_examples: int =
                       records: Path | None = None) -> dict[str, Any]:
     """Base vs backward on recovering the true prompts of the run's augmented pairs (see the
     module doc). `records`: where to write one JSON line per pair (optional)."""
-    from selfalign.augment import augment_batch
+    from selfalign.augment import AugmentStep
     from selfalign.evaluate.backward_eval import nll_base_vs_backward
-    from selfalign.generation import GenParams, HFEngine
+    from selfalign.generation import HFEngine
     from selfalign.io import write_jsonl
     from selfalign.models import load_model
     from selfalign.pipeline import resolve_data
+    from selfalign.prompts import Templates
 
     run_dir = Path(run_dir)
     path = run_dir / "augment" / "augmented.jsonl"
@@ -127,14 +128,14 @@ def evaluate_recovery(cfg: Config, run_dir: Path, n: int = 40, n_examples: int =
     model, tok = load_model(cfg.models.base, cfg.models, device=cfg.run.device, adapter=run_dir / "backward")
     bs = cfg.generation.batch_size or 8  # 0 = auto, for generation
     truth = [SeedPair(prompt, p.response, p.source_id) for p, prompt in picked]
-    nll = nll_base_vs_backward(model, tok, truth, cfg.train_backward.max_seq_len, bs)
+    tpl = Templates.for_config(cfg)
+    nll = nll_base_vs_backward(model, tok, truth, cfg.train_backward.max_seq_len, bs, tpl)
 
-    g = cfg.generation
     engine = HFEngine(model, tok, bs, "base")
     with model.disable_adapter():
-        base = augment_batch(engine, [UnlabelledResponse(p.response, p.source_id, p.source) for p, _ in picked],
-                             GenParams.from_config(g.instruction, cfg.run.seed), g.max_prompt_tokens,
-                             g.max_instruction_chars, g.require_request)
+        step = AugmentStep.from_config(cfg, tpl, engine.name)
+        base = step.run(engine, [UnlabelledResponse(p.response, p.source_id, p.source) for p, _ in picked],
+                        progress=False, isolate=True)
     del engine, model
 
     rows = [{"source_id": p.source_id, "true_prompt": prompt,

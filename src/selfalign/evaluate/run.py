@@ -33,11 +33,12 @@ def adapter_hash(adapter: Path | None) -> str:
 def backward_fingerprint(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """What the backward model's measurements depend on besides their data: the models, the
     backward adapter's files, the training tokenization, generation settings, seed and templates."""
-    from selfalign.prompts import prompt_file
+    from selfalign.prompts import Templates
 
+    tpl = Templates.for_config(cfg)
     return {"models": cfg.models.model_dump(), "adapter_hash": adapter_hash(Path(run_dir) / "backward"),
             "max_seq_len": cfg.train_backward.max_seq_len, "generation": cfg.generation.model_dump(),
-            "seed": cfg.run.seed, "templates": texts_hash([prompt_file("templates.json")])}
+            "seed": cfg.run.seed, "templates": texts_hash([tpl.file("templates.json")])}
 
 
 def recovery_inputs(cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -102,8 +103,9 @@ def evaluate_run(
     from selfalign.generation import load_engine
     from selfalign.models import setup_threads
     from selfalign.pipeline import resolve_data, say
-    from selfalign.prompts import prompt_file
+    from selfalign.prompts import Templates
 
+    tpl = Templates.for_config(cfg)
     run_dir = Path(cfg.run.out_dir)
     check_run(run_dir)
     setup_threads(cfg.run.threads)
@@ -178,9 +180,10 @@ def evaluate_run(
     for x, y in comparisons(models):
         fp = {**rater_fp, "x": texts_hash(responses[x]), "y": texts_hash(responses[y]), "prompts": texts_hash(prompts),
               "max_new_tokens": judge_tokens, "max_response_tokens": cfg.curation.max_response_tokens,
-              "seed": cfg.run.seed, "template": texts_hash([prompt_file("pairwise_prompt.txt")])}
+              "seed": cfg.run.seed, "template": texts_hash([tpl.file("pairwise_prompt.txt")])}
         got, _ = cached(ev / f"judgments_{x}_vs_{y}.json", fp, lambda x=x, y=y, r=rater: judge_pairwise(
-            r, prompts, responses[x], responses[y], judge_tokens, cfg.curation.max_response_tokens, cfg.run.seed))
+            r, prompts, responses[x], responses[y], judge_tokens, cfg.curation.max_response_tokens, cfg.run.seed,
+            tpl))
         comps.append({"x": x, "y": y, "x_adapter": str(models[x] or cfg.models.base),
                       "y_adapter": str(models[y] or cfg.models.base), **got["summary"],
                       "examples": [{k: it[k] for k in ("instruction", "x", "y", "verdict_x_as_a", "verdict_x_as_b", "outcome")}

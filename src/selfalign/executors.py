@@ -1,0 +1,61 @@
+"""Executors: where a Step runs (`run.executor`). Each runs any Step without knowing which it is.
+
+- `local` (`run_local`): one engine in this process; records are appended to the stage's record
+  log as they finish (fsynced), and a re-run does only the items the log does not hold.
+- `ray` (`ray_exec.run_job`): Ray Data actors each holding an engine, or vLLM processors on a GPU
+  cluster (`ray_llm.py`); resumable through Ray's checkpoints.
+
+Both return the records in the order of the items, after the step's `finish` (ranking among the
+whole set, for the ranked curation modes), and leave them in the stage's file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from selfalign.config import Config, ConfigError
+from selfalign.io import RecordLog, write_jsonl
+from selfalign.steps import ID, ModelRef, Record, Step, as_dict, in_order
+
+
+def run_local(step: Step, engine: Any, items: list[Any], out_path: Path, progress: bool = True) -> list[Record]:
+    """Run `step` over `items` on `engine`, appending each record to `out_path` as it is done;
+    items whose record the file already holds (an interrupted run) are not run again."""
+    log = RecordLog(out_path)
+    done = log.done_keys(ID)
+    step.resume(log.records)
+    todo = [it for it in items if step.item_id(it) not in done]
+    try:
+        for chunk in step.chunks(todo):
+            step.run(engine, chunk, on_record=lambda rec: log.append(as_dict(rec)), progress=progress)
+    finally:
+        log.close()
+    return finish(step, in_order(step, items, log.records), Path(out_path))
+
+
+def finish(step: Step, records: list[Record], out_path: Path) -> list[Record]:
+    """The step's final records; the stage's file is rewritten when `finish` changes them."""
+    final = step.finish(records)
+    if final is None:
+        return records
+    write_jsonl(out_path, [as_dict(r) for r in final])
+    return final
+
+
+def run_stage(cfg: Config, step: Step, items: list[Any], out_path: Path, model: ModelRef) -> list[Record]:
+    """Run a stage's step with the configured executor: records in the order of `items`."""
+    if cfg.run.executor == "ray":
+        return finish(step, ray_executor().run_job(cfg, step, items, out_path, model), out_path)
+    from selfalign.generation import load_engine
+
+    engine = load_engine(cfg, model.spec, adapter=model.adapter, name=model.name, stage=model.stage)
+    return run_local(step, engine, items, out_path)
+
+
+def ray_executor():  # noqa: ANN201 - the module, imported only for run.executor=ray
+    try:
+        from selfalign import ray_exec
+    except ImportError as e:
+        raise ConfigError(f"run.executor=ray needs Ray Data: pip install 'selfalign[ray]' ({e})") from None
+    return ray_exec
