@@ -9,8 +9,8 @@ from typing import Any
 
 from selfalign.config import ConfigError
 from selfalign.generation import Engine, GenParams, context_limit, generate, overlong_prompts
-from selfalign.io import RecordLog
 from selfalign.prompts import PromptTooLong, backward_prompt, request_words
+from selfalign.record_log import RecordLog
 from selfalign.records import AugmentedPair, UnlabelledResponse
 
 # Template pieces a weak backward model sometimes echoes at the start of its output.

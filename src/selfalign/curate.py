@@ -53,7 +53,7 @@ from selfalign.generation import (
     next_token_probs,
     overlong_prompts,
 )
-from selfalign.io import RecordLog, atomic_write_text, write_jsonl
+from selfalign.io import atomic_write_text, write_jsonl
 from selfalign.likelihood import pair_likelihoods
 from selfalign.prompts import (
     PromptTooLong,
@@ -61,6 +61,7 @@ from selfalign.prompts import (
     rating_messages,
     render_prompt,
 )
+from selfalign.record_log import RecordLog
 from selfalign.records import AugmentedPair, RatedPair
 
 MODES = ("generate", "logprob", "likelihood", "combined", "quality")

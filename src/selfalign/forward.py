@@ -14,8 +14,9 @@ from typing import Any
 
 from selfalign.config import Config, ForwardConfig
 from selfalign.generation import Engine, GenParams, context_limit, generate
-from selfalign.io import DataError, is_blank
+from selfalign.io import DataError
 from selfalign.prompts import fit_prompt, forward_messages, render_prompt
+from selfalign.readers import is_blank
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair
 from selfalign.train import TrainExample, TrainResult, train_lora
 

@@ -45,10 +45,11 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
 from selfalign.config import Config, ConfigError, RayConfig
-from selfalign.io import DataError, data_files, writing
+from selfalign.io import DataError, writing
 from selfalign.ray_rows import ray_batch_size as _batch_size
 from selfalign.ray_rows import row_seed as row_seed
 from selfalign.ray_rows import unlabelled_row as _unlabelled
+from selfalign.readers import data_files
 from selfalign.records import AugmentedPair
 
 CHECKPOINT_OFF = "doesn't support checkpointing"  # Ray's warning when it turns checkpointing off
