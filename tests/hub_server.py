@@ -34,6 +34,11 @@ stored.
 
 Tests can make requests fail on purpose with `FakeHub.fail(method, path_regex, status, times)`,
 and see every request (method, path, status) in `FakeHub.requests`.
+
+A user may export HF_HUB_OFFLINE=1 (to load models from the cache only); huggingface_hub would then
+refuse every request, to this loopback server too. `allow_hub_requests(monkeypatch)` clears it for a
+test: the environment variables (for subprocesses: the CLI, a notebook kernel) and the copies that
+huggingface_hub and datasets read from them at import.
 """
 
 from __future__ import annotations
@@ -49,15 +54,36 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import yaml
+
+if TYPE_CHECKING:
+    import pytest
 
 REPO_TYPES = {"models": "model", "datasets": "dataset"}
 URL_PREFIX = {"model": "", "dataset": "datasets/"}
 LFS_PATTERNS = ("*.bin", "*.safetensors", "*.parquet")
 GITATTRIBUTES = "".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS)
+OFFLINE_VARS = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+def allow_hub_requests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Undo a user's offline mode for the test: the variables are removed from the environment
+    (subprocesses read them), and the module-level constants that huggingface_hub and datasets
+    set from them at import are set to online (transformers 5 and peft keep no copy: they read
+    huggingface_hub's constant, or the environment, when called). Deleting the variable alone is
+    not enough in process: huggingface_hub reads it once, into `constants.HF_HUB_OFFLINE`."""
+    # imported first (with the user's setting), so that the end of the test restores it
+    import datasets.config
+    from huggingface_hub import constants
+
+    for var in OFFLINE_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setattr(datasets.config, name, False, raising=False)
 
 
 def git_blob_sha1(data: bytes) -> str:

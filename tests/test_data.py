@@ -300,7 +300,7 @@ def test_data_formats_give_the_same_rows(tmp_path: Path) -> None:
 
 
 def test_is_blank() -> None:
-    from selfalign.io import is_blank
+    from selfalign.readers import is_blank
 
     for text in ("", " \t\n", "\u200b", "\ufeff\u200d\u2060", "\u00ad", "\u3164", "\u2800", "\x00\x07", "\u0301"):
         assert is_blank(text), repr(text)

@@ -19,7 +19,8 @@ import pytest
 from click.testing import CliRunner
 
 from selfalign.cli import main
-from selfalign.io import RecordLog, WriteError, atomic_write_text
+from selfalign.io import WriteError, atomic_write_text
+from selfalign.record_log import RecordLog
 
 ENOSPC = os.strerror(errno.ENOSPC)
 

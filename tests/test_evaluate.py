@@ -287,7 +287,7 @@ def _valid_png(path: Path) -> None:
 
 
 def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
-    from selfalign import io as sio
+    from selfalign import record_log as sio
     from selfalign.evaluate import LENGTH, eval_modes, evaluate_run, load_heldout, write_eval_report
     from selfalign.evaluate import run as ev_run
     from selfalign.pipeline import run_pipeline

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from selfalign import io as sio
+from selfalign import record_log as sio
 from selfalign.curate import RANKED_MODES
 from selfalign.evaluate import (
     CORRUPTION_KINDS,

@@ -19,7 +19,9 @@ from hypothesis import strategies as st
 
 from selfalign.config import Config, ConfigError, load_config
 from selfalign.forward import load_prompts
-from selfalign.io import DataError, RecordLog, is_blank, write_jsonl
+from selfalign.io import DataError, write_jsonl
+from selfalign.readers import is_blank
+from selfalign.record_log import RecordLog
 from selfalign.records import RejectLog
 from selfalign.seed import load_seed
 from selfalign.unlabelled import load_unlabelled

@@ -13,16 +13,8 @@ import pytest
 from conftest import REPO
 
 from selfalign.config import load_config, packaged_config_path
-from selfalign.memory import (
-    KNOWN_SHAPES,
-    GiB,
-    MemoryPlanError,
-    Shape,
-    check,
-    plan_run,
-    plan_training,
-    weight_bytes,
-)
+from selfalign.memory import MemoryPlanError, check, plan_run
+from selfalign.memory_estimate import KNOWN_SHAPES, GiB, Shape, plan_training, weight_bytes
 from selfalign.models import ModelError, load_model
 
 LLAMA7B = KNOWN_SHAPES["meta-llama/Llama-2-7b-hf"]

@@ -25,7 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import REPO  # noqa: E402
-from hub_server import FakeHub  # noqa: E402
+from hub_server import FakeHub, allow_hub_requests  # noqa: E402
 
 from selfalign import hub as hubmod  # noqa: E402
 from selfalign.config import HubConfig, load_config  # noqa: E402
@@ -125,6 +125,13 @@ def fake_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # for the CLI subprocesses
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice", OTHER_TOKEN: "bob"}) as hub:
         yield hub
+
+
+@pytest.fixture(autouse=True)
+def online(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user's HF_HUB_OFFLINE=1 (or TRANSFORMERS_OFFLINE, HF_DATASETS_OFFLINE) does not apply to
+    these tests: they talk to a loopback Hub, or test what a push says when nothing listens."""
+    allow_hub_requests(monkeypatch)
 
 
 @pytest.fixture(autouse=True)
@@ -437,3 +444,15 @@ def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: Fa
     for token in (TOKEN, OTHER_TOKEN):
         assert _files_containing(run.dir, token) == []
         assert _files_containing(fake_hub.root, token) == []
+
+
+def test_passes_with_offline_mode_exported() -> None:
+    """A user who exports HF_HUB_OFFLINE=1 (to load models from the cache only) runs these tests
+    too: the `online` fixture clears it in process (huggingface_hub read it at import, into
+    `constants.HF_HUB_OFFLINE`) and for subprocesses. Two of the tests, in a pytest of their own
+    started with the variables set: one that talks to the fake Hub, one that reaches nothing."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "test_wrong_token_is_a_clear_401 or test_unreachable_hub"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "2 passed" in r.stdout, r.stdout[-3000:] + r.stderr[-2000:]

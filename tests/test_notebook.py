@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from conftest import REPO, slow_smollm2  # noqa: E402
-from hub_server import FakeHub  # noqa: E402
+from hub_server import FakeHub, allow_hub_requests  # noqa: E402
 
 nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e '.[dev]')")
 nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e '.[dev]')")
@@ -82,6 +82,7 @@ def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_TOKEN", TOKEN)  # the kernel inherits the environment
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # debugpy's frozen-modules warning
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the test Hub takes binary files by LFS, not xet
+    allow_hub_requests(monkeypatch)  # a user's HF_HUB_OFFLINE=1 would block the loopback Hub in the kernel
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice"}) as hub:
         params.source = "\n".join([
             'CONFIG = "default"',

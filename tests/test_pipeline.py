@@ -132,7 +132,7 @@ def test_resume_after_interrupted_curation_is_identical(smoke_cfg, monkeypatch: 
 
 
 def test_torn_last_line_is_dropped_on_resume(tmp_path: Path) -> None:
-    from selfalign.io import RecordLog
+    from selfalign.record_log import RecordLog
 
     p = tmp_path / "log.jsonl"
     p.write_text('{"source_id": "a"}\n{"source_id": "b"}\n{"source_id": "c", "instr')

@@ -49,9 +49,10 @@ from typing import Any
 from selfalign.config import Config, ConfigError
 from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL
 from selfalign.forward import train_forward
-from selfalign.io import RecordLog, atomic_write_text, write_json
+from selfalign.io import atomic_write_text, write_json
 from selfalign.manifest import stage_key
 from selfalign.pipeline import Run, declared_reads, say
+from selfalign.record_log import RecordLog
 from selfalign.records import AugmentedPair, RatedPair, SeedPair
 
 ARMS: dict[str, str] = {

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config, ConfigError
-from selfalign.io import RecordLog, write_jsonl
+from selfalign.io import write_jsonl
+from selfalign.record_log import RecordLog
 from selfalign.steps import ID, ModelRef, Record, Step, as_dict, in_order
 
 

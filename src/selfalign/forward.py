@@ -15,8 +15,9 @@ from typing import Any
 
 from selfalign.config import Config, ForwardConfig
 from selfalign.generation import Engine, GenParams, context_limit, overlong_prompts
-from selfalign.io import DataError, is_blank
+from selfalign.io import DataError
 from selfalign.prompts import PromptTooLong, Templates, fit_prompt, shipped
+from selfalign.readers import is_blank
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair
 from selfalign.steps import Prepared, Request, Step
 from selfalign.train import TrainExample, TrainResult, train_lora

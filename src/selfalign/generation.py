@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from selfalign.config import Config, SamplingConfig
-from selfalign.memory import MIN_SHARED_PREFIX
+from selfalign.memory_estimate import MIN_SHARED_PREFIX
 from selfalign.prompts import cut_at_stop
 
 # `past_key_values` works on every transformers 5.x; newer releases warn that it is renamed.

@@ -41,8 +41,9 @@ from ray.data.block import BlockAccessor
 from ray.data.datasource import BlockBasedFileDatasink
 
 from selfalign.config import Config, ConfigError, RayConfig
-from selfalign.io import DataError, data_files, json_line, write_jsonl, writing
+from selfalign.io import DataError, json_line, write_jsonl, writing
 from selfalign.ray_llm import ray_batch_size
+from selfalign.readers import data_files
 from selfalign.steps import ID, ModelRef, Step, as_dict, in_order
 
 CHECKPOINT_OFF = "doesn't support checkpointing"  # Ray's warning when it turns checkpointing off

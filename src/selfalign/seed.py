@@ -11,8 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from selfalign.io import (
-    DataError,
+from selfalign.io import DataError
+from selfalign.readers import (
     format_not_read,
     is_blank,
     iter_json_rows,
@@ -108,7 +108,7 @@ def _rows_from_hub(name: str, split: str, rejects: RejectLog) -> list[tuple[str,
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one clear line
         raise DataError(f"cannot load dataset '{name}' (split {split}): {e}") from None
-    from selfalign.io import lone_surrogate
+    from selfalign.readers import lone_surrogate
 
     out = []
     for i, r in enumerate(ds):

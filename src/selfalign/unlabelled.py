@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from selfalign.io import DataError, is_blank, preview
+from selfalign.io import DataError
+from selfalign.readers import is_blank, preview
 from selfalign.records import RejectLog, UnlabelledResponse
 from selfalign.seed import _TURN_RE, load_rows
 
