@@ -231,3 +231,99 @@ def test_load_config_records_the_config_files_folder_and_the_overrides(tmp_path:
     assert cfg.is_overridden("data.unlabelled") and not cfg.is_overridden("data.seed")
     assert load_config(None).config_dir is None
     assert cfg.model_copy(deep=True).config_dir == p.parent.resolve()
+
+
+
+def _cli(*args: str):  # noqa: ANN202
+    from click.testing import CliRunner
+
+    from selfalign.cli import main
+
+    r = CliRunner().invoke(main, list(args))
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "Traceback" not in r.stderr
+    return r
+
+
+# --- command options are overrides of config keys, validated as they are ---------------------
+@pytest.mark.parametrize("args,key", [
+    (["generate", "-n", "-3"], "'forward.n_responses' (-n): must be an integer >= 1 (got -3)"),
+    (["generate", "-n", "0"], "'forward.n_responses' (-n): must be an integer >= 1 (got 0)"),
+    (["evaluate", "--n-heldout", "-1"], "'evaluate.n_heldout' (--n-heldout): must be an integer >= 2 (got -1)"),
+    (["evaluate", "--n-prompts", "0"], "'evaluate.n_prompts' (--n-prompts): must be an integer >= 1 (got 0)"),
+    (["evaluate", "--n-recovery", "-2"], "'evaluate.n_recovery' (--n-recovery): must be an integer >= 0 (got -2)"),
+    (["evaluate", "--n-human", "-1"], "'evaluate.n_human' (--n-human): must be an integer >= 0 (got -1)"),
+    (["evaluate", "--judge-tokens", "0"], "'evaluate.judge_max_new_tokens' (--judge-tokens): must be an integer >= 1"),
+    (["evaluate", "--heldout", ""], "'evaluate.heldout' (--heldout): must not be empty"),
+    (["ablate", "--seeds", "-1"], "'ablate.seeds' (--seeds): must be an integer >= 1 (got -1)"),
+    (["ablate", "--steps", "0"], "'ablate.steps' (--steps): must be an integer >= 1 (got 0)"),
+    (["ablate", "--n-heldout", "1"], "'ablate.n_heldout' (--n-heldout): must be an integer >= 2 (got 1)"),
+    (["ablate", "--judge-prompts", "-5"], "'ablate.judge_prompts' (--judge-prompts): must be an integer >= 1"),
+    (["plan", "--device-memory-gb", "-4"], "'run.device_memory_gb' (--device-memory-gb): must be a number > 0"),
+])
+def test_a_bad_count_option_is_refused_in_one_line(args: list[str], key: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.ablate
+    import selfalign.evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(selfalign.evaluate, "evaluate_run", lambda *a, **k: pytest.fail("evaluate ran"))
+    monkeypatch.setattr(selfalign.ablate, "ablate", lambda *a, **k: pytest.fail("ablate ran"))
+    r = _cli(args[0], "--config", "smoke", "run.out_dir=run", *args[1:])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: config error in "), r.stderr
+    assert key in r.stderr and "+ options" in r.stderr
+    assert "# resolved config" not in r.stdout and sorted(tmp_path.iterdir()) == []  # refused before anything ran
+
+
+def test_evaluate_and_ablate_settings_come_from_the_config_and_options_override_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.ablate
+    import selfalign.evaluate
+
+    got = []
+    monkeypatch.setattr(selfalign.evaluate, "evaluate_run", lambda cfg, *a, **k: got.append(cfg))
+    monkeypatch.setattr(selfalign.ablate, "ablate", lambda cfg, *a, **k: got.append(cfg))
+    c = tmp_path / "c.yaml"
+    c.write_text("evaluate:\n  n_heldout: 7\n  n_human: 0\n  human: oasst1/messages.jsonl\n"
+                 "ablate:\n  seeds: 3\n  judge: true\n  steps: 11\n")
+
+    r = _cli("evaluate", "--config", str(c))
+    assert r.exit_code == 0, r.stderr
+    ev = got.pop().evaluate
+    assert (ev.n_heldout, ev.n_human, ev.human, ev.n_prompts) == (7, 0, "oasst1/messages.jsonl", 20)
+    assert "evaluate:\n  n_heldout: 7\n" in r.stdout  # the printed config holds the section
+    r = _cli("evaluate", "--config", str(c), "--n-heldout", "9", "--n-prompts", "4", "--human", "x.jsonl",
+             "--judge-tokens", "33", "--heldout", "seed", "--n-recovery", "0")
+    assert r.exit_code == 0, r.stderr
+    cfg = got.pop()
+    ev = cfg.evaluate
+    assert (ev.n_heldout, ev.n_prompts, ev.n_human, ev.human, ev.judge_max_new_tokens, ev.heldout, ev.n_recovery) == (
+        9, 4, 0, "x.jsonl", 33, "seed", 0)
+    assert cfg.is_overridden("evaluate.n_heldout") and not cfg.is_overridden("evaluate.n_human")
+    assert "evaluate:\n  n_heldout: 9\n  n_prompts: 4\n" in r.stdout
+
+    r = _cli("ablate", "--config", str(c))
+    assert r.exit_code == 0, r.stderr
+    ab = got.pop().ablate
+    assert (ab.seeds, ab.judge, ab.steps, ab.n_heldout, ab.judge_prompts) == (3, True, 11, 60, 20)
+    assert "ablate:\n  seeds: 3\n  steps: 11\n" in r.stdout
+    r = _cli("ablate", "--config", str(c), "--seeds", "1", "--steps", "5", "--n-heldout", "8", "--judge-prompts", "2",
+             "--heldout", "seed")
+    assert r.exit_code == 0, r.stderr
+    ab = got.pop().ablate
+    assert (ab.seeds, ab.steps, ab.n_heldout, ab.judge_prompts, ab.heldout, ab.judge) == (1, 5, 8, 2, "seed", True)
+    # an override of the key and the option: the option wins, being the more specific
+    r = _cli("ablate", "--config", str(c), "ablate.seeds=4")
+    assert got.pop().ablate.seeds == 4
+    r = _cli("ablate", "--config", str(c), "ablate.seeds=4", "--seeds", "2")
+    assert got.pop().ablate.seeds == 2
+
+
+def test_evaluate_and_ablate_settings_do_not_make_a_run_directory_refuse_the_config() -> None:
+    """`selfalign ablate --seeds 3` on a finished run opens its run directory with that config:
+    the evaluate and ablate settings are not the run's."""
+    from selfalign.pipeline import config_changes
+
+    cfg = load_config(packaged_config_path("smoke"))
+    other = load_config(packaged_config_path("smoke"), ["ablate.seeds=5", "evaluate.n_heldout=9", "evaluate.human=x.jsonl"])
+    assert config_changes(cfg.to_dict(), other) == []

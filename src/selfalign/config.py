@@ -267,6 +267,39 @@ class RayConfig(_Section):
     checkpoint_path: Text | None = None
 
 
+class EvaluateConfig(_Section):
+    """Settings of `selfalign evaluate` (its options --n-heldout, ... override them)."""
+
+    n_heldout: _int_range(2) = 40  # held-out seed pairs to rate (each also gets one planted bad copy)
+    n_prompts: PosInt = 20  # held-out prompts for the pairwise win rate
+    n_recovery: NonNegInt = 40  # augmented pairs whose true (LIMA) prompt base and backward model try to recover
+    n_human: NonNegInt = 40  # prompts of the human-judged set (best- vs last-ranked OASST1 reply); 0 = none
+    # held-out pairs: auto (oasst1_val when that file exists, else the unused rows of the run's seed
+    # data) | oasst1 (oasst1_val, an error when missing) | seed | a seed-format file or Hub id
+    heldout: Text = "auto"
+    # The OASST1 validation seed (first turns, Guanaco format) for heldout auto|oasst1; also read by
+    # `ablate`. None: none (auto takes the unused seed rows). A relative path is looked up in the
+    # working directory, then in the config file's folder.
+    oasst1_val: Text | None = "../shared/data/oasst1/seed_en_val_first_turn.jsonl"
+    # The OASST1 validation trees (one message a line, the HF fields) of the human-judged set.
+    # None, or a file of the config that is absent: no human-judged set, said in one line.
+    human: Text | None = "../shared/data/oasst1/en_validation_messages.jsonl"
+    judge_max_new_tokens: PosInt | None = None  # room for the pairwise judge's verdict; None = curation.max_new_tokens
+
+
+class AblateConfig(_Section):
+    """Settings of `selfalign ablate` (its options --seeds, ... override them). Held-out pairs:
+    `heldout` as for `evaluate`, from the file `evaluate.oasst1_val`."""
+
+    seeds: PosInt = 2  # training seeds per arm (run.seed, run.seed + 1, ...)
+    # optimizer steps of every arm; None = the steps of the run's forward model (at most 20), else 16
+    steps: PosInt | None = None
+    n_heldout: _int_range(2) = 60  # held-out pairs whose reference NLL is measured
+    heldout: Text = "auto"  # auto | oasst1 | seed | a seed-format file or Hub id (as evaluate.heldout)
+    judge: bool = False  # also a pairwise win rate vs seed only, judged by the rater (at 135M it answers "A" ~95%)
+    judge_prompts: PosInt = 20  # held-out prompts for `judge`
+
+
 class HubConfig(_Section):
     push: bool = False
     namespace: Text | None = None  # user or org; None = the token's user
@@ -288,6 +321,8 @@ class Config(_Section):
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ablate: AblateConfig = Field(default_factory=AblateConfig)
 
     # The folder of the config file this was loaded from (None: built-in defaults): relative
     # data paths are looked up there when the working directory does not hold them.
@@ -351,18 +386,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _set(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {_one_line(part)} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {_one_line(text)}: {_one_line(part)} is not a section")
-            node = child
-        node[path[-1]] = value
+        _set(data, path, value, f"override {_one_line(text)}")
     return data
 
 
@@ -379,9 +418,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides.
 
+    `overrides` are `key=value` texts (the value read as YAML); `values` maps dotted keys to values
+    taken as they are (a command's options, e.g. {"evaluate.n_heldout": 10}), applied after the
+    overrides. Both are validated as the file's values are and count as overridden.
     The config file's folder is recorded (`Config.config_dir`): relative data paths that the
     working directory does not hold are looked up there."""
     data: dict[str, Any] = {}
@@ -410,12 +453,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + overrides"
+    if values:
+        for key, value in values.items():
+            _set(data, key.split("."), value, f"option for {_one_line(key)}")
+        source += " + options"
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
     cfg._config_dir = config_dir
-    cfg._overridden = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])
+    cfg._overridden = frozenset([*(".".join(parse_override(o)[0]) for o in overrides or []), *(values or {})])
     return cfg
 
 

@@ -91,6 +91,7 @@ NOT_READ_BY_STAGES = (
     "generation.gpu_memory_utilization", "curation.threshold", "curation.iterations", "hub.",
     # where generation runs; a run directory refuses another executor or Ray setup (but ray.address)
     "run.executor", "ray.",
+    "evaluate.", "ablate.",  # settings of `selfalign evaluate` / `ablate`, read after the run
 )
 
 
@@ -196,7 +197,7 @@ RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "ray.address", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
-    "generation.gpu_memory_utilization",
+    "generation.gpu_memory_utilization", "evaluate.", "ablate.",
 )
 
 

@@ -87,6 +87,18 @@ def _looked_in(config_dir: Path | None, value: str) -> str:
     return f" (looked in {' and '.join(places)})"
 
 
+def local_file(value: str, cfg: Config) -> Path | None:
+    """The existing local file a path names (the working directory, then the config file's
+    folder, as for data paths), resolved; None when there is none."""
+    for cand in _candidates(value, cfg.config_dir):
+        try:
+            if cand.is_file():
+                return cand.resolve()
+        except (OSError, ValueError):  # a name the OS refuses
+            continue
+    return None
+
+
 def _under(value: str, root: str) -> bool:
     v, r = os.path.normpath(os.path.expanduser(value)), os.path.normpath(os.path.expanduser(root))
     return v == r or v.startswith(r.rstrip(os.sep) + os.sep)
