@@ -257,14 +257,14 @@ def test_heldout_file_comes_from_the_options(tmp_path: Path, capsys: pytest.Capt
     from selfalign.evaluate import load_heldout
     from selfalign.io import DataError
 
-    assert not Path(Config().evaluate.oasst1_val).is_absolute()  # next to the working directory, no repo-root guess
+    assert Config().evaluate.oasst1_val is None  # the package names no file of a checkout
     sample = Path(selfalign.__file__).parent / "sample_data" / "seed.jsonl"
     cfg = load_config(None, [f"data.seed={sample}", f"run.out_dir={tmp_path / 'run'}"])
     run = tmp_path / "run"
     with pytest.raises(DataError, match=r"^evaluate.oasst1_val is not set \(held-out source oasst1\)"):
-        load_heldout(cfg, run, 4, "oasst1", oasst1_val=None)
+        load_heldout(cfg, run, 4, "oasst1")
     capsys.readouterr()
-    _, info = load_heldout(cfg, run, 4, "auto", oasst1_val=None)  # no file named: the unused seed rows, said
+    _, info = load_heldout(cfg, run, 4, "auto")  # no file named: the unused seed rows, said
     assert info["source"] == "seed" and "no OASST1 validation file (evaluate.oasst1_val)" in capsys.readouterr().out
     missing = tmp_path / "nowhere" / "val.jsonl"
     with pytest.raises(DataError, match=re.escape(str(missing)) + r": not found .*--heldout PATH"):

@@ -84,7 +84,7 @@ def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")  # the test Hub takes binary files by LFS, not xet
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice"}) as hub:
         params.source = "\n".join([
-            'CONFIG = "default"',
+            'CONFIG = "selfalign.yaml"',  # this repository's config (the default run on ../shared/data)
             f"OVERRIDES = {TINY!r}",
             f"OUT_DIR = {str(out_dir)!r}",
             "INSTALL = False",

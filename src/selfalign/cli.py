@@ -10,8 +10,8 @@
     selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
 
 --config takes a YAML file or the name of a config shipped inside the package (`default`,
-`smoke`, `llama2-7b`, `llama2-7b-qlora-t4`); without it the shipped `default` is used, from any
-directory. A command's options
+`smoke`, `llama2-7b`, `llama2-7b-qlora-t4`); without it, `./selfalign.yaml` when the working
+directory holds one, else the shipped `default` (from any directory). A command's options
 (`evaluate --n-heldout 10`, `generate -n 3`, ...) override config keys (`evaluate.n_heldout`,
 `forward.n_responses`, ...) and are validated as they are. Every command prints the resolved config
 first. Errors in config, data or models are one line.
@@ -27,11 +27,13 @@ from pathlib import Path
 import click
 
 from selfalign.config import (
+    LOCAL_CONFIG_NAME,
     Config,
     ConfigError,
     find_config,
     format_config,
     load_config,
+    local_config,
     packaged_config_path,
     packaged_configs,
 )
@@ -49,8 +51,8 @@ Option = tuple[str, str, object]
 
 
 def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option, ...] = ()) -> Config:
-    """The config named by --config (a file, or a shipped config's name; default: the shipped
-    `default`), with the overrides applied,
+    """The config named by --config (a file, or a shipped config's name; default: ./selfalign.yaml
+    when the working directory holds one, else the shipped `default`), with the overrides applied,
     then the options that were given (each sets its config key, validated as the file's values are),
     printed first so the run can be reproduced."""
     path = find_config(config)
@@ -68,7 +70,10 @@ def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option,
 
     use_templates(cfg.run.templates_dir)
     shipped = path.parent.name == "configs" and path.parent.parent.name == "selfalign" and config != str(path)
-    print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
+    if config is None and path == local_config():
+        print(f"# config: {LOCAL_CONFIG_NAME} (found in the working directory)")
+    else:
+        print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
     print(format_config(cfg), flush=True)
     return cfg
 
@@ -142,7 +147,8 @@ def _guard(fn):  # noqa: ANN001, ANN202
 
 _config_opt = click.option("--config", "-c", default=None,
                            help="YAML config file, or a shipped config's name (default, smoke, llama2-7b, ...; "
-                                "default: the shipped `default`)")
+                                "default: ./selfalign.yaml if the working directory holds one, else the shipped "
+                                "`default`)")
 _overrides = click.argument("overrides", nargs=-1)
 
 

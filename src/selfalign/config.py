@@ -133,21 +133,21 @@ class DataConfig(_Section):
     # sample:unlabelled, sample:prompts. A relative path is looked up in the working directory,
     # then in the folder of the config file it came from. A missing path is an error.
     # Seed (instruction, response) data in the Guanaco format.
-    seed: Text = "../shared/data/guanaco/guanaco_llama2_1k.jsonl"
+    seed: Text = "timdettmers/openassistant-guanaco"
     seed_split: Text = "train"
     seed_limit: PosInt | None = 160  # keep the first N usable pairs (None = all)
     seed_english_only: bool = True  # the paper's seed is English only
     # Unlabelled responses: LIMA format (`conversations`, `source`) or plain `text` rows.
-    unlabelled: Text = "../shared/data/lima/train.jsonl"
+    unlabelled: Text = "GAIR/lima"
     unlabelled_split: Text = "train"
     unlabelled_n: PosInt = 150  # seeded sample of single-turn responses
     # Prompts for the forward model's sample responses (LIMA test format or `text`/`instruction`).
-    eval_prompts: Text = "../shared/data/lima/test.jsonl"
+    eval_prompts: Text = "GAIR/lima"
     eval_split: Text = "test"
     # A folder of real data that may be absent on some machines: when this folder does not exist
     # at all, the data paths under it are replaced by the shipped samples (sample:seed, ...) and
     # the run says so. A missing file in a folder that exists is an error. None: never.
-    samples_if_absent: Text | None = "../shared/data"
+    samples_if_absent: Text | None = None
 
 
 class LoraConfig(_Section):
@@ -280,10 +280,10 @@ class EvaluateConfig(_Section):
     # The OASST1 validation seed (first turns, Guanaco format) for heldout auto|oasst1; also read by
     # `ablate`. None: none (auto takes the unused seed rows). A relative path is looked up in the
     # working directory, then in the config file's folder.
-    oasst1_val: Text | None = "../shared/data/oasst1/seed_en_val_first_turn.jsonl"
+    oasst1_val: Text | None = None
     # The OASST1 validation trees (one message a line, the HF fields) of the human-judged set.
     # None, or a file of the config that is absent: no human-judged set, said in one line.
-    human: Text | None = "../shared/data/oasst1/en_validation_messages.jsonl"
+    human: Text | None = None
     judge_max_new_tokens: PosInt | None = None  # room for the pairwise judge's verdict; None = curation.max_new_tokens
 
 
@@ -472,8 +472,17 @@ def format_config(cfg: Config) -> str:
 
 # --- shipped configs -----------------------------------------------------------------------
 # The configs live inside the package (src/selfalign/configs/), so an installed selfalign finds
-# them from any directory: `--config smoke` names one, `--config my.yaml` is a file.
+# them from any directory: `--config smoke` names one, `--config my.yaml` is a file. Without
+# --config, a project's own `selfalign.yaml` in the working directory is used when there is one
+# (as tools find theirs), else the shipped `default`.
 DEFAULT_CONFIG_NAME = "default"
+LOCAL_CONFIG_NAME = "selfalign.yaml"
+
+
+def local_config() -> Path | None:
+    """`./selfalign.yaml` (absolute) when the working directory holds that file, else None."""
+    p = Path.cwd() / LOCAL_CONFIG_NAME
+    return p.resolve() if p.is_file() else None
 
 
 def _config_root() -> Any:
@@ -501,9 +510,10 @@ def packaged_config_path(name: str) -> Path:
 
 
 def find_config(arg: str | None) -> Path:
-    """`--config` to a file: an existing file wins, then a shipped config's name; None = the shipped default."""
+    """`--config` to a file: an existing file wins, then a shipped config's name; None =
+    `./selfalign.yaml` when the working directory holds one (`local_config`), else the shipped default."""
     if arg is None:
-        return packaged_config_path(DEFAULT_CONFIG_NAME)
+        return local_config() or packaged_config_path(DEFAULT_CONFIG_NAME)
     p = Path(arg).expanduser()
     if p.is_file():
         return p.resolve()
