@@ -73,7 +73,8 @@ def test_ablate_tiny_run(smoke_cfg, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     cfg.curation.threshold = scores[len(scores) // 2]
     capsys.readouterr()
 
-    res = ablate(cfg, seeds=2, n_heldout=6, heldout_source="seed")
+    cfg.ablate.seeds, cfg.ablate.n_heldout, cfg.ablate.heldout = 2, 6, "seed"
+    res = ablate(cfg)
     out = capsys.readouterr().out
     ab = d / "ablate"
     curated_ids = [r["source_id"] for r in lines(d / "curated_1" / "data.jsonl")]
@@ -117,7 +118,7 @@ def test_ablate_tiny_run(smoke_cfg, monkeypatch: pytest.MonkeyPatch, capsys: pyt
     # a re-run trains nothing: every arm/seed is up to date
     calls = []
     monkeypatch.setattr(ablate_mod, "train_forward", lambda *a, **k: calls.append(a))
-    res2 = ablate(cfg, seeds=2, n_heldout=6, heldout_source="seed")
+    res2 = ablate(cfg)
     out = capsys.readouterr().out
     assert calls == [] and sum("up to date, skipped" in ln for ln in out.splitlines() if "ablate " in ln) == 10
     assert [a["nll_per_token"] for a in res2["arms"]] == [a["nll_per_token"] for a in res["arms"]]
@@ -125,8 +126,8 @@ def test_ablate_tiny_run(smoke_cfg, monkeypatch: pytest.MonkeyPatch, capsys: pyt
 
     # other steps: those arms start fresh (one seed here), nothing of the old adapters is reused;
     # --judge adds a win rate vs seed only
-    res3 = ablate(cfg, seeds=1, steps=forward_steps + 1, n_heldout=6, heldout_source="seed", judge=True,
-                  judge_prompts=2)
+    cfg.ablate.seeds, cfg.ablate.steps, cfg.ablate.judge, cfg.ablate.judge_prompts = 1, forward_steps + 1, True, 2
+    res3 = ablate(cfg)
     out = capsys.readouterr().out
     mine = [ln for ln in out.splitlines() if ln.startswith("[selfalign] ablate ")]
     assert not [ln for ln in mine if "skipped" in ln] and sum(": training " in ln for ln in mine) == len(ARMS)

@@ -231,3 +231,205 @@ def test_load_config_records_the_config_files_folder_and_the_overrides(tmp_path:
     assert cfg.is_overridden("data.unlabelled") and not cfg.is_overridden("data.seed")
     assert load_config(None).config_dir is None
     assert cfg.model_copy(deep=True).config_dir == p.parent.resolve()
+
+
+# --- the shipped default names no checkout path; this repository's own selfalign.yaml ------------
+# `configs/default.yaml` before it named the Hub ids (commit af224a3), flattened: `selfalign run` in
+# this checkout must resolve to exactly this config, as it did then. The evaluate and ablate
+# sections hold what were then the defaults of `selfalign evaluate` / `selfalign ablate`.
+DEFAULT_YAML_BEFORE = {
+    "run.out_dir": "runs/default", "run.seed": 0, "run.force": False, "run.threads": 0, "run.device": "auto",
+    "run.memory_check": True, "run.device_memory_gb": None, "run.templates_dir": None, "run.executor": "local",
+    "models.base": "smollm2", "models.rater": "smollm2", "models.cache_dir": "~/.cache/selfalign",
+    "models.dtype": "auto", "models.trust_remote_code": False, "models.load_in_4bit": False,
+    "data.seed": "../shared/data/guanaco/guanaco_llama2_1k.jsonl", "data.seed_split": "train",
+    "data.seed_limit": 160, "data.seed_english_only": True,
+    "data.unlabelled": "../shared/data/lima/train.jsonl", "data.unlabelled_split": "train",
+    "data.unlabelled_n": 150, "data.eval_prompts": "../shared/data/lima/test.jsonl", "data.eval_split": "test",
+    "data.samples_if_absent": "../shared/data", "lora.r": 16, "lora.alpha": 32, "lora.dropout": 0.05,
+    "lora.target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"], "train_backward.epochs": 1.0,
+    "train_backward.max_steps": -1, "train_backward.learning_rate": 0.0003, "train_backward.batch_size": 4,
+    "train_backward.grad_accum": 1, "train_backward.max_seq_len": 320, "train_backward.warmup_ratio": 0.03,
+    "train_backward.weight_decay": 0.0, "train_backward.logging_steps": 1, "train_backward.save_steps": 10,
+    "train_backward.group_by_length": True, "train_backward.gradient_checkpointing": False,
+    "train_forward.epochs": 1.0, "train_forward.max_steps": -1, "train_forward.learning_rate": 0.0003,
+    "train_forward.batch_size": 4, "train_forward.grad_accum": 1, "train_forward.max_seq_len": 256,
+    "train_forward.warmup_ratio": 0.03, "train_forward.weight_decay": 0.0, "train_forward.logging_steps": 1,
+    "train_forward.save_steps": 10, "train_forward.group_by_length": True,
+    "train_forward.gradient_checkpointing": False, "generation.backend": "hf", "generation.batch_size": 0,
+    "generation.max_batch_size": 32, "generation.memory_budget_gb": None,
+    "generation.gpu_memory_utilization": 0.85, "generation.max_prompt_tokens": 320,
+    "generation.instruction.temperature": 1.0, "generation.instruction.top_p": 0.9,
+    "generation.instruction.max_new_tokens": 48, "generation.instruction.stop": [],
+    "generation.response.temperature": 0.7, "generation.response.top_p": 0.9,
+    "generation.response.max_new_tokens": 128, "generation.response.stop": [],
+    "generation.max_instruction_chars": 1000, "generation.require_request": True, "curation.mode": "combined",
+    "curation.shots": 3, "curation.threshold": 4.0, "curation.n_samples": 1, "curation.retries": 0,
+    "curation.force_score": True, "curation.temperature": 0.7, "curation.max_new_tokens": 64,
+    "curation.max_response_tokens": 256, "curation.iterations": 1,
+    "forward.seed_tag": "Answer in the style of an AI Assistant.",
+    "forward.augmented_tag": "Answer with knowledge from web search.", "forward.use_seed": True,
+    "forward.n_responses": 5, "hub.push": False, "hub.namespace": None, "hub.name": "selfalign",
+    "hub.private": False, "hub.endpoint": None, "hub.merge": False, "ray.address": None, "ray.concurrency": 1,
+    "ray.batch_size": 0, "ray.block_rows": 64, "ray.cpus_per_actor": 0.5, "ray.gpus_per_actor": 0.0,
+    "ray.tensor_parallel_size": 1, "ray.num_cpus": 2, "ray.object_store_mb": 512, "ray.checkpoint_path": None,
+}
+EVALUATE_BEFORE = {
+    "evaluate.n_heldout": 40, "evaluate.n_prompts": 20, "evaluate.n_recovery": 40, "evaluate.n_human": 40,
+    "evaluate.heldout": "auto", "evaluate.oasst1_val": "../shared/data/oasst1/seed_en_val_first_turn.jsonl",
+    "evaluate.human": "../shared/data/oasst1/en_validation_messages.jsonl", "evaluate.judge_max_new_tokens": None,
+    "ablate.seeds": 2, "ablate.steps": None, "ablate.n_heldout": 60, "ablate.heldout": "auto", "ablate.judge": False,
+    "ablate.judge_prompts": 20,
+}
+
+
+def test_the_repositorys_selfalign_yaml_is_the_default_run_of_before() -> None:
+    cfg = load_config(REPO / "selfalign.yaml")
+    assert _flat(cfg.to_dict()) == {**DEFAULT_YAML_BEFORE, **EVALUATE_BEFORE}
+
+
+def test_the_shipped_default_names_the_datasets_by_hub_id() -> None:
+    for cfg in (load_config(packaged_config_path("default")), Config()):
+        d = cfg.data
+        assert (d.seed, d.seed_split) == ("timdettmers/openassistant-guanaco", "train")
+        assert (d.unlabelled, d.unlabelled_split) == ("GAIR/lima", "train")
+        assert (d.eval_prompts, d.eval_split) == ("GAIR/lima", "test")
+        assert d.samples_if_absent is None
+        assert cfg.evaluate.oasst1_val is None and cfg.evaluate.human is None
+    # apart from where the data comes from, the same run as this repository's
+    before = {k: v for k, v in DEFAULT_YAML_BEFORE.items() if not k.startswith("data.")}
+    now = _flat(load_config(packaged_config_path("default")).to_dict())
+    assert {k: now[k] for k in before} == before
+
+
+def test_the_package_names_no_path_of_the_checkout() -> None:
+    pkg = REPO / "src" / "selfalign"
+    files = [p for p in pkg.rglob("*") if p.suffix in (".py", ".yaml", ".json", ".txt", ".md")]
+    assert len(files) > 20
+    assert [str(p.relative_to(pkg)) for p in files if "../shared" in p.read_text(encoding="utf-8")] == []
+
+
+def test_the_smoke_config_needs_nothing_beside_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfalign.sources import resolve_sources
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(packaged_config_path("smoke"))
+    assert [s.kind for s in resolve_sources(cfg).values()] == ["sample"] * 3
+    assert cfg.data.samples_if_absent is None and cfg.evaluate.oasst1_val is None and cfg.evaluate.human is None
+
+
+def _cli(*args: str):  # noqa: ANN202
+    from click.testing import CliRunner
+
+    from selfalign.cli import main
+
+    r = CliRunner().invoke(main, list(args))
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def test_without_config_a_selfalign_yaml_in_the_working_directory_is_used(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from selfalign.config import find_config
+
+    monkeypatch.chdir(tmp_path)
+    assert find_config(None) == packaged_config_path("default")
+    r = _cli("evaluate", "run.out_dir=nowhere")  # no run there: the config is printed, then one error line
+    assert r.stdout.splitlines()[0] == f"# config: {packaged_config_path('default')} (shipped config 'default')"
+    (tmp_path / "selfalign.yaml").write_text("evaluate:\n  n_prompts: 7\n")
+    assert find_config(None) == tmp_path / "selfalign.yaml"
+    assert find_config("default") == packaged_config_path("default")  # named: the shipped one
+    r = _cli("evaluate", "run.out_dir=nowhere")
+    assert r.stdout.splitlines()[0] == "# config: selfalign.yaml (found in the working directory)"
+    assert "  n_prompts: 7\n" in r.stdout
+    assert r.exit_code == 2 and r.stderr.startswith("error: nowhere: no finished selfalign run here")
+    shipped = _cli("evaluate", "--config", "default", "run.out_dir=nowhere")
+    assert "(shipped config 'default')" in shipped.stdout.splitlines()[0] and "  n_prompts: 20\n" in shipped.stdout
+    # `config write` copies the shipped default, whatever the working directory holds
+    w = _cli("config", "write", "my.yaml")
+    assert w.exit_code == 0 and (tmp_path / "my.yaml").read_text() == packaged_config_path("default").read_text()
+
+
+# --- command options are overrides of config keys, validated as they are ---------------------
+@pytest.mark.parametrize("args,key", [
+    (["generate", "-n", "-3"], "'forward.n_responses' (-n): must be an integer >= 1 (got -3)"),
+    (["generate", "-n", "0"], "'forward.n_responses' (-n): must be an integer >= 1 (got 0)"),
+    (["evaluate", "--n-heldout", "-1"], "'evaluate.n_heldout' (--n-heldout): must be an integer >= 2 (got -1)"),
+    (["evaluate", "--n-prompts", "0"], "'evaluate.n_prompts' (--n-prompts): must be an integer >= 1 (got 0)"),
+    (["evaluate", "--n-recovery", "-2"], "'evaluate.n_recovery' (--n-recovery): must be an integer >= 0 (got -2)"),
+    (["evaluate", "--n-human", "-1"], "'evaluate.n_human' (--n-human): must be an integer >= 0 (got -1)"),
+    (["evaluate", "--judge-tokens", "0"], "'evaluate.judge_max_new_tokens' (--judge-tokens): must be an integer >= 1"),
+    (["evaluate", "--heldout", ""], "'evaluate.heldout' (--heldout): must not be empty"),
+    (["ablate", "--seeds", "-1"], "'ablate.seeds' (--seeds): must be an integer >= 1 (got -1)"),
+    (["ablate", "--steps", "0"], "'ablate.steps' (--steps): must be an integer >= 1 (got 0)"),
+    (["ablate", "--n-heldout", "1"], "'ablate.n_heldout' (--n-heldout): must be an integer >= 2 (got 1)"),
+    (["ablate", "--judge-prompts", "-5"], "'ablate.judge_prompts' (--judge-prompts): must be an integer >= 1"),
+    (["plan", "--device-memory-gb", "-4"], "'run.device_memory_gb' (--device-memory-gb): must be a number > 0"),
+])
+def test_a_bad_count_option_is_refused_in_one_line(args: list[str], key: str, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.ablate
+    import selfalign.evaluate
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(selfalign.evaluate, "evaluate_run", lambda *a, **k: pytest.fail("evaluate ran"))
+    monkeypatch.setattr(selfalign.ablate, "ablate", lambda *a, **k: pytest.fail("ablate ran"))
+    r = _cli(args[0], "--config", "smoke", "run.out_dir=run", *args[1:])
+    assert r.exit_code == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: config error in "), r.stderr
+    assert key in r.stderr and "+ options" in r.stderr
+    assert "# resolved config" not in r.stdout and sorted(tmp_path.iterdir()) == []  # refused before anything ran
+
+
+def test_evaluate_and_ablate_settings_come_from_the_config_and_options_override_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import selfalign.ablate
+    import selfalign.evaluate
+
+    got = []
+    monkeypatch.setattr(selfalign.evaluate, "evaluate_run", lambda cfg, *a, **k: got.append(cfg))
+    monkeypatch.setattr(selfalign.ablate, "ablate", lambda cfg, *a, **k: got.append(cfg))
+    c = tmp_path / "c.yaml"
+    c.write_text("evaluate:\n  n_heldout: 7\n  n_human: 0\n  human: oasst1/messages.jsonl\n"
+                 "ablate:\n  seeds: 3\n  judge: true\n  steps: 11\n")
+
+    r = _cli("evaluate", "--config", str(c))
+    assert r.exit_code == 0, r.stderr
+    ev = got.pop().evaluate
+    assert (ev.n_heldout, ev.n_human, ev.human, ev.n_prompts) == (7, 0, "oasst1/messages.jsonl", 20)
+    assert "evaluate:\n  n_heldout: 7\n" in r.stdout  # the printed config holds the section
+    r = _cli("evaluate", "--config", str(c), "--n-heldout", "9", "--n-prompts", "4", "--human", "x.jsonl",
+             "--judge-tokens", "33", "--heldout", "seed", "--n-recovery", "0")
+    assert r.exit_code == 0, r.stderr
+    cfg = got.pop()
+    ev = cfg.evaluate
+    assert (ev.n_heldout, ev.n_prompts, ev.n_human, ev.human, ev.judge_max_new_tokens, ev.heldout, ev.n_recovery) == (
+        9, 4, 0, "x.jsonl", 33, "seed", 0)
+    assert cfg.is_overridden("evaluate.n_heldout") and not cfg.is_overridden("evaluate.n_human")
+    assert "evaluate:\n  n_heldout: 9\n  n_prompts: 4\n" in r.stdout
+
+    r = _cli("ablate", "--config", str(c))
+    assert r.exit_code == 0, r.stderr
+    ab = got.pop().ablate
+    assert (ab.seeds, ab.judge, ab.steps, ab.n_heldout, ab.judge_prompts) == (3, True, 11, 60, 20)
+    assert "ablate:\n  seeds: 3\n  steps: 11\n" in r.stdout
+    r = _cli("ablate", "--config", str(c), "--seeds", "1", "--steps", "5", "--n-heldout", "8", "--judge-prompts", "2",
+             "--heldout", "seed")
+    assert r.exit_code == 0, r.stderr
+    ab = got.pop().ablate
+    assert (ab.seeds, ab.steps, ab.n_heldout, ab.judge_prompts, ab.heldout, ab.judge) == (1, 5, 8, 2, "seed", True)
+    # an override of the key and the option: the option wins, being the more specific
+    r = _cli("ablate", "--config", str(c), "ablate.seeds=4")
+    assert got.pop().ablate.seeds == 4
+    r = _cli("ablate", "--config", str(c), "ablate.seeds=4", "--seeds", "2")
+    assert got.pop().ablate.seeds == 2
+
+
+def test_evaluate_and_ablate_settings_do_not_make_a_run_directory_refuse_the_config() -> None:
+    """`selfalign ablate --seeds 3` on a finished run opens its run directory with that config:
+    the evaluate and ablate settings are not the run's."""
+    from selfalign.pipeline import config_changes
+
+    cfg = load_config(packaged_config_path("smoke"))
+    other = load_config(packaged_config_path("smoke"), ["ablate.seeds=5", "evaluate.n_heldout=9", "evaluate.human=x.jsonl"])
+    assert config_changes(cfg.to_dict(), other) == []

@@ -181,24 +181,25 @@ def _sources(cfg):  # noqa: ANN001, ANN202
 def test_default_config_reads_the_real_data_from_the_repo_root(monkeypatch: pytest.MonkeyPatch) -> None:
     from conftest import REPO
 
-    from selfalign.config import load_config, packaged_config_path
+    from selfalign.config import load_config
 
     need(GUANACO)
     monkeypatch.chdir(REPO)
-    src = _sources(load_config(packaged_config_path("default")))
+    src = _sources(load_config(REPO / "selfalign.yaml"))  # this repository's config
     assert src["data.seed"].kind == "local" and src["data.seed"].resolved == str(GUANACO.resolve())
     assert src["data.unlabelled"].resolved == str(LIMA.resolve())
 
 
-@pytest.mark.parametrize("with_file", [True, False], ids=["default.yaml", "built-in defaults"])
-def test_default_config_without_the_real_data_uses_the_named_samples(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                                      with_file: bool) -> None:
+def test_default_config_without_the_real_data_uses_the_named_samples(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from conftest import REPO
 
-    from selfalign.config import load_config, packaged_config_path
+    from selfalign.config import load_config
     from selfalign.sources import SAMPLES
 
     monkeypatch.chdir(tmp_path)  # an empty folder: no ../shared/data beside it
-    cfg = load_config(packaged_config_path("default") if with_file else None)
+    (tmp_path / "selfalign.yaml").write_text((REPO / "selfalign.yaml").read_text())  # this repository's config
+    cfg = load_config(tmp_path / "selfalign.yaml")
     src = _sources(cfg)
     assert [s.kind for s in src.values()] == ["sample"] * 3
     assert src["data.seed"].resolved == str(SAMPLES / "seed.jsonl")
@@ -209,8 +210,10 @@ def test_cli_in_an_empty_folder_says_it_uses_the_samples(tmp_path: Path) -> None
     import subprocess
     import sys
 
+    from conftest import REPO
 
-    r = subprocess.run([sys.executable, "-m", "selfalign.cli", "seed", "--config", "default",
+    (tmp_path / "selfalign.yaml").write_text((REPO / "selfalign.yaml").read_text())  # found without --config
+    r = subprocess.run([sys.executable, "-m", "selfalign.cli", "seed",
                         "run.out_dir=run"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     first = [x for x in r.stdout.splitlines() if x.startswith("[selfalign]")][:4]

@@ -253,14 +253,19 @@ def test_true_prompts_use_the_source_ids_of_the_unlabelled_loader(tmp_path: Path
 # --- held-out data: paths from options, not guessed ------------------------------------------
 def test_heldout_file_comes_from_the_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import selfalign
-    from selfalign.config import load_config
-    from selfalign.evaluate import DEFAULT_OASST1_VAL, load_heldout
+    from selfalign.config import Config, load_config
+    from selfalign.evaluate import load_heldout
     from selfalign.io import DataError
 
-    assert not DEFAULT_OASST1_VAL.is_absolute()  # next to the working directory, no repo-root guess
+    assert Config().evaluate.oasst1_val is None  # the package names no file of a checkout
     sample = Path(selfalign.__file__).parent / "sample_data" / "seed.jsonl"
     cfg = load_config(None, [f"data.seed={sample}", f"run.out_dir={tmp_path / 'run'}"])
     run = tmp_path / "run"
+    with pytest.raises(DataError, match=r"^evaluate.oasst1_val is not set \(held-out source oasst1\)"):
+        load_heldout(cfg, run, 4, "oasst1")
+    capsys.readouterr()
+    _, info = load_heldout(cfg, run, 4, "auto")  # no file named: the unused seed rows, said
+    assert info["source"] == "seed" and "no OASST1 validation file (evaluate.oasst1_val)" in capsys.readouterr().out
     missing = tmp_path / "nowhere" / "val.jsonl"
     with pytest.raises(DataError, match=re.escape(str(missing)) + r": not found .*--heldout PATH"):
         load_heldout(cfg, run, 4, "oasst1", oasst1_val=missing)
@@ -307,7 +312,9 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     assert not {p.instruction for p in unused} & trained
 
     human = Path(__file__).parent / "data" / "oasst1_messages.jsonl"
-    res = evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human)
+    cfg.evaluate.n_heldout, cfg.evaluate.n_prompts, cfg.evaluate.n_recovery = 6, 3, 40
+    cfg.evaluate.n_human, cfg.evaluate.human = 40, str(human)
+    res = evaluate_run(cfg)
     out = capsys.readouterr().out
     assert "evaluate: done" in out
     saved = json.loads((d / "eval" / "evaluation.json").read_text())
@@ -379,7 +386,7 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     monkeypatch.setattr(ev_run, "judge_pairwise", lambda *a: pytest.fail("judgments were redone"))
     monkeypatch.setattr(ev_run, "evaluate_backward", lambda *a: pytest.fail("the backward model was re-measured"))
     monkeypatch.setattr(ev_run, "evaluate_recovery", lambda *a, **k: pytest.fail("recovery was redone"))
-    rerun = evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human, report=False)
+    rerun = evaluate_run(cfg, report=False)
     assert rerun["curation"] == c and rerun["forward"]["comparisons"] == saved["forward"]["comparisons"]
     assert rerun["backward"] == saved["backward"] and rerun["recovery"] == saved["recovery"]
     assert "backward model's measurement reused" in capsys.readouterr().out
@@ -389,5 +396,31 @@ def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, mo
     monkeypatch.setattr(ev_run, "evaluate_recovery", lambda *a, **k: calls.append("recovery") or saved["recovery"])
     weights = next(p for p in (d / "backward").iterdir() if p.suffix == ".safetensors")
     weights.write_bytes(weights.read_bytes() + b"\0")
-    evaluate_run(cfg, n_heldout=6, n_prompts=3, human_path=human, report=False)
+    evaluate_run(cfg, report=False)
     assert calls == ["backward", "recovery"]
+
+
+def test_human_set_comes_from_the_evaluate_section(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """evaluate.human: none named, or a file of the config that is absent: no human-judged set,
+    said in one line; a file typed as an option or override that is absent: an error; found
+    relative to the config file's folder as data paths are."""
+    from selfalign.config import load_config
+    from selfalign.evaluate.run import human_set
+    from selfalign.io import DataError
+
+    fixture = Path(__file__).parent / "data" / "oasst1_messages.jsonl"
+    monkeypatch.chdir(tmp_path)
+    pairs, info = human_set(load_config(None, ["evaluate.human=null"]), [])
+    assert pairs == [] and "evaluate.human names no OASST1 messages file" in capsys.readouterr().out
+    assert human_set(load_config(None, ["evaluate.n_human=0"]), [])[1]["note"] == "not asked for (evaluate.n_human: 0)"
+    conf = tmp_path / "project"
+    (conf / "oasst1").mkdir(parents=True)
+    (conf / "c.yaml").write_text("evaluate:\n  human: oasst1/messages.jsonl\n  n_human: 2\n")
+    pairs, info = human_set(load_config(conf / "c.yaml"), [])
+    assert pairs == [] and info["note"] == "oasst1/messages.jsonl not found: no human-judged set (pass --human PATH)"
+    with pytest.raises(DataError, match="missing.jsonl: not found"):
+        human_set(load_config(conf / "c.yaml", values={"evaluate.human": "missing.jsonl"}), [])
+    (conf / "oasst1" / "messages.jsonl").write_bytes(fixture.read_bytes())
+    pairs, info = human_set(load_config(conf / "c.yaml"), [])
+    assert info["n_prompts"] == 2 and len(pairs) == 4 and info["path"] == str(conf / "oasst1" / "messages.jsonl")

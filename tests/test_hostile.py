@@ -197,7 +197,7 @@ CASES = [
          Error("'train_forward.learning_rate': must be a finite number > 0", None)),
     Case("top_p=1.5", "cli", plan("generation.instruction.top_p=1.5"),
          Error("'generation.instruction.top_p': must be a number in (0, 1] (got 1.5)", None)),
-    Case("curation.shots=9", "cli", plan("curation.shots=9"), Error("'curation.shots': must be an integer in [0, 5]", None)),
+    Case("curation.shots=9", "cli", plan("curation.shots=9"), Error("curation.shots=9 but selfalign/templates/rating_fewshot.json holds 5 worked examples", None)),
     Case("a bool for a number", "cli", plan("train_backward.batch_size=true"),
          Error("'train_backward.batch_size': must be a number, not true", None)),
     Case("no LoRA target module", "cli", plan("lora.target_modules=[]"), Error("'lora.target_modules'", None)),

@@ -85,7 +85,7 @@ def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.Mo
     allow_hub_requests(monkeypatch)  # a user's HF_HUB_OFFLINE=1 would block the loopback Hub in the kernel
     with FakeHub(tmp_path / "hub-storage", {TOKEN: "alice"}) as hub:
         params.source = "\n".join([
-            'CONFIG = "default"',
+            'CONFIG = "selfalign.yaml"',  # this repository's config (the default run on ../shared/data)
             f"OVERRIDES = {TINY!r}",
             f"OUT_DIR = {str(out_dir)!r}",
             "INSTALL = False",

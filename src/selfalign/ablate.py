@@ -13,10 +13,11 @@ training seed:
                    responses (characters)
 
 Each model is measured by the reference NLL per token of held-out human responses given their
-instructions (OASST1 validation by default, `evaluate.load_heldout`): the forward prompt with the
+instructions (`ablate.heldout`: by default the OASST1 validation seed `evaluate.oasst1_val` when that file
+exists, `evaluate.load_heldout`): the forward prompt with the
 seed tag as system, as the forward model's seed examples, loss on the response tokens only. The
 base model without an adapter is measured once as a reference. Intervals: `stats.bootstrap_nll`.
-A pairwise win rate against arm (a), judged by the rater, is behind `judge=True`: off by default,
+A pairwise win rate against arm (a), judged by the rater, is behind `ablate.judge`: off by default,
 because at 135M the judge answers "A" about 95% of the time (every pair is then a tie).
 
 Resumable: each arm/seed adapter lives in `<run>/ablate/<arm>-s<seed>/` (training checkpoints and
@@ -47,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config, ConfigError
-from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL
 from selfalign.forward import train_forward
 from selfalign.io import atomic_write_text, write_json
 from selfalign.manifest import stage_key
@@ -65,7 +65,7 @@ ARMS: dict[str, str] = {
 BASELINE = "seed"
 # Steps of every arm: the run's forward model's, at most MAX_DEFAULT_STEPS (10 trainings of the
 # default run's 46 steps take ~40 min on 2 cores; 20 keep `ablate` under 25), or DEFAULT_STEPS when
-# the run has no forward model. --steps overrides both.
+# the run has no forward model. ablate.steps (--steps) overrides both.
 DEFAULT_STEPS = 16
 MAX_DEFAULT_STEPS = 20
 N_BOOT = 2000
@@ -122,7 +122,7 @@ def arm_key(run: Run, data: ArmData, seed_pairs: Sequence[SeedPair], steps: int,
                      heldout_hash)
 
 
-def heldout_set(cfg: Config, run_dir: Path, n: int, source: str, oasst1_val: str | Path,
+def heldout_set(cfg: Config, run_dir: Path, n: int, source: str, oasst1_val: str | Path | None,
                 trained: Sequence[Any]) -> tuple[list[SeedPair], dict[str, Any]]:
     """`n` held-out pairs (`evaluate.load_heldout`), also leaving out any pair whose instruction or
     response is among the examples of any arm (`trained`)."""
@@ -186,25 +186,17 @@ def _prepare(cfg: Config) -> Run:
     return run
 
 
-def ablate(
-    cfg: Config,
-    seeds: int = 2,
-    steps: int | None = None,
-    n_heldout: int = 60,
-    heldout_source: str = "auto",
-    oasst1_val: str | Path = DEFAULT_OASST1_VAL,
-    judge: bool = False,
-    judge_prompts: int = 20,
-) -> dict[str, Any]:
-    """Train and measure every arm for `seeds` training seeds (run.seed, run.seed + 1, ...);
+def ablate(cfg: Config) -> dict[str, Any]:
+    """Train and measure every arm for `ablate.seeds` training seeds (run.seed, run.seed + 1, ...)
+    with the config's `ablate` section (`AblateConfig`; the OASST1 file: `evaluate.oasst1_val`);
     writes `<run>/ablate/ablation.json`, `report.md` and `ablation.png`; returns the results."""
     from selfalign.curate import select
     from selfalign.models import load_tokenizer, resolve_model
     from selfalign.plots import plot_ablation
     from selfalign.report import ablation_markdown
 
-    if seeds < 1 or n_heldout < 2 or (steps is not None and steps < 1):
-        raise ConfigError("ablate: --seeds and --steps must be >= 1 and --n-heldout >= 2")
+    a = cfg.ablate  # ranges checked by the config (seeds, steps >= 1, n_heldout >= 2)
+    seeds, steps, n_heldout = a.seeds, a.steps, a.n_heldout
     if not cfg.forward.use_seed:
         raise ConfigError("ablate: every arm is seed + X; forward.use_seed must be true")
     t0 = time.perf_counter()
@@ -212,7 +204,7 @@ def ablate(
     it = cfg.curation.iterations
     seed_pairs, augmented = run.seed(), run.augment()
     curated = select(run.curate(it), cfg.curation.threshold)
-    steps_from = "--steps"
+    steps_from = "ablate.steps"
     if steps is None:
         steps = run_forward_steps(run.dir, it)
         steps_from = f"forward_{it} (the run's forward model)" if steps else "default"
@@ -222,7 +214,7 @@ def ablate(
         steps = steps or DEFAULT_STEPS
     train_seeds = [cfg.run.seed + k for k in range(seeds)]
     plan = [d for s in train_seeds for d in arm_data(augmented, curated, s)]
-    heldout, held_info = heldout_set(cfg, run.dir, n_heldout, heldout_source, oasst1_val,
+    heldout, held_info = heldout_set(cfg, run.dir, n_heldout, a.heldout, cfg.evaluate.oasst1_val,
                                      [*seed_pairs, *[p for d in plan for p in d.augmented]])
     tok = load_tokenizer(resolve_model(cfg.models.base, cfg.models.cache_dir), cfg.models.trust_remote_code)
     rows, dropped = heldout_rows(tok, heldout, cfg)
@@ -246,8 +238,8 @@ def ablate(
         keys = {(d.arm, d.seed): arm_key(run, d, seed_pairs, steps, held_hash) for d in plan}
         for k, d in enumerate(plan, 1):
             _run_arm(run, log, d, keys[d.arm, d.seed], steps, rows, f"{k}/{len(plan)}")
-        if judge:
-            _judge_arms(run, log, plan, keys, steps, [p.instruction for p in heldout[:judge_prompts]])
+        if a.judge:
+            _judge_arms(run, log, plan, keys, steps, [p.instruction for p in heldout[:a.judge_prompts]])
     finally:
         log.close()
 

@@ -10,8 +10,11 @@
     selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
 
 --config takes a YAML file or the name of a config shipped inside the package (`default`,
-`smoke`, `llama2-7b`, `llama2-7b-qlora-t4`); without it the shipped `default` is used, from any
-directory. Every command prints the resolved config first. Errors in config, data or models are one line.
+`smoke`, `llama2-7b`, `llama2-7b-qlora-t4`); without it, `./selfalign.yaml` when the working
+directory holds one, else the shipped `default` (from any directory). A command's options
+(`evaluate --n-heldout 10`, `generate -n 3`, ...) override config keys (`evaluate.n_heldout`,
+`forward.n_responses`, ...) and are validated as they are. Every command prints the resolved config
+first. Errors in config, data or models are one line.
 """
 
 from __future__ import annotations
@@ -24,11 +27,13 @@ from pathlib import Path
 import click
 
 from selfalign.config import (
+    LOCAL_CONFIG_NAME,
     Config,
     ConfigError,
     find_config,
     format_config,
     load_config,
+    local_config,
     packaged_config_path,
     packaged_configs,
 )
@@ -41,15 +46,35 @@ warnings.filterwarnings("ignore", category=FutureWarning)
 _RUN_DIR: list[Path] = []
 
 
-def _load(config: str | None, overrides: tuple[str, ...]) -> Config:
-    """The config named by --config (a file, or a shipped config's name; default: the shipped
-    `default`), with the overrides applied, printed first so the run can be reproduced."""
+# A command option that sets a config key: (the key, the option's name as typed, its value; None = not given).
+Option = tuple[str, str, object]
+
+
+def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option, ...] = ()) -> Config:
+    """The config named by --config (a file, or a shipped config's name; default: ./selfalign.yaml
+    when the working directory holds one, else the shipped `default`), with the overrides applied,
+    then the options that were given (each sets its config key, validated as the file's values are),
+    printed first so the run can be reproduced."""
     path = find_config(config)
-    cfg = load_config(path, list(overrides))
+    given = {key: value for key, _, value in options if value is not None}
+    try:
+        cfg = load_config(path, list(overrides), given)
+    except ConfigError as e:  # name the option too where it set the key
+        msg = str(e)
+        for key, name, value in options:
+            if value is not None:
+                msg = msg.replace(f"'{key}':", f"'{key}' ({name}):")
+        raise ConfigError(msg) from None
     _RUN_DIR[:] = [Path(cfg.run.out_dir)]
     shipped = path.parent.name == "configs" and path.parent.parent.name == "selfalign" and config != str(path)
-    print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
+    if config is None and path == local_config():
+        print(f"# config: {LOCAL_CONFIG_NAME} (found in the working directory)")
+    else:
+        print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
     print(format_config(cfg), flush=True)
+    from selfalign.prompts import Templates
+
+    Templates.for_config(cfg)  # a templates folder that cannot be used: one line, before any model loads
     return cfg
 
 
@@ -122,7 +147,8 @@ def _guard(fn):  # noqa: ANN001, ANN202
 
 _config_opt = click.option("--config", "-c", default=None,
                            help="YAML config file, or a shipped config's name (default, smoke, llama2-7b, ...; "
-                                "default: the shipped `default`)")
+                                "default: ./selfalign.yaml if the working directory holds one, else the shipped "
+                                "`default`)")
 _overrides = click.argument("overrides", nargs=-1)
 
 
@@ -162,7 +188,7 @@ _stage_command("train-forward", "Train the forward model on seed + curated data.
 @_config_opt
 @click.option("--adapter", default=None, help="LoRA adapter folder (default: the run's forward/)")
 @click.option("--prompts", default=None, help="prompts file (default: data.eval_prompts)")
-@click.option("-n", "n", default=None, type=int, help="number of prompts (default: forward.n_responses)")
+@click.option("-n", "n", default=None, type=int, help="number of prompts (sets forward.n_responses)")
 @_overrides
 @_guard
 def generate_cmd(config: str | None, adapter: str | None, prompts: str | None, n: int | None, overrides: tuple[str, ...]) -> None:
@@ -170,9 +196,10 @@ def generate_cmd(config: str | None, adapter: str | None, prompts: str | None, n
     from selfalign.forward import load_prompts, sample_responses
     from selfalign.generation import GenParams, load_engine
     from selfalign.pipeline import resolve_data
+    from selfalign.prompts import Templates
     from selfalign.report import print_responses
 
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, (("forward.n_responses", "-n", n),))
     if adapter is None:
         run_dir = Path(cfg.run.out_dir)
         final = run_dir / "forward"
@@ -180,9 +207,10 @@ def generate_cmd(config: str | None, adapter: str | None, prompts: str | None, n
     if not Path(adapter, "adapter_config.json").is_file():
         _fail(f"{adapter}: no LoRA adapter here (train one with `selfalign run`, or pass --adapter)")
     src = prompts or resolve_data(cfg.data.eval_prompts, "prompts.jsonl", cfg)
-    ps = load_prompts(src, n or cfg.forward.n_responses, cfg.data.eval_split)
+    ps = load_prompts(src, cfg.forward.n_responses, cfg.data.eval_split)
     engine = load_engine(cfg, cfg.models.base, adapter=adapter, name="forward")
-    texts = sample_responses(engine, ps, GenParams.from_config(cfg.generation.response, cfg.run.seed), cfg.forward.seed_tag)
+    texts = sample_responses(engine, ps, GenParams.from_config(cfg.generation.response, cfg.run.seed), cfg.forward.seed_tag,
+                             Templates.for_config(cfg))
     print_responses([{"prompt": p, "response": t} for p, t in zip(ps, texts, strict=True)])
 
 
@@ -200,69 +228,79 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
     """Publish the backward model, the curated dataset and the forward model to the Hub."""
     from selfalign.hub import HubError, push_run
 
-    cfg = _load(config, overrides)
-    hub = cfg.hub.model_copy(update={k: v for k, v in
-                                     {"private": private, "endpoint": endpoint, "merge": merge}.items() if v is not None})
+    cfg = _load(config, overrides, (("hub.private", "--private", private), ("hub.endpoint", "--endpoint", endpoint),
+                                    ("hub.merge", "--merge", merge)))
     _RUN_DIR[:] = [Path(run_dir or cfg.run.out_dir)]
     try:
-        push_run(Path(run_dir or cfg.run.out_dir), hub, dry_run=dry_run)
+        push_run(Path(run_dir or cfg.run.out_dir), cfg.hub, dry_run=dry_run)
     except HubError as e:
         _fail(str(e))
 
 
 @main.command("evaluate")
 @_config_opt
-@click.option("--n-heldout", default=40, show_default=True, type=int,
-              help="held-out seed pairs to rate (each also gets one planted bad copy)")
-@click.option("--n-prompts", default=20, show_default=True, type=int,
-              help="held-out prompts for the pairwise win rate")
-@click.option("--n-recovery", default=40, show_default=True, type=int,
-              help="augmented pairs whose true (LIMA) prompt the base and backward models try to recover")
-@click.option("--heldout", default="auto", show_default=True,
-              help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
+@click.option("--n-heldout", default=None, type=int,
+              help="held-out seed pairs to rate, each also gets one planted bad copy (sets evaluate.n_heldout)")
+@click.option("--n-prompts", default=None, type=int,
+              help="held-out prompts for the pairwise win rate (sets evaluate.n_prompts)")
+@click.option("--n-recovery", default=None, type=int,
+              help="augmented pairs whose true (LIMA) prompt the base and backward models try to recover "
+                   "(sets evaluate.n_recovery)")
+@click.option("--heldout", default=None,
+              help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id (sets evaluate.heldout)")
 @click.option("--judge-tokens", default=None, type=int,
-              help="max new tokens of the pairwise judge (default: curation.max_new_tokens)")
-@click.option("--n-human", default=40, show_default=True, type=int,
-              help="prompts of the human-judged set (best- vs last-ranked OASST1 reply; 0 = none)")
+              help="max new tokens of the pairwise judge (sets evaluate.judge_max_new_tokens; "
+                   "null there: curation.max_new_tokens)")
+@click.option("--n-human", default=None, type=int,
+              help="prompts of the human-judged set, best- vs last-ranked OASST1 reply; 0 = none (sets evaluate.n_human)")
 @click.option("--human", "human_path", default=None,
-              help="OASST1 messages file of the human-judged set "
-                   "(default ../shared/data/oasst1/en_validation_messages.jsonl, skipped when absent)")
+              help="OASST1 messages file of the human-judged set (sets evaluate.human; a file named there that "
+                   "is absent is skipped, one given here is an error)")
 @_overrides
 @_guard
-def evaluate_cmd(config: str | None, n_heldout: int, n_prompts: int, n_recovery: int, heldout: str,
-                 judge_tokens: int | None, n_human: int, human_path: str | None, overrides: tuple[str, ...]) -> None:
+def evaluate_cmd(config: str | None, n_heldout: int | None, n_prompts: int | None, n_recovery: int | None,
+                 heldout: str | None, judge_tokens: int | None, n_human: int | None, human_path: str | None,
+                 overrides: tuple[str, ...]) -> None:
     """Evaluate a finished run offline: every curation mode's AUC on planted bad pairs and a
-    human-judged set, backward NLL, instruction recovery, forward win rate. Re-running resumes."""
-    from selfalign.evaluate import DEFAULT_OASST1_MESSAGES, evaluate_run
+    human-judged set, backward NLL, instruction recovery, forward win rate. Re-running resumes.
+    Settings: the config's `evaluate` section; the options override it."""
+    from selfalign.evaluate import evaluate_run
 
-    cfg = _load(config, overrides)
-    evaluate_run(cfg, n_heldout=n_heldout, n_prompts=n_prompts, heldout_source=heldout,
-                 judge_max_new_tokens=judge_tokens, n_human=n_human, human_path=human_path or DEFAULT_OASST1_MESSAGES,
-                 n_recovery=n_recovery)
+    cfg = _load(config, overrides, (
+        ("evaluate.n_heldout", "--n-heldout", n_heldout), ("evaluate.n_prompts", "--n-prompts", n_prompts),
+        ("evaluate.n_recovery", "--n-recovery", n_recovery), ("evaluate.heldout", "--heldout", heldout),
+        ("evaluate.judge_max_new_tokens", "--judge-tokens", judge_tokens), ("evaluate.n_human", "--n-human", n_human),
+        ("evaluate.human", "--human", human_path)))
+    evaluate_run(cfg)
 
 
 @main.command("ablate")
 @_config_opt
-@click.option("--seeds", default=2, show_default=True, type=int, help="training seeds per arm (run.seed, run.seed+1, ...)")
+@click.option("--seeds", default=None, type=int,
+              help="training seeds per arm: run.seed, run.seed+1, ... (sets ablate.seeds)")
 @click.option("--steps", default=None, type=int,
-              help="optimizer steps of every arm (default: the steps of the run's forward model, else 16)")
-@click.option("--n-heldout", default=60, show_default=True, type=int,
-              help="held-out pairs whose reference NLL is measured")
-@click.option("--heldout", default="auto", show_default=True,
-              help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id")
-@click.option("--judge", is_flag=True,
-              help="also a pairwise win rate vs seed only, judged by the rater (off by default: at 135M the "
-                   "judge answers 'A' about 95% of the time)")
-@click.option("--judge-prompts", default=20, show_default=True, type=int, help="held-out prompts for --judge")
+              help="optimizer steps of every arm (sets ablate.steps; null there: the steps of the run's forward "
+                   "model, at most 20, else 16)")
+@click.option("--n-heldout", default=None, type=int,
+              help="held-out pairs whose reference NLL is measured (sets ablate.n_heldout)")
+@click.option("--heldout", default=None,
+              help="held-out pairs: auto | oasst1 | seed | a seed-format file or Hub id (sets ablate.heldout)")
+@click.option("--judge", is_flag=True, default=None,
+              help="also a pairwise win rate vs seed only, judged by the rater (sets ablate.judge; off by default: "
+                   "at 135M the judge answers 'A' about 95% of the time)")
+@click.option("--judge-prompts", default=None, type=int, help="held-out prompts for --judge (sets ablate.judge_prompts)")
 @_overrides
 @_guard
-def ablate_cmd(config: str | None, seeds: int, steps: int | None, n_heldout: int, heldout: str, judge: bool,
-               judge_prompts: int, overrides: tuple[str, ...]) -> None:
-    """Data-quality ablation: seed only / + curated / + random / + all / + longest augmented pairs."""
+def ablate_cmd(config: str | None, seeds: int | None, steps: int | None, n_heldout: int | None, heldout: str | None,
+               judge: bool | None, judge_prompts: int | None, overrides: tuple[str, ...]) -> None:
+    """Data-quality ablation: seed only / + curated / + random / + all / + longest augmented pairs.
+    Settings: the config's `ablate` section; the options override it."""
     from selfalign.ablate import ablate
 
-    ablate(_load(config, overrides), seeds=seeds, steps=steps, n_heldout=n_heldout, heldout_source=heldout,
-           judge=judge, judge_prompts=judge_prompts)
+    ablate(_load(config, overrides, (
+        ("ablate.seeds", "--seeds", seeds), ("ablate.steps", "--steps", steps),
+        ("ablate.n_heldout", "--n-heldout", n_heldout), ("ablate.heldout", "--heldout", heldout),
+        ("ablate.judge", "--judge", judge), ("ablate.judge_prompts", "--judge-prompts", judge_prompts))))
 
 
 @main.group("config")
@@ -323,8 +361,7 @@ def plan_cmd(config: str | None, device_memory_gb: float | None, overrides: tupl
     """Estimate the memory of every stage from the config, without loading a model."""
     from selfalign.memory import plan_run, suggestion
 
-    extra = (f"run.device_memory_gb={device_memory_gb}",) if device_memory_gb is not None else ()
-    cfg = _load(config, overrides + extra)
+    cfg = _load(config, overrides, (("run.device_memory_gb", "--device-memory-gb", device_memory_gb),))
     too_big = []
     for stage, plan in plan_run(cfg):
         if plan is None:

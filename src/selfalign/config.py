@@ -132,21 +132,21 @@ class DataConfig(_Section):
     # sample:unlabelled, sample:prompts. A relative path is looked up in the working directory,
     # then in the folder of the config file it came from. A missing path is an error.
     # Seed (instruction, response) data in the Guanaco format.
-    seed: Text = "../shared/data/guanaco/guanaco_llama2_1k.jsonl"
+    seed: Text = "timdettmers/openassistant-guanaco"
     seed_split: Text = "train"
     seed_limit: PosInt | None = 160  # keep the first N usable pairs (None = all)
     seed_english_only: bool = True  # the paper's seed is English only
     # Unlabelled responses: LIMA format (`conversations`, `source`) or plain `text` rows.
-    unlabelled: Text = "../shared/data/lima/train.jsonl"
+    unlabelled: Text = "GAIR/lima"
     unlabelled_split: Text = "train"
     unlabelled_n: PosInt = 150  # seeded sample of single-turn responses
     # Prompts for the forward model's sample responses (LIMA test format or `text`/`instruction`).
-    eval_prompts: Text = "../shared/data/lima/test.jsonl"
+    eval_prompts: Text = "GAIR/lima"
     eval_split: Text = "test"
     # A folder of real data that may be absent on some machines: when this folder does not exist
     # at all, the data paths under it are replaced by the shipped samples (sample:seed, ...) and
     # the run says so. A missing file in a folder that exists is an error. None: never.
-    samples_if_absent: Text | None = "../shared/data"
+    samples_if_absent: Text | None = None
 
 
 class LoraConfig(_Section):
@@ -256,6 +256,39 @@ class RayConfig(_Section):
     checkpoint_path: Text | None = None
 
 
+class EvaluateConfig(_Section):
+    """Settings of `selfalign evaluate` (its options --n-heldout, ... override them)."""
+
+    n_heldout: _int_range(2) = 40  # held-out seed pairs to rate (each also gets one planted bad copy)
+    n_prompts: PosInt = 20  # held-out prompts for the pairwise win rate
+    n_recovery: NonNegInt = 40  # augmented pairs whose true (LIMA) prompt base and backward model try to recover
+    n_human: NonNegInt = 40  # prompts of the human-judged set (best- vs last-ranked OASST1 reply); 0 = none
+    # held-out pairs: auto (oasst1_val when that file exists, else the unused rows of the run's seed
+    # data) | oasst1 (oasst1_val, an error when missing) | seed | a seed-format file or Hub id
+    heldout: Text = "auto"
+    # The OASST1 validation seed (first turns, Guanaco format) for heldout auto|oasst1; also read by
+    # `ablate`. None: none (auto takes the unused seed rows). A relative path is looked up in the
+    # working directory, then in the config file's folder.
+    oasst1_val: Text | None = None
+    # The OASST1 validation trees (one message a line, the HF fields) of the human-judged set.
+    # None, or a file of the config that is absent: no human-judged set, said in one line.
+    human: Text | None = None
+    judge_max_new_tokens: PosInt | None = None  # room for the pairwise judge's verdict; None = curation.max_new_tokens
+
+
+class AblateConfig(_Section):
+    """Settings of `selfalign ablate` (its options --seeds, ... override them). Held-out pairs:
+    `heldout` as for `evaluate`, from the file `evaluate.oasst1_val`."""
+
+    seeds: PosInt = 2  # training seeds per arm (run.seed, run.seed + 1, ...)
+    # optimizer steps of every arm; None = the steps of the run's forward model (at most 20), else 16
+    steps: PosInt | None = None
+    n_heldout: _int_range(2) = 60  # held-out pairs whose reference NLL is measured
+    heldout: Text = "auto"  # auto | oasst1 | seed | a seed-format file or Hub id (as evaluate.heldout)
+    judge: bool = False  # also a pairwise win rate vs seed only, judged by the rater (at 135M it answers "A" ~95%)
+    judge_prompts: PosInt = 20  # held-out prompts for `judge`
+
+
 class HubConfig(_Section):
     push: bool = False
     namespace: Text | None = None  # user or org; None = the token's user
@@ -277,6 +310,8 @@ class Config(_Section):
     forward: ForwardConfig = Field(default_factory=ForwardConfig)
     hub: HubConfig = Field(default_factory=HubConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    ablate: AblateConfig = Field(default_factory=AblateConfig)
 
     # The folder of the config file this was loaded from (None: built-in defaults): relative
     # data paths are looked up there when the working directory does not hold them.
@@ -340,18 +375,22 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
+def _set(data: dict[str, Any], path: list[str], value: Any, what: str) -> None:
+    node = data
+    for part in path[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{what}: {_one_line(part)} is not a section")
+        node = child
+    node[path[-1]] = value
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         path, value = parse_override(text)
-        node = data
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ConfigError(f"override {_one_line(text)}: {_one_line(part)} is not a section")
-            node = child
-        node[path[-1]] = value
+        _set(data, path, value, f"override {_one_line(text)}")
     return data
 
 
@@ -368,9 +407,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict[str, Any] | None = None) -> Config:
     """Load a YAML config (or the defaults when `path` is None) and apply dotted overrides.
 
+    `overrides` are `key=value` texts (the value read as YAML); `values` maps dotted keys to values
+    taken as they are (a command's options, e.g. {"evaluate.n_heldout": 10}), applied after the
+    overrides. Both are validated as the file's values are and count as overridden.
     The config file's folder is recorded (`Config.config_dir`): relative data paths that the
     working directory does not hold are looked up there."""
     data: dict[str, Any] = {}
@@ -399,12 +442,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if overrides:
         data = apply_overrides(data, overrides)
         source += " + overrides"
+    if values:
+        for key, value in values.items():
+            _set(data, key.split("."), value, f"option for {_one_line(key)}")
+        source += " + options"
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_validation_error(e, source)) from None
     cfg._config_dir = config_dir
-    cfg._overridden = frozenset(".".join(parse_override(o)[0]) for o in overrides or [])
+    cfg._overridden = frozenset([*(".".join(parse_override(o)[0]) for o in overrides or []), *(values or {})])
     return cfg
 
 
@@ -414,8 +461,17 @@ def format_config(cfg: Config) -> str:
 
 # --- shipped configs -----------------------------------------------------------------------
 # The configs live inside the package (src/selfalign/configs/), so an installed selfalign finds
-# them from any directory: `--config smoke` names one, `--config my.yaml` is a file.
+# them from any directory: `--config smoke` names one, `--config my.yaml` is a file. Without
+# --config, a project's own `selfalign.yaml` in the working directory is used when there is one
+# (as tools find theirs), else the shipped `default`.
 DEFAULT_CONFIG_NAME = "default"
+LOCAL_CONFIG_NAME = "selfalign.yaml"
+
+
+def local_config() -> Path | None:
+    """`./selfalign.yaml` (absolute) when the working directory holds that file, else None."""
+    p = Path.cwd() / LOCAL_CONFIG_NAME
+    return p.resolve() if p.is_file() else None
 
 
 def _config_root() -> Any:
@@ -443,9 +499,10 @@ def packaged_config_path(name: str) -> Path:
 
 
 def find_config(arg: str | None) -> Path:
-    """`--config` to a file: an existing file wins, then a shipped config's name; None = the shipped default."""
+    """`--config` to a file: an existing file wins, then a shipped config's name; None =
+    `./selfalign.yaml` when the working directory holds one (`local_config`), else the shipped default."""
     if arg is None:
-        return packaged_config_path(DEFAULT_CONFIG_NAME)
+        return local_config() or packaged_config_path(DEFAULT_CONFIG_NAME)
     p = Path(arg).expanduser()
     if p.is_file():
         return p.resolve()

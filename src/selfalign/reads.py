@@ -59,6 +59,7 @@ NOT_READ_BY_STAGES = (
     "generation.gpu_memory_utilization", "curation.threshold", "curation.iterations", "hub.",
     # where generation runs; a run directory refuses another executor or Ray setup (but ray.address)
     "run.executor", "ray.",
+    "evaluate.", "ablate.",  # settings of `selfalign evaluate` / `ablate`, read after the run
 )
 
 

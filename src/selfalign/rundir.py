@@ -73,7 +73,7 @@ RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "ray.address", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
-    "generation.gpu_memory_utilization",
+    "generation.gpu_memory_utilization", "evaluate.", "ablate.",
 )
 
 

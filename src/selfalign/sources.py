@@ -6,8 +6,8 @@ or a shipped sample, strictly.
 - `sample:seed`, `sample:unlabelled`, `sample:prompts` name the small OASST1 files shipped in
   `selfalign/sample_data`. They are used only when the config names them, or when
   `data.samples_if_absent` names a folder that does not exist at all and a path of the config
-  file lies under it (the default config: `../shared/data`, for a machine without the real
-  data). Either way the run says so in its first lines, its manifest and its report.
+  file lies under it (a project's config can name its folder of real data there, for a machine
+  without it). Either way the run says so in its first lines, its manifest and its report.
 - `owner/name` with no file suffix that is not a local path is a Hub dataset id.
 - Anything else that does not exist is a `DataError`, never a fallback: a typo such as
   `train.jsonI` in a folder that exists, an empty value, and any path typed as a command-line
@@ -85,6 +85,18 @@ def _looked_in(config_dir: Path | None, value: str) -> str:
     if config_dir is not None and Path(config_dir).resolve() != Path.cwd().resolve():
         places.append(f"{config_dir} (the config file's folder)")
     return f" (looked in {' and '.join(places)})"
+
+
+def local_file(value: str, cfg: Config) -> Path | None:
+    """The existing local file a path names (the working directory, then the config file's
+    folder, as for data paths), resolved; None when there is none."""
+    for cand in _candidates(value, cfg.config_dir):
+        try:
+            if cand.is_file():
+                return cand.resolve()
+        except (OSError, ValueError):  # a name the OS refuses
+            continue
+    return None
 
 
 def _under(value: str, root: str) -> bool:

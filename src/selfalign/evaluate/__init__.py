@@ -17,9 +17,10 @@ Each question is answered on data the run never trained on (`heldout.py`):
 4. **Forward model** (`judge.py`): pairwise win rate vs the base model (and M2 vs M1), judged by
    the rater in both orders, with Wilson intervals.
 
-`run.evaluate_run` runs all four and writes `<run>/eval/evaluation.json` (records beside it:
-`heldout.jsonl`, `rated_<set>_<mode>.jsonl`, `recovery.jsonl`, `responses.jsonl`, `judgments.jsonl`; an
-interrupted evaluation resumes, reusing what matches its inputs, `resume.py`); the report side
+`run.evaluate_run` runs all four with the settings of the config's `evaluate` section and writes
+`<run>/eval/evaluation.json` (records beside it: `heldout.jsonl`, `rated_<set>_<mode>.jsonl`,
+`recovery.jsonl`, `responses.jsonl`, `judgments.jsonl`; an interrupted evaluation resumes, reusing
+what matches its inputs, `resume.py`); the report side
 (`selfalign.report.write_eval_report`) renders `report.html`, PNG plots and the "## Evaluation"
 section of `report.md`.
 """
@@ -35,8 +36,8 @@ from selfalign.evaluate.corruptions import (
     first_sentence,
     plant_corruptions,
 )
-from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL, load_heldout
-from selfalign.evaluate.human import DEFAULT_OASST1_MESSAGES, load_human_pairs, ranked_pairs
+from selfalign.evaluate.heldout import load_heldout
+from selfalign.evaluate.human import load_human_pairs, ranked_pairs
 from selfalign.evaluate.judge import (
     comparisons,
     forward_models,
@@ -70,7 +71,7 @@ from selfalign.evaluate.stats import length_stats, precision_recall, roc_auc, wi
 from selfalign.report import replace_section, write_eval_report
 
 __all__ = [
-    "CORRUPTION_KINDS", "DEFAULT_OASST1_MESSAGES", "DEFAULT_OASST1_VAL", "GOOD", "LENGTH", "REPORT_THRESHOLDS",
+    "CORRUPTION_KINDS", "GOOD", "LENGTH", "REPORT_THRESHOLDS",
     "TEXT_KINDS", "assign_kinds", "boilerplate_text", "check_run", "eval_modes", "foreign_responses",
     "length_scores", "load_human_pairs", "mode_metrics", "planted_set", "ranked_pairs",
     "comparisons", "curation_metrics", "eval_pairs", "evaluate_backward", "evaluate_curation", "evaluate_recovery",

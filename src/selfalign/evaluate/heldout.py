@@ -12,32 +12,34 @@ from selfalign.evaluate.corruptions import normalized
 from selfalign.io import DataError
 from selfalign.records import SeedPair
 
-# The OASST1 validation seed, relative to the working directory (the shared data next to it).
-DEFAULT_OASST1_VAL = Path("../shared/data/oasst1/seed_en_val_first_turn.jsonl")
-
 
 def load_heldout(
-    cfg: Config, run_dir: Path, n: int, source: str = "auto", oasst1_val: str | Path = DEFAULT_OASST1_VAL
+    cfg: Config, run_dir: Path, n: int, source: str = "auto", oasst1_val: str | Path | None = None
 ) -> tuple[list[SeedPair], dict[str, Any]]:
     """Up to `n` real (instruction, response) pairs the run did not train on, and where from.
 
     `source`: "auto" (the OASST1 validation seed `oasst1_val` if that file exists, else the unused
-    rows of the run's seed data), "oasst1" (`oasst1_val`, an error when it is missing), "seed"
-    (unused rows of `cfg.data.seed`, or the shipped sample when it is absent), or a path / Hub id
-    of seed data. Pairs whose source id or instruction is in `<run>/seed/pairs.jsonl` are skipped.
+    rows of the run's seed data), "oasst1" (`oasst1_val`, an error when it is missing or None),
+    "seed" (unused rows of `cfg.data.seed`, or the shipped sample when it is absent), or a path /
+    Hub id of seed data. `oasst1_val` is the config's `evaluate.oasst1_val` (None: no such file;
+    a relative path is looked up as data paths are: the working directory, then the config file's
+    folder). Pairs whose source id or instruction is in `<run>/seed/pairs.jsonl` are skipped.
     The order is a seeded hash of the source id, the same on every machine.
     """
     from selfalign.pipeline import resolve_data, say
     from selfalign.seed import load_seed
+    from selfalign.sources import local_file
 
     d = cfg.data
-    val = Path(oasst1_val).expanduser()
-    if source == "auto" and not val.is_file():
-        say(f"evaluate: {val} not found: held-out pairs are the unused rows of the run's seed data")
+    val = local_file(str(oasst1_val), cfg) if oasst1_val is not None else None
+    if source == "auto" and val is None:
+        why = f"{oasst1_val} not found" if oasst1_val is not None else "no OASST1 validation file (evaluate.oasst1_val)"
+        say(f"evaluate: {why}: held-out pairs are the unused rows of the run's seed data")
         source = "seed"
     if source in ("auto", "oasst1"):
-        if not val.is_file():
-            raise DataError(f"{val}: not found (held-out source oasst1); pass the file with --heldout PATH")
+        if val is None:
+            what = f"{oasst1_val}: not found" if oasst1_val is not None else "evaluate.oasst1_val is not set"
+            raise DataError(f"{what} (held-out source oasst1); set evaluate.oasst1_val or pass the file with --heldout PATH")
         src, split, label = str(val), "train", "oasst1"
     elif source == "seed":
         src, split, label = resolve_data(d.seed, "seed.jsonl", cfg), d.seed_split, "seed"

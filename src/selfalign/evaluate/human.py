@@ -1,7 +1,8 @@
 """A human-judged set: best- vs worst-ranked OASST1 replies to the same prompt.
 
 OASST1 volunteers ranked the sibling assistant replies of each prompt (`rank` 0 = best). From the
-OASST1 validation trees (`en_validation_messages.jsonl`, one message a line with the HF fields), for
+OASST1 validation trees (`en_validation_messages.jsonl`, the file `evaluate.human` names; one message
+a line with the HF fields), for
 each prompter message with at least 2 assistant replies that are not `deleted` and have a rank:
 
 - (prompt, best-ranked reply) is labelled good (the lowest rank, 0 unless that reply was deleted);
@@ -12,7 +13,7 @@ from OASST1 *train*), except prompts whose text (case and whitespace ignored) is
 evaluation passes its held-out instructions, so a root prompt that is already a held-out good pair
 is not rated twice. Follow-up prompts (not tree roots) count too and are rated without the earlier
 turns, as curation rates single turns. Prompts are ordered by sha256(seed, message id) and the
-first `n` (default 40, so 80 rated pairs) are taken: the same on every machine.
+first `n` (`evaluate.n_human`, default 40, so 80 rated pairs) are taken: the same on every machine.
 """
 
 from __future__ import annotations
@@ -27,8 +28,6 @@ from selfalign.evaluate.corruptions import normalized
 from selfalign.io import DataError
 from selfalign.records import AugmentedPair
 
-# The OASST1 validation trees, relative to the working directory (the shared data next to it).
-DEFAULT_OASST1_MESSAGES = Path("../shared/data/oasst1/en_validation_messages.jsonl")
 HUMAN_GOOD, HUMAN_BAD = "human_good", "human_bad"
 
 
@@ -56,7 +55,7 @@ def ranked_pairs(messages: list[dict[str, Any]]) -> list[tuple[dict[str, Any], d
 
 
 def load_human_pairs(
-    path: str | Path = DEFAULT_OASST1_MESSAGES, n: int = 40, seed: int = 0, exclude: set[str] | None = None
+    path: str | Path, n: int = 40, seed: int = 0, exclude: set[str] | None = None
 ) -> tuple[list[AugmentedPair], dict[str, Any]]:
     """Up to `n` (good, bad) pairs of pairs, goods first then bads in the same order, and info.
 
@@ -64,7 +63,8 @@ def load_human_pairs(
     holds normalized prompts to skip (see the module docstring)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataError(f"{path}: not found (human-judged set); pass the OASST1 messages file with --human PATH")
+        raise DataError(f"{path}: not found (human-judged set); pass the OASST1 messages file with --human PATH "
+                        "or set evaluate.human")
     messages = []
     for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():

@@ -11,8 +11,8 @@ from typing import Any
 from selfalign.config import Config
 from selfalign.evaluate.backward_eval import evaluate_backward
 from selfalign.evaluate.corruptions import normalized
-from selfalign.evaluate.heldout import DEFAULT_OASST1_VAL, load_heldout
-from selfalign.evaluate.human import DEFAULT_OASST1_MESSAGES, load_human_pairs
+from selfalign.evaluate.heldout import load_heldout
+from selfalign.evaluate.human import load_human_pairs
 from selfalign.evaluate.judge import comparisons, forward_models, judge_pairwise, model_responses
 from selfalign.evaluate.rater_eval import evaluate_curation, planted_set, rater_spec
 from selfalign.evaluate.recovery import evaluate_recovery
@@ -53,19 +53,28 @@ def recovery_inputs(cfg: Config, run_dir: Path) -> dict[str, Any]:
             "unlabelled_hash": fingerprint(local) if local.exists() else "", "split": cfg.data.unlabelled_split}
 
 
-def human_set(cfg: Config, path: str | Path, n: int, heldout: list[SeedPair]
-              ) -> tuple[list[AugmentedPair], dict[str, Any]]:
-    """The human-judged set (`human.load_human_pairs`), held-out instructions excluded; empty (and
-    said) when `n` is 0 or the default file is absent."""
+def human_set(cfg: Config, heldout: list[SeedPair]) -> tuple[list[AugmentedPair], dict[str, Any]]:
+    """The human-judged set (`human.load_human_pairs`) of `evaluate.n_human` prompts from the file
+    `evaluate.human`, held-out instructions excluded. Empty (and said) when n_human is 0, when no
+    file is named, or when the config file names one that is absent; a file typed as an option or
+    override (`--human PATH`) that is absent is an error."""
     from selfalign.pipeline import say
+    from selfalign.sources import local_file
 
+    ev = cfg.evaluate
+    n, path = ev.n_human, ev.human
     if n <= 0:
-        return [], {"n_prompts": 0, "note": "not asked for (--n-human 0)"}
-    if Path(path) == DEFAULT_OASST1_MESSAGES and not Path(path).is_file():
+        return [], {"n_prompts": 0, "note": "not asked for (evaluate.n_human: 0)"}
+    if path is None:
+        note = "no human-judged set: evaluate.human names no OASST1 messages file (pass --human PATH)"
+        say(f"evaluate: {note}")
+        return [], {"n_prompts": 0, "note": note}
+    found = local_file(path, cfg)
+    if found is None and not cfg.is_overridden("evaluate.human"):
         note = f"{path} not found: no human-judged set (pass --human PATH)"
         say(f"evaluate: {note}")
         return [], {"n_prompts": 0, "path": str(path), "note": note}
-    pairs, info = load_human_pairs(path, n, cfg.run.seed, {normalized(p.instruction) for p in heldout})
+    pairs, info = load_human_pairs(found or path, n, cfg.run.seed, {normalized(p.instruction) for p in heldout})
     say(f"evaluate: human-judged set: {info['n_prompts']} prompts with best- and last-ranked OASST1 replies "
         f"from {info['path']}")
     return pairs, info
@@ -79,25 +88,15 @@ def check_run(run_dir: Path) -> None:
         raise DataError(f"{run_dir}/backward: no backward adapter; run `selfalign run` first")
 
 
-def evaluate_run(
-    cfg: Config,
-    n_heldout: int = 40,
-    n_prompts: int = 20,
-    heldout_source: str = "auto",
-    report: bool = True,
-    judge_max_new_tokens: int | None = None,
-    oasst1_val: str | Path = DEFAULT_OASST1_VAL,
-    n_human: int = 40,
-    human_path: str | Path = DEFAULT_OASST1_MESSAGES,
-    n_recovery: int = 40,
-) -> dict[str, Any]:
+def evaluate_run(cfg: Config, report: bool = True) -> dict[str, Any]:
     """Evaluate the finished run in `cfg.run.out_dir`; writes `eval/` and (with `report`) the reports.
 
-    `heldout_source`, `oasst1_val`: see `load_heldout`. `judge_max_new_tokens`: room for the
-    pairwise judge's reasoning and verdict (default: `curation.max_new_tokens`). `n_human`,
-    `human_path`: the human-judged set (`human.py`; 0 leaves it out). `n_recovery`: augmented pairs
-    whose true prompt base and backward model try to recover (`recovery.py`). Re-running resumes:
-    rated records, responses and judgments whose inputs match are reused (`resume.py`).
+    The settings are the config's `evaluate` section: `n_heldout` held-out pairs from `heldout`
+    and `oasst1_val` (see `load_heldout`); `n_prompts` prompts for the pairwise win rate, judged
+    with `judge_max_new_tokens` (None: `curation.max_new_tokens`); `n_human` prompts of the
+    human-judged set from the file `human` (`human.py`; 0 leaves it out); `n_recovery` augmented
+    pairs whose true prompt base and backward model try to recover (`recovery.py`). Re-running
+    resumes: rated records, responses and judgments whose inputs match are reused (`resume.py`).
     """
     from selfalign.forward import load_prompts
     from selfalign.generation import load_engine
@@ -106,6 +105,7 @@ def evaluate_run(
     from selfalign.prompts import Templates
 
     tpl = Templates.for_config(cfg)
+    settings = cfg.evaluate
     run_dir = Path(cfg.run.out_dir)
     check_run(run_dir)
     setup_threads(cfg.run.threads)
@@ -114,7 +114,7 @@ def evaluate_run(
     t0 = time.perf_counter()
     seconds: dict[str, float] = {}
 
-    heldout, held_info = load_heldout(cfg, run_dir, n_heldout, heldout_source, oasst1_val)
+    heldout, held_info = load_heldout(cfg, run_dir, settings.n_heldout, settings.heldout, settings.oasst1_val)
     write_jsonl(ev / "heldout.jsonl", [asdict(p) for p in heldout])
     say(f"evaluate: {len(heldout)} held-out pairs from {held_info['path']} "
         f"({held_info['excluded_as_trained']} skipped as used in training)")
@@ -130,6 +130,7 @@ def evaluate_run(
         f"backward {backward['backward']['nll_per_token']}")
 
     t = time.perf_counter()
+    n_recovery = settings.n_recovery
     recovery, reused = cached(ev / "recovery.json", {**step_fp, **recovery_inputs(cfg, run_dir), "n": n_recovery},
                               lambda: evaluate_recovery(cfg, run_dir, n_recovery, records=ev / "recovery.jsonl"))
     if reused:
@@ -144,7 +145,7 @@ def evaluate_run(
 
     t = time.perf_counter()
     src = resolve_data(cfg.data.eval_prompts, "prompts.jsonl", cfg)
-    prompts = load_prompts(src, n_prompts, cfg.data.eval_split)
+    prompts = load_prompts(src, settings.n_prompts, cfg.data.eval_split)
     models = forward_models(run_dir)
     responses = {}
     for name, adapter in models.items():
@@ -161,7 +162,7 @@ def evaluate_run(
 
     t = time.perf_counter()
     planted, planted_info = planted_set(cfg, heldout, ev)
-    human, human_info = human_set(cfg, human_path, n_human, heldout)
+    human, human_info = human_set(cfg, heldout)
     spec, adapter, rater_name = rater_spec(cfg, run_dir)
     rater_fp = {"rater": spec, "adapter": str(adapter or ""), "adapter_hash": adapter_hash(adapter),
                 "models": cfg.models.model_dump()}
@@ -176,7 +177,7 @@ def evaluate_run(
     t = time.perf_counter()
     comps: list[dict[str, Any]] = []
     judged: list[dict[str, Any]] = []
-    judge_tokens = judge_max_new_tokens or cfg.curation.max_new_tokens
+    judge_tokens = settings.judge_max_new_tokens or cfg.curation.max_new_tokens
     for x, y in comparisons(models):
         fp = {**rater_fp, "x": texts_hash(responses[x]), "y": texts_hash(responses[y]), "prompts": texts_hash(prompts),
               "max_new_tokens": judge_tokens, "max_response_tokens": cfg.curation.max_response_tokens,
