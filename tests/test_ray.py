@@ -266,17 +266,39 @@ def test_manifest_refuses_a_run_dir_with_another_config(smoke_cfg) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_pipeline_on_ray(smoke_cfg) -> None:
-    """`selfalign run run.executor=ray` end to end: select, train-forward and report read the records."""
+def test_smoke_run_on_ray_writes_the_local_records_with_a_templates_override(smoke_cfg, tmp_path: Path) -> None:
+    """`selfalign run` with run.executor=ray and a run.templates_dir override: the same records as
+    the local executor, row by row (per-row seeds; the Step carries the templates to the actors),
+    and the override is what both rendered (a run with the shipped templates writes others)."""
+    import shutil
+    from importlib import resources
+
     from selfalign.pipeline import run_pipeline
 
-    cfg = smoke_cfg.model_copy(deep=True)
-    cfg.run.executor = "ray"
-    run = run_pipeline(cfg)
-    sample = {r["source_id"] for r in read_jsonl(run.path("augment", "sample.jsonl"))}
-    augmented = read_jsonl(run.path("augment", "augmented.jsonl"))
-    assert sorted(r["source_id"] for r in augmented) == sorted(sample)
-    rated = read_jsonl(run.path("curate_1", "rated.jsonl"))
-    assert {r["source_id"] for r in rated} == {r["source_id"] for r in augmented if r["status"] == "ok"}
-    assert len(read_jsonl(run.path("responses.jsonl"))) == cfg.forward.n_responses
-    assert run.path("report.md").exists() and run.path("forward", "adapter_model.safetensors").exists()
+    folder = tmp_path / "templates"
+    shutil.copytree(Path(str(resources.files("selfalign").joinpath("templates"))), folder)
+    t = json.loads((folder / "templates.json").read_text())
+    t["backward"]["system"] = "Write the question that this text answers, as a user would ask it."
+    (folder / "templates.json").write_text(json.dumps(t))
+
+    def run(name: str, *changes: tuple[str, object]) -> Path:
+        cfg = smoke_cfg.model_copy(deep=True)
+        cfg.run.out_dir = str(tmp_path / name)
+        for key, value in changes:
+            section, field = key.split(".")
+            setattr(getattr(cfg, section), field, value)
+        return run_pipeline(cfg).dir
+
+    local = run("local", ("run.templates_dir", str(folder)))
+    on_ray = run("ray", ("run.templates_dir", str(folder)), ("run.executor", "ray"))
+    for f in ("augment/augmented.jsonl", "curate_1/rated.jsonl", "curated_1/data.jsonl", "responses.jsonl"):
+        assert read_jsonl(on_ray / f) == read_jsonl(local / f), f
+    assert {r["status"] for r in read_jsonl(local / "augment" / "augmented.jsonl")} == {"ok"}  # all were rated
+    assert len(read_jsonl(local / "curate_1" / "rated.jsonl")) == smoke_cfg.data.unlabelled_n
+    assert (on_ray / "report.md").exists() and (on_ray / "forward" / "adapter_model.safetensors").exists()
+    shipped_run = smoke_cfg.model_copy(deep=True)
+    shipped_run.run.out_dir = str(tmp_path / "shipped")
+    run_pipeline(shipped_run, until="augment")
+    ours = [r["raw_generation"] for r in read_jsonl(local / "augment" / "augmented.jsonl")]
+    theirs = [r["raw_generation"] for r in read_jsonl(tmp_path / "shipped" / "augment" / "augmented.jsonl")]
+    assert ours != theirs  # the override reached the prompts

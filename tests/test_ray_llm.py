@@ -41,7 +41,7 @@ def test_processor_config_maps_engine_options(tmp_path: Path) -> None:
 
 
 def _engine(tok, adapter: str | None = None) -> ray_llm.TokenizerEngine:
-    return ray_llm.TokenizerEngine(tok, 2048, "backward", adapter)
+    return ray_llm.TokenizerEngine(tok, 16384, "backward", adapter)  # the tiny model's context
 
 
 def _augment(cfg):  # noqa: ANN001, ANN202
@@ -80,7 +80,9 @@ def test_requests_carry_the_prompt_seed_and_adapter_of_the_row(tiny_model: Path)
     stopped = load_config(None, ['generation.instruction.stop=["\\n\\n"]'])
     req = ray_llm.vllm_request(_augment(stopped), _engine(tok), row)
     assert req["sampling_params"]["stop"] == ["\n\n"] and req["sampling_params"]["include_stop_str_in_output"]
-    rec = ray_llm.vllm_record(_augment(stopped), {**req, **_out(row, generated_text=" What is it?\n\nMore text")})
+    # the processor passes the request's columns through to its output row
+    rec = ray_llm.vllm_record(_augment(stopped), {**req, **_out(row, generated_text=" What is it?\n\nMore text",
+                                                                __stop__=req["__stop__"])})
     assert json.loads(rec["record"])["instruction"] == "What is it?"
 
     lp = load_config(None, ["curation.mode=logprob"])

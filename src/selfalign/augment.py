@@ -12,7 +12,7 @@ from selfalign.config import Config, ConfigError
 from selfalign.generation import Engine, GenParams, context_limit, overlong_prompts
 from selfalign.prompts import PromptTooLong, Templates, shipped
 from selfalign.records import AugmentedPair, UnlabelledResponse
-from selfalign.steps import Prepared, Request, Step
+from selfalign.steps import Prepared, Request, Step, row_seed, seeded
 
 # Template pieces a weak backward model sometimes echoes at the start of its output.
 _ECHO_PREFIX = re.compile(
@@ -144,10 +144,10 @@ class AugmentStep(Step):
             text = row.get("response") if isinstance(row.get("response"), str) else ""
             return UnlabelledResponse(text, str(row["source_id"]), source), f"bad_row: {e}"
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self, item: UnlabelledResponse) -> dict[str, Any]:
         p = self.params
-        return {"temperature": p.temperature, "top_p": p.top_p, "max_new_tokens": p.max_new_tokens, "seed": p.seed,
-                "model": self.model}
+        return {"temperature": p.temperature, "top_p": p.top_p, "max_new_tokens": p.max_new_tokens,
+                "seed": row_seed(p.seed, item.source_id), "model": self.model}
 
     def prepare(self, engine: Engine, items: Sequence[UnlabelledResponse]) -> list[Prepared]:
         limit = context_limit(engine, self.params.max_new_tokens)
@@ -157,7 +157,7 @@ class AugmentStep(Step):
                 prompt, cut = self.templates.backward_prompt(engine.tokenizer, r.response, self.max_prompt_tokens, limit)
             except PromptTooLong as e:
                 raise ConfigError(f"augment: {e}; lower generation.instruction.max_new_tokens") from None
-            out.append(Prepared(r, Request(prompt, self.params), cut=cut))
+            out.append(Prepared(r, Request(prompt, seeded(self.params, r.source_id)), cut=cut))
         for p, why in zip(out, overlong_prompts(engine, [p.request.prompt for p in out], self.params.max_new_tokens),
                           strict=True):
             p.error = why
@@ -168,12 +168,12 @@ class AugmentStep(Step):
         instruction, status = clean_instruction(output, r.response, self.max_instruction_chars, self.require_request,
                                                 self.templates.request_words)
         return AugmentedPair(instruction, r.response, r.source_id, r.source, output, status,
-                             self.settings(), prep.cut)
+                             self.settings(r), prep.cut)
 
     def error_record(self, item: UnlabelledResponse, reason: str, cut: bool = False) -> AugmentedPair:
         """The record of a response no instruction could be generated for (kept, never dropped)."""
         return AugmentedPair("", item.response, item.source_id, item.source, "", "error",
-                             self.settings(), cut, reason)
+                             self.settings(item), cut, reason)
 
     def load(self, rec: dict[str, Any]) -> AugmentedPair:
         return AugmentedPair(**rec)

@@ -39,7 +39,7 @@ from selfalign.scoring import (
     reasoning_of,
     score_suffix,
 )
-from selfalign.steps import Prepared, Request, Step
+from selfalign.steps import Prepared, Request, Step, row_seed, seeded
 
 MODES = ("generate", "logprob", *RANKED_MODES)
 
@@ -130,7 +130,7 @@ class RateStep(Step):
                 why = ""
             except PromptTooLong as e:
                 prompt, c, why = "", True, f"prompt_too_long: {e}"
-            out.append(Prepared(p, Request(prompt + suffix, params, cands), why, c))
+            out.append(Prepared(p, Request(prompt + suffix, seeded(params, p.source_id), cands), why, c))
         over = overlong_prompts(engine, [p.request.prompt for p in out], 1 if suffix else new)
         for p, o in zip(out, over, strict=True):
             p.error = p.error or o
@@ -180,20 +180,20 @@ class RateStep(Step):
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
 
-            def rate(ix: list[int], bar: bool, where: str, seed: int) -> list[RatedPair]:
+            def rate(ix: list[int], bar: bool, where: str) -> list[RatedPair]:
                 return rate_chunk(engine, [preps[i].item for i in ix], [preps[i].request.prompt for i in ix],
-                                  [preps[i].cut for i in ix], self.cur, seed, where, bar)
+                                  [preps[i].cut for i in ix], self.cur, self.seed, where, bar)
 
             where = f"{start + 1}-{min(start + chunk, len(order))}/{len(order)}"
             try:
-                recs = rate(idx, progress, where, self.seed + start)
+                recs = rate(idx, progress, where)
             except Exception:
                 if not isolate:
                     raise
                 recs = []
                 for i in idx:  # one pair at a time, so that a bad pair fails alone
                     try:
-                        recs += rate([i], False, where, self.seed + start)
+                        recs += rate([i], False, where)
                     except Exception as e:  # noqa: BLE001 - recorded on the pair
                         recs.append(self.error_record(preps[i].item, f"engine_error: {type(e).__name__}: {e}"[:500],
                                                       preps[i].cut))
@@ -235,8 +235,10 @@ def rate_chunk(
     engine: Engine, todo: list[AugmentedPair], prompts: list[str], cut: list[bool], cur: CurationConfig, seed: int,
     where: str = "", progress: bool = True,
 ) -> list[RatedPair]:
-    """Rate pairs in generate mode: greedy (or n sampled ratings), then retries of unparsable ones."""
+    """Rate pairs in generate mode: greedy (or n sampled ratings), then retries of unparsable ones.
+    Each pair's sampled passes are seeded from `row_seed(seed, its id)`: the same in any chunk."""
     n = len(todo)
+    own = [row_seed(seed, p.source_id) for p in todo]
     outputs: list[list[str]] = [[] for _ in range(n)]
     scores: list[list[float]] = [[] for _ in range(n)]
     failures = [0] * n
@@ -253,19 +255,18 @@ def rate_chunk(
     # First pass: greedy for a single rating, sampled when averaging n ratings. Every pass stops
     # at the score line (RATING_STOPS).
     stop, budget = RATING_STOPS, cur.max_new_tokens
-    sampled = GenParams(cur.temperature, 0.9, budget, seed, stop)
-    first = GenParams(0.0, 1.0, budget, seed, stop) if cur.n_samples == 1 else sampled
-    rounds = [first] + [GenParams(cur.temperature, 0.9, budget, seed + k + 1, stop) for k in range(cur.n_samples - 1)]
-    for k, params in enumerate(rounds):
+    sampled = GenParams(cur.temperature, 0.9, budget, 0, stop)
+    first = GenParams(0.0, 1.0, budget, 0, stop) if cur.n_samples == 1 else sampled
+    rounds = [first] + [sampled] * (cur.n_samples - 1)
+    for k, params in enumerate(rounds):  # round k: each pair's seed + k
         take(list(range(n)), generate(engine, prompts, params, desc=f"rate {where} ({k + 1}/{len(rounds)})",
-                                      progress=progress))
+                                      progress=progress, seeds=[s + k for s in own]))
     for attempt in range(cur.retries):
         retry = [i for i in range(n) if not scores[i]]
         if not retry:
             break
-        params = GenParams(cur.temperature, 0.9, budget, seed + 1000 + attempt, stop)
-        take(retry, generate(engine, [prompts[i] for i in retry], params, desc=f"retry {attempt + 1} {where}",
-                             progress=progress))
+        take(retry, generate(engine, [prompts[i] for i in retry], sampled, desc=f"retry {attempt + 1} {where}",
+                             progress=progress, seeds=[own[i] + 1000 + attempt for i in retry]))
     forced = _force_scores(engine, prompts, outputs, scores, seed, where, progress) if cur.force_score else set()
     out = []
     for i, p in enumerate(todo):

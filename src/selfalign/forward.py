@@ -19,7 +19,7 @@ from selfalign.io import DataError
 from selfalign.prompts import PromptTooLong, Templates, fit_prompt, shipped
 from selfalign.readers import is_blank
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair
-from selfalign.steps import Prepared, Request, Step
+from selfalign.steps import Prepared, Request, Step, seeded
 from selfalign.train import TrainExample, TrainResult, train_lora
 
 
@@ -117,7 +117,7 @@ class RespondStep(Step):
             try:
                 prompt, cut = fit_prompt(tok, lambda t: tpl.render_prompt(tok, tpl.forward_messages(t, self.system)),
                                          p.prompt, 1 << 30, limit)
-                out.append(Prepared(p, Request(prompt, self.params), cut=cut))
+                out.append(Prepared(p, Request(prompt, seeded(self.params, p.source_id)), cut=cut))
             except PromptTooLong as e:
                 out.append(Prepared(p, Request("", self.params), f"prompt_too_long: {e}", True))
         for p, why in zip(out, overlong_prompts(engine, [p.request.prompt for p in out], self.params.max_new_tokens),

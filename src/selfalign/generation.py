@@ -53,7 +53,7 @@ class Engine(Protocol):
     context: int | None  # the model's context; prompts are cut to fit it (None: no limit)
 
     def generate(self, prompts: list[str], params: GenParams, on_result: Callable[[int, str], None] | None = None,
-                 desc: str = "generate", progress: bool = True, skip: set[int] | None = None) -> list[str]: ...
+                 desc: str = "generate", progress: bool = True, seeds: list[int] | None = None) -> list[str]: ...
 
     def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
                          progress: bool = True) -> list[list[float]]: ...
@@ -76,8 +76,8 @@ class HFEngine:
         return next(self.model.parameters()).device
 
     def generate(self, prompts: list[str], params: GenParams, on_result: Callable[[int, str], None] | None = None,
-                 desc: str = "generate", progress: bool = True, skip: set[int] | None = None) -> list[str]:
-        return _hf_generate(self, prompts, params, on_result, desc, progress, skip)
+                 desc: str = "generate", progress: bool = True, seeds: list[int] | None = None) -> list[str]:
+        return _hf_generate(self, prompts, params, on_result, desc, progress, seeds)
 
     def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
                          progress: bool = True) -> list[list[float]]:
@@ -326,10 +326,46 @@ def _stop_kwargs(tokenizer: Any, stop: Sequence[str], prompt_len: int) -> dict[s
     return {"stopping_criteria": StoppingCriteriaList([_stop_criteria_class()(tokenizer, stop, prompt_len)])}
 
 
-def _sample_kwargs(params: GenParams) -> dict[str, Any]:
+@functools.cache
+def _row_sampler_class() -> type:
+    """RowSampler, defined on first use (transformers is imported lazily)."""
+    from transformers import LogitsProcessor
+
+    class RowSampler(LogitsProcessor):
+        """Samples each row's next token with the row's own generator (temperature, then top-p),
+        and leaves only that token: decoding is then greedy over it. So a row's text depends on its
+        prompt, its seed and the model, not on the batch it shares (transformers' sampling draws
+        the whole batch from one global generator)."""
+
+        def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
+            self.gens = [torch.Generator().manual_seed(s) for s in seeds]
+            self.temperature, self.top_p = temperature, top_p
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            logits = scores.float() / self.temperature
+            if self.top_p < 1.0:  # the smallest set of tokens whose probability reaches top_p
+                srt, idx = torch.sort(logits, descending=True)
+                p = srt.softmax(-1)
+                above = p.cumsum(-1) - p  # the probability of the tokens ranked above each one
+                drop = torch.zeros_like(above, dtype=torch.bool).scatter(-1, idx, above >= self.top_p)
+                logits = logits.masked_fill(drop, float("-inf"))
+            probs = logits.softmax(-1).cpu()
+            out = torch.full_like(scores, float("-inf"))
+            for r, gen in enumerate(self.gens):
+                out[r, int(torch.multinomial(probs[r], 1, generator=gen))] = 0.0
+            return out
+
+    return RowSampler
+
+
+def _sample_kwargs(params: GenParams, seeds: list[int]) -> dict[str, Any]:
+    """Greedy decoding; with a temperature, each row sampled with its own seed (`RowSampler`)."""
     if params.temperature <= 0:
         return {"do_sample": False}
-    return {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p}
+    from transformers import LogitsProcessorList
+
+    sampler = _row_sampler_class()(seeds, params.temperature, params.top_p)
+    return {"do_sample": False, "logits_processor": LogitsProcessorList([sampler])}
 
 
 def generate(
@@ -339,18 +375,17 @@ def generate(
     on_result: Callable[[int, str], None] | None = None,
     desc: str = "generate",
     progress: bool = True,
-    skip: set[int] | None = None,
+    seeds: list[int] | None = None,
 ) -> list[str]:
     """Completions for `prompts` (already rendered text), in input order, from any `Engine`.
 
     `on_result(i, text)` is called as each completion is ready, so a caller can persist it.
-    `skip` holds indices already done (a resumed stage): batches are formed over all prompts
-    and seeded by position, exactly as in an uninterrupted run, so a resumed run produces the
-    same completions; batches that are entirely done are not run, and done items are not reported.
+    `seeds`: one per prompt (default: `params.seed` for all); a sampled prompt's text depends on
+    its seed, not on the other prompts of its batch.
     """
     if not prompts:
         return []
-    return engine.generate(prompts, params, on_result, desc, progress, skip)
+    return engine.generate(prompts, params, on_result, desc, progress, seeds)
 
 
 @torch.inference_mode()
@@ -361,9 +396,9 @@ def _hf_generate(
     on_result: Callable[[int, str], None] | None,
     desc: str,
     progress: bool,
-    skip: set[int] | None,
+    seeds: list[int] | None,
 ) -> list[str]:
-    skip = skip or set()
+    seeds = list(seeds) if seeds is not None else [params.seed] * len(prompts)
     tok, model = engine.tokenizer, engine.model
     encoded = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     shared, prefix_cache = _shared_prefix(engine, encoded)
@@ -374,18 +409,14 @@ def _hf_generate(
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, unit="prompt")
     for start in range(0, len(order), engine.batch_size):
         idx = order[start : start + engine.batch_size]
-        if all(i in skip for i in idx):
-            bar.update(len(idx))
-            continue
         ids, mask, kwargs = _batch(encoded, idx, shared, pad, prefix_cache, model, params.max_new_tokens)
-        torch.manual_seed(params.seed + start)
         out = model.generate(
             input_ids=ids.to(engine.device),
             attention_mask=mask.to(engine.device),
             max_new_tokens=params.max_new_tokens,
             pad_token_id=pad,
             eos_token_id=stop,
-            **_sample_kwargs(params),
+            **_sample_kwargs(params, [seeds[i] for i in idx]),
             **_stop_kwargs(tok, params.stop, ids.shape[1]),
             **kwargs,
         )
@@ -393,7 +424,7 @@ def _hf_generate(
         for r, i in enumerate(idx):
             text = cut_at_stop(tok.decode(new[r], skip_special_tokens=True), params.stop).strip()
             results[i] = text
-            if on_result is not None and i not in skip:
+            if on_result is not None:
                 on_result(i, text)
         bar.update(len(idx))
     bar.close()

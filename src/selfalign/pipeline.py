@@ -332,7 +332,7 @@ class Run:
 
             prompts = prompt_items(load_prompts(src, c.forward.n_responses, c.data.eval_split))
             step = RespondStep(self.templates, GenParams.from_config(c.generation.response, c.run.seed),
-                               c.forward.seed_tag, str(fwd))
+                               c.forward.seed_tag, fwd.name)
             rows = run_stage(c, step, prompts, out, ModelRef(c.models.base, fwd, "forward", "responses"))
             self.manifest.finish("responses")
             return rows

@@ -88,14 +88,11 @@ def vllm_request(step: Step, engine: Any, row: dict[str, Any]) -> dict[str, Any]
     for logs) and `sampling_params`, the adapter as `model`, and `__row__` (the input row, for the
     record), `__error__` (a row that cannot run), `__cut__` and `__stop__`."""
     item, error = step.from_row(row)
-    prep = Prepared(item, None, error)
-    if not error:
-        prep = step.prepare(engine, [item])[0]
+    prep = step.prepare(engine, [item])[0] if item is not None else Prepared(item, None)
+    error = error or prep.error
     req = prep.request
-    if req is None or prep.error:  # vLLM still gets a request (a processor maps rows one to one): one
-        # token, discarded; the keys stay, so that every row of a block has the same fields in Arrow
-        params = {"temperature": 0.0, "max_tokens": 1, "seed": 0}
-        ids = [engine.tokenizer.eos_token_id or 0]
+    if req is None:
+        params: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1, "seed": 0}
         prompt, stop = " ", []
     elif req.candidates:
         params = {"temperature": 0.0, "max_tokens": 1, "logprobs": LOGPROBS, "seed": req.params.seed}
@@ -104,10 +101,13 @@ def vllm_request(step: Step, engine: Any, row: dict[str, Any]) -> dict[str, Any]
         p = req.params
         params = sampling_options(p.temperature, p.top_p, p.max_new_tokens, p.seed, p.stop)
         prompt, stop = req.prompt, list(p.stop)
-    if req is not None and not prep.error:
-        ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if error:  # vLLM still gets a request (a processor maps rows one to one): one token, discarded; the
+        # keys stay, so that every row of a block has the same sampling_params fields in Arrow
+        params = {**params, "temperature": 0.0, "max_tokens": 1}
+        prompt = " "  # not the prompt that could not fit
+    ids = engine.tokenizer(prompt, add_special_tokens=False)["input_ids"] or [engine.tokenizer.eos_token_id or 0]
     out = {"prompt": prompt, "tokenized_prompt": ids, "sampling_params": params,
-           "__row__": json.dumps(row, ensure_ascii=False, default=str), "__error__": prep.error, "__cut__": prep.cut,
+           "__row__": json.dumps(row, ensure_ascii=False, default=str), "__error__": error, "__cut__": prep.cut,
            "__stop__": json.dumps(stop), "__candidates__": json.dumps(list(req.candidates) if req else [])}
     if engine.adapter:
         out["model"] = engine.adapter

@@ -82,8 +82,9 @@ def force_score_prompt(tokenizer: Any, prompt: str, output: str) -> str:
 
 def expected_score(probs: list[float]) -> tuple[float | None, str]:
     """The logprob mode's score from the probabilities of "1".."5" as the next token: their
-    expectation (None when all are 0), and the distribution as the record's reasoning."""
+    expectation to 4 decimals (None when all are 0: float rounding of a batch, 1e-7, does not show),
+    and the distribution as the record's reasoning."""
     total = sum(probs)
-    score = sum((i + 1) * x for i, x in enumerate(probs)) / total if total > 0 else None
+    score = round(sum((i + 1) * x for i, x in enumerate(probs)) / total, 4) if total > 0 else None
     dist = ", ".join(f"{i + 1}:{x / total:.2f}" for i, x in enumerate(probs)) if total else ""
     return score, f"next-token probabilities {dist}"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +158,8 @@ class Step:
 def execute(engine: Any, requests: list[Request], on_result: Callable[[int, Any], None], desc: str = "generate",
             progress: bool = True) -> None:
     """Run `requests` on `engine`; `on_result(k, output)` for each as it is ready. Generation
-    requests of one call share their sampling settings (all but the seed); next-token requests
-    share their candidates."""
+    requests of one call share their sampling settings but the seed (each its own); next-token
+    requests share their candidates."""
     if not requests:
         return
     first = requests[0]
@@ -169,9 +169,15 @@ def execute(engine: Any, requests: list[Request], on_result: Callable[[int, Any]
         for k, p in enumerate(probs):
             on_result(k, p)
         return
-    if any(r.params != first.params for r in requests):
-        raise ValueError("requests of one engine call must share their sampling settings")
-    generate(engine, [r.prompt for r in requests], first.params, on_result=on_result, desc=desc, progress=progress)
+    if any(replace(r.params, seed=first.params.seed) != first.params for r in requests):
+        raise ValueError("requests of one engine call must share their sampling settings (all but the seed)")
+    generate(engine, [r.prompt for r in requests], first.params, on_result=on_result, desc=desc, progress=progress,
+             seeds=[r.params.seed for r in requests])
+
+
+def seeded(params: GenParams, row_id: str) -> GenParams:
+    """`params` with the row's own seed (`row_seed` of the run seed and the row's id)."""
+    return replace(params, seed=row_seed(params.seed, row_id))
 
 
 def in_order(step: Step, items: list[Any], records: list[dict[str, Any]]) -> list[Record]:

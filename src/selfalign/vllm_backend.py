@@ -137,24 +137,21 @@ class VllmEngine:
         return [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
 
     def generate(self, prompts: list[str], params: Any, on_result: Callable[[int, str], None] | None = None,
-                 desc: str = "generate", progress: bool = True, skip: set[int] | None = None) -> list[str]:
-        """`generation.Engine.generate`: vLLM batches by itself, so all prompts not in `skip` go in
-        one call; `on_result(i, text)` is called for each of them, in order."""
-        skip = skip or set()
-        todo = [i for i in range(len(prompts)) if i not in skip]
-        texts = [""] * len(prompts)
-        if todo:
-            for i, t in zip(todo, self._generate([prompts[i] for i in todo], params), strict=True):
-                texts[i] = t
-                if on_result is not None:
-                    on_result(i, t)
+                 desc: str = "generate", progress: bool = True, seeds: list[int] | None = None) -> list[str]:
+        """`generation.Engine.generate`: vLLM batches by itself, so all prompts go in one call, each
+        with its own seed (`seeds`, default `params.seed`); `on_result(i, text)` is called for each
+        of them, in order."""
+        texts = self._generate(prompts, params, seeds or [params.seed] * len(prompts)) if prompts else []
+        if on_result is not None:
+            for i, t in enumerate(texts):
+                on_result(i, t)
         return texts
 
     def next_token_probs(self, prompts: list[str], candidates: list[str], desc: str = "score",
                          progress: bool = True) -> list[list[float]]:
         raise VllmError("curation.mode=logprob (and likelihood, combined, quality) needs generation.backend=hf")
 
-    def _generate(self, prompts: list[str], params: Any) -> list[str]:
+    def _generate(self, prompts: list[str], params: Any, seeds: list[int]) -> list[str]:
         ids = self.encode(prompts)
         need = max(len(i) for i in ids) + params.max_new_tokens
         if self.context and need > self.context:
@@ -168,8 +165,8 @@ class VllmEngine:
             self.llm = self.make_llm(need)
             _CURRENT.append(self)
         stop = getattr(params, "stop", ())
-        sp = self.make_sampling(**sampling_options(params.temperature, params.top_p, params.max_new_tokens, params.seed,
-                                                   stop))
+        sp = [self.make_sampling(**sampling_options(params.temperature, params.top_p, params.max_new_tokens, seed,
+                                                    stop)) for seed in seeds]  # one per prompt: its own seed
         kwargs: dict[str, Any] = {}
         if self.adapter is not None:
             args = lora_request_args(self.adapter)
