@@ -22,7 +22,8 @@ from selfalign.steps import ID, ModelRef, Record, Step, as_dict, in_order
 
 def run_local(step: Step, engine: Any, items: list[Any], out_path: Path, progress: bool = True) -> list[Record]:
     """Run `step` over `items` on `engine`, appending each record to `out_path` as it is done;
-    items whose record the file already holds (an interrupted run) are not run again."""
+    items whose record the file already holds (an interrupted run) are not run again. At the end
+    the file holds the records in the order of the items (records come in the engine's order)."""
     log = RecordLog(out_path)
     done = log.done_keys(ID)
     step.resume(log.records)
@@ -32,7 +33,13 @@ def run_local(step: Step, engine: Any, items: list[Any], out_path: Path, progres
             step.run(engine, chunk, on_record=lambda rec: log.append(as_dict(rec)), progress=progress)
     finally:
         log.close()
-    return finish(step, in_order(step, items, log.records), Path(out_path))
+    records = in_order(step, items, log.records)
+    final = step.finish(records)
+    out = final if final is not None else records
+    rows = [as_dict(r) for r in out]
+    if final is not None or [r[ID] for r in rows] != [r[ID] for r in log.records]:
+        write_jsonl(Path(out_path), rows)  # in the order of the items, as the Ray executor writes them
+    return out
 
 
 def finish(step: Step, records: list[Record], out_path: Path) -> list[Record]:
