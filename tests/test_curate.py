@@ -148,7 +148,7 @@ def test_rate_pairs_retries_failures_and_resumes(tmp_path: Path, monkeypatch: py
 
     calls: list[int] = []
 
-    def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True):
+    def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True, seeds=None):
         calls.append(len(prompts))
         assert params.stop == RATING_STOPS  # every rating pass stops at the score line
         out = []
@@ -191,7 +191,7 @@ def test_rating_stops_are_score_lines_the_parser_reads() -> None:
 def _forcing_generate(seen: list[tuple[list[str], object]]):
     """A rater that rambles past its budget on LONG pairs and answers " 4" after a forced "Score:"."""
 
-    def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True):
+    def fake_generate(engine, prompts, params, on_result=None, desc="", progress=True, seeds=None):
         seen.append((prompts, params))
         return [" 4\nand more" if p.endswith("Score:") else
                 "It rambles on and on" if "LONG" in p else "Fine.\nScore: 5" for p in prompts]

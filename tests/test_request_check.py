@@ -117,7 +117,7 @@ def test_augment_counts_not_request(tiny_model: Path, tmp_path: Path, monkeypatc
 
     outputs = ["What does the kit hold?", "The box is just the beginning...", "", "Explain dovetails"]
 
-    def fake_generate(prompts, params, on_result=None, skip=None, **kw):  # noqa: ANN001, ANN003, ANN202
+    def fake_generate(prompts, params, on_result=None, *a, **kw):  # noqa: ANN001, ANN002, ANN003, ANN202
         for i in range(len(prompts)):  # output i answers prompt i
             if on_result is not None:
                 on_result(i, outputs[i])
