@@ -173,12 +173,11 @@ class Run:
 
             with saving(out):
                 r = train_backward(c, pairs, out, self.templates)
-            say(f"train-backward: {r.n_examples} examples, loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
-                f"{r.tokens_per_second} tokens/s, {r.seconds}s; dropped {r.dropped}, truncated {r.truncated}")
+            say(f"train-backward: {r.summary(f'of {len(pairs)} seed pairs', c.train_backward.max_seq_len)}")
             self.manifest.count(backward_examples=r.n_examples, backward_dropped=sum(r.dropped.values()),
                                 backward_truncated=r.truncated)
             self.manifest.finish("train-backward", loss_first=r.first_loss, loss_last=r.last_loss,
-                                 tokens_per_second=r.tokens_per_second)
+                                 loss_start=r.loss_start, loss_end=r.loss_end, tokens_per_second=r.tokens_per_second)
         return out
 
     @_once
@@ -302,13 +301,13 @@ class Run:
             kept = load_curated(self.path(f"curated_{iteration}"))
             with saving(out):
                 r = train_forward(c, pairs, kept, out, name=f"forward (M{iteration})", templates=self.templates)
-            say(f"train-forward (M{iteration}): {r.n_examples} examples ({len(pairs) if c.forward.use_seed else 0} "
-                f"seed + {len(kept)} curated), loss {r.first_loss:.3f} -> {r.last_loss:.3f}, "
-                f"{r.tokens_per_second} tokens/s, {r.seconds}s")
+            given = f"of {len(pairs) if c.forward.use_seed else 0} seed + {len(kept)} curated"
+            say(f"train-forward (M{iteration}): {r.summary(given, c.train_forward.max_seq_len)}")
             self.manifest.count(**{f"forward_{iteration}_examples": r.n_examples,
+                                   f"forward_{iteration}_dropped": sum(r.dropped.values()),
                                    f"forward_{iteration}_truncated": r.truncated})
             self.manifest.finish(name, loss_first=r.first_loss, loss_last=r.last_loss,
-                                 tokens_per_second=r.tokens_per_second)
+                                 loss_start=r.loss_start, loss_end=r.loss_end, tokens_per_second=r.tokens_per_second)
         return out
 
     @_once

@@ -134,12 +134,20 @@ def score_likelihood(
     for p, r in zip(pairs, res, strict=True):
         parts = {k: (v if math.isfinite(v) else None) if isinstance(v, float) else v for k, v in asdict(r).items()}
         parts["value"] = _likelihood_value(mode, r.ifd)
-        why = (f"IFD {parts['ifd']} (NLL {parts['nll_conditional']} with the instruction, "
-               f"{parts['nll_unconditional']} without), log p(end) {parts['end_logprob']}, worst segment "
-               f"{parts['worst_segment_ratio']}, role margin {parts['role_margin']}")
+        why = (f"IFD {_g(parts['ifd'], '.3f')} (NLL {_g(parts['nll_conditional'], '.2f')} with the instruction, "
+               f"{_g(parts['nll_unconditional'], '.2f')} without), log p(end) {_g(parts['end_logprob'], '.2f')}, "
+               f"worst segment {_g(parts['worst_segment_ratio'], '.2f')}, role margin {_g(parts['role_margin'], '+.2f')}")
         out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, None, why, [], [], 0, r.cut,
                              parts=parts))
     return out
+
+
+def _g(x: float | None, spec: str) -> str:
+    """A signal rounded to what it means (the record's `parts` keep full precision)."""
+    if x is None:
+        return "n/a"
+    text = format(x, spec)
+    return format(0.0, spec) if float(text) == 0 else text  # no "-0.00"
 
 
 def revalue(rated: list[RatedPair], mode: str) -> list[RatedPair]:

@@ -91,12 +91,33 @@ def print_augmented(pairs: list[AugmentedPair]) -> None:
               f"  response:    {_short(p.response)}")
 
 
+def ranked_note(rated: list[RatedPair]) -> str:
+    """What a ranked mode's score means, said once where its pairs are shown ("" for rated modes)."""
+    valued = [r for r in rated if r.parts.get("value") is not None]
+    if not valued:
+        return ""
+    return (f"(a ranked curation mode: score = 1 + 4 x the pair's rank among the {len(valued)} pairs rated "
+            "together, lowest 1, highest 5, tied values share a rank; so threshold 4 keeps about the top "
+            "quarter. `value` is what is ranked, higher is better)")
+
+
+def _score_text(r: RatedPair, rated: list[RatedPair]) -> str:
+    value = r.parts.get("value")
+    if value is None:
+        return f"score {r.score:.2f}"
+    ties = sum(1 for x in rated if x.parts.get("value") == value) - 1
+    return f"score {r.score:.2f} (value {value:.3f}{f', tied with {ties} other pairs' if ties else ''})"
+
+
 def print_rated(rated: list[RatedPair], threshold: float) -> None:
     high, low = high_low(rated)
+    note = ranked_note(rated)
     for title, rows in ((f"{N_SHOW} high-scored pairs", high), (f"{N_SHOW} low-scored pairs", low)):
         print(f"\n=== {title} (threshold {threshold}) ===")
+        if note:
+            print(note)
         for i, r in enumerate(rows, 1):
-            print(f"\n[{i}] score {r.score:.2f}\n  instruction: {_short(r.instruction, 200)}\n"
+            print(f"\n[{i}] {_score_text(r, rated)}\n  instruction: {_short(r.instruction, 200)}\n"
                   f"  response:    {_short(r.response, 200)}\n  reasoning:   {_short(r.reasoning, 300)}")
     unscored = sum(r.score is None for r in rated)
     if unscored:
@@ -148,17 +169,18 @@ def write_report(
             lines += ["", f"### {k}", "", "```", json.dumps(v, indent=1), "```"]
     stages = []
     for name, st in manifest.get("stages", {}).items():
-        notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_first", "loss_last", "tokens_per_second", "rater"))
+        notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_start", "loss_end", "tokens_per_second", "rater"))
         stages.append([name, st.get("status"), st.get("seconds", ""), notes])
     lines += ["", "## Stages", "", table(["stage", "status", "seconds", "notes"], stages)]
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]
     for p in augmented_examples(augmented):
         lines += [f"- **instruction:** {_md(p.instruction, 300)}", f"  **response:** {_md(p.response)}"]
     high, low = high_low(rated)
+    note = ranked_note(rated)
     for title, rows in (("High-scored pairs", high), ("Low-scored pairs", low)):
-        lines += ["", f"## {title}", ""]
+        lines += ["", f"## {title}", ""] + ([note.strip("()").capitalize() + ".", ""] if note else [])
         for r in rows:
-            lines += [f"- **score {r.score:.2f}** — **instruction:** {_md(r.instruction, 300)}",
+            lines += [f"- **{_score_text(r, rated)}** — **instruction:** {_md(r.instruction, 300)}",
                       f"  **response:** {_md(r.response, 300)}", f"  **reasoning:** {_md(r.reasoning, 300)}"]
     lines += ["", "## Responses of the forward model", ""]
     for r in responses:
@@ -351,9 +373,11 @@ def render_html(run_dir: Path, results: dict[str, Any] | None, plots: dict[str, 
     stages = manifest.get("stages", {})
     if stages:
         parts.append("<h2>Stages</h2>")
-        parts.append(table(["stage", "status", "seconds", "loss first", "loss last", "tokens/s"],
-                           [[k, str(s.get("status")), _f(s.get("seconds"), 1), _f(s.get("loss_first")),
-                             _f(s.get("loss_last")), _f(s.get("tokens_per_second"), 1)] for k, s in stages.items()], "html"))
+        parts.append(table(["stage", "status", "seconds", "loss, first steps (mean)", "loss, last steps (mean)",
+                            "tokens/s"],
+                           [[k, str(s.get("status")), _f(s.get("seconds"), 1), _f(s.get("loss_start", s.get("loss_first"))),
+                             _f(s.get("loss_end", s.get("loss_last"))), _f(s.get("tokens_per_second"), 1)]
+                            for k, s in stages.items()], "html"))
     if plots:
         parts.append("<h2>Plots</h2>")
         for name, p in plots.items():

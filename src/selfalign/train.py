@@ -165,11 +165,32 @@ class TrainResult:
     n_target_tokens: int
     dropped: dict[str, int]
     truncated: int
-    first_loss: float | None
+    first_loss: float | None  # the first logged step's loss (one batch)
     last_loss: float | None
     seconds: float
     tokens_per_second: float
     steps: int
+    # the mean loss of the first and of the last `loss_window` logged steps: comparable, where a
+    # single batch's loss depends on which examples it holds
+    loss_start: float | None = None
+    loss_end: float | None = None
+    loss_window: int = 0
+
+    def summary(self, what: str, max_seq_len: int) -> str:
+        """One line a person can read: examples trained on and those dropped or cut, the loss at
+        the start and the end of training (like with like), speed."""
+        dropped = sum(self.dropped.values())
+        why = ", ".join(f"{n} {k}" for k, n in sorted(self.dropped.items()))
+        parts = [f"{self.n_examples} examples{f' ({what})' if what else ''}"]
+        if dropped:
+            parts.append(f"{dropped} dropped ({why})")
+        if self.truncated:
+            parts.append(f"{self.truncated} cut at max_seq_len {max_seq_len} (their ends are not trained on)")
+        if self.loss_start is not None and self.loss_end is not None:
+            k = "step" if self.loss_window == 1 else f"{self.loss_window} steps"
+            parts.append(f"loss {self.loss_start:.2f} over the first {k}, {self.loss_end:.2f} over the last {k}")
+        parts.append(f"{self.steps} steps in {self.seconds:.0f}s ({self.tokens_per_second:.0f} tokens/s)")
+        return "; ".join(parts)
 
 
 def _compute_dtype(model: Any) -> torch.dtype:
@@ -322,6 +343,7 @@ def train_lora(
     epochs_done = (steps * train.batch_size * train.grad_accum) / max(len(data.rows), 1)
     tokens_seen = int(data.n_tokens * epochs_done)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    window = max(1, min(10, len(losses) // 4))  # a quarter of the steps, at most 10
     result = TrainResult(
         adapter_dir=out_dir,
         n_examples=len(data.rows),
@@ -334,6 +356,9 @@ def train_lora(
         seconds=round(seconds, 2),
         tokens_per_second=round(tokens_seen / seconds, 1) if seconds > 0 else math.nan,
         steps=steps,
+        loss_start=round(sum(losses[:window]) / window, 4) if losses else None,
+        loss_end=round(sum(losses[-window:]) / window, 4) if losses else None,
+        loss_window=window,
     )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if fsdp is not None:  # every rank takes part in gathering the sharded adapter
