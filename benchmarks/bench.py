@@ -155,7 +155,7 @@ def _stage_setup(job: dict[str, Any]) -> None:
 
     from transformers.utils import logging as hf_logging
 
-    import selfalign.generation as gen
+    import selfalign.hf_engine as gen
     from selfalign.models import setup_threads
 
     setup_threads(job["threads"])

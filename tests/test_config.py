@@ -428,7 +428,7 @@ def test_evaluate_and_ablate_settings_come_from_the_config_and_options_override_
 def test_evaluate_and_ablate_settings_do_not_make_a_run_directory_refuse_the_config() -> None:
     """`selfalign ablate --seeds 3` on a finished run opens its run directory with that config:
     the evaluate and ablate settings are not the run's."""
-    from selfalign.pipeline import config_changes
+    from selfalign.rundir import config_changes
 
     cfg = load_config(packaged_config_path("smoke"))
     other = load_config(packaged_config_path("smoke"), ["ablate.seeds=5", "evaluate.n_heldout=9", "evaluate.human=x.jsonl"])

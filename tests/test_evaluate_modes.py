@@ -219,7 +219,7 @@ def test_human_scores_are_paired_by_prompt() -> None:
 
 def test_modes_table_and_plot(tmp_path: Path) -> None:
     from selfalign.plots import plot_mode_aucs
-    from selfalign.report import eval_markdown, mode_columns
+    from selfalign.report_eval import eval_markdown, mode_columns
 
     row = {"auc": 0.7, "auc_by_kind": {"truncated": 0.9, "other_language": None}, "human_auc": 0.55,
            "at_threshold": {"precision": 0.6, "recall": 0.4}}

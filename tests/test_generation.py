@@ -4,13 +4,8 @@ import pytest
 from conftest import slow_smollm2
 
 from selfalign.config import load_config
-from selfalign.generation import (
-    GenParams,
-    _common_prefix_len,
-    generate,
-    load_engine,
-    next_token_probs,
-)
+from selfalign.generation import GenParams, generate, load_engine, next_token_probs
+from selfalign.hf_engine import _common_prefix_len
 from selfalign.prompts import shipped
 
 PAIRS = [("What is 2+2?", "2+2 equals 4."),
@@ -84,7 +79,7 @@ def test_growing_cache_matches_dynamic_cache_and_writes_in_place(tiny_model: Pat
     from transformers import AutoModelForCausalLM
     from transformers.cache_utils import DynamicCache
 
-    from selfalign.generation import growing_cache
+    from selfalign.hf_engine import growing_cache
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
     n_layers = model.config.num_hidden_layers

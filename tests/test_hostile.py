@@ -225,7 +225,7 @@ CASES = [
 
 @pytest.fixture
 def cfg(smoke_cfg):
-    from selfalign.pipeline import SAMPLES
+    from selfalign.sources import SAMPLES
 
     c = smoke_cfg.model_copy(deep=True)
     c.data.seed, c.data.unlabelled = str(SAMPLES / "seed.jsonl"), str(SAMPLES / "unlabelled.jsonl")

@@ -31,7 +31,7 @@ def test_sampled_text_depends_on_the_row_not_its_batch(tiny_model: Path) -> None
 
 
 def test_row_sampler_applies_temperature_and_top_p() -> None:
-    from selfalign.generation import _row_sampler_class
+    from selfalign.hf_engine import _row_sampler_class
 
     probs = torch.tensor([[0.5, 0.3, 0.2, 0.0]])
     logits = torch.log(probs.clamp(min=1e-12))

@@ -50,8 +50,9 @@ from typing import Any
 from selfalign.config import Config, ConfigError
 from selfalign.forward import train_forward
 from selfalign.io import atomic_write_text, write_json
+from selfalign.log import say
 from selfalign.manifest import stage_key
-from selfalign.pipeline import Run, declared_reads, say
+from selfalign.pipeline import Run, declared_reads
 from selfalign.record_log import RecordLog
 from selfalign.records import AugmentedPair, RatedPair, SeedPair
 
@@ -193,7 +194,7 @@ def ablate(cfg: Config) -> dict[str, Any]:
     from selfalign.curate import select
     from selfalign.models import load_tokenizer, resolve_model
     from selfalign.plots import plot_ablation
-    from selfalign.report import ablation_markdown
+    from selfalign.report_eval import ablation_markdown
 
     a = cfg.ablate  # ranges checked by the config (seeds, steps >= 1, n_heldout >= 2)
     seeds, steps, n_heldout = a.seeds, a.steps, a.n_heldout

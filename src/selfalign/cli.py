@@ -128,7 +128,7 @@ def _guard(fn):  # noqa: ANN001, ANN202
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         from selfalign.io import DataError, describe_os_error
         from selfalign.models import ModelError
-        from selfalign.pipeline import RunDirError
+        from selfalign.rundir import RunDirError
 
         _RUN_DIR.clear()
         try:
@@ -195,9 +195,9 @@ def generate_cmd(config: str | None, adapter: str | None, prompts: str | None, n
     """Print responses of a trained model for prompts."""
     from selfalign.forward import load_prompts, sample_responses
     from selfalign.generation import GenParams, load_engine
-    from selfalign.pipeline import resolve_data
     from selfalign.prompts import Templates
     from selfalign.report import print_responses
+    from selfalign.sources import resolve_data
 
     cfg = _load(config, overrides, (("forward.n_responses", "-n", n),))
     if adapter is None:

@@ -34,6 +34,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from selfalign.cards import KINDS, Repos, RunInfo, dataset_card, model_card
 from selfalign.config import HubConfig
 from selfalign.io import atomic_write_text
+from selfalign.log import say
 from selfalign.report import replace_section
 
 T = TypeVar("T")
@@ -139,8 +140,8 @@ def with_retries(what: str, fn: Callable[[], T], *, endpoint: str, token: str | 
         except ValueError as e:  # e.g. card metadata rejected by validate-yaml
             raise HubError(_clean(f"{what}: {e}", token)) from None
         wait = delay * 2 ** (attempt - 1)
-        print(f"[selfalign] {what}: transient error ({reason}); retry {attempt}/{attempts - 1} "
-              f"in {wait:g}s", file=sys.stderr, flush=True)
+        say(f"{what}: transient error ({reason}); retry {attempt}/{attempts - 1} "
+              f"in {wait:g}s", file=sys.stderr)
         time.sleep(wait)
     raise AssertionError("unreachable")
 
@@ -210,7 +211,7 @@ def _human(n: int) -> str:
 
 
 def print_plan(plans: list[RepoPlan], private: bool, token_source: str) -> None:
-    print(f"[selfalign] dry run: nothing is uploaded (token: {token_source}; "
+    say(f"dry run: nothing is uploaded (token: {token_source}; "
           f"{'private' if private else 'public'} repositories)")
     for plan in plans:
         sizes = plan.sizes()
@@ -331,14 +332,13 @@ def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: b
         for plan in plans:
             folder = materialize(plan, Path(staging) / plan.kind)
             if plan.merge_from is not None:
-                print(f"[selfalign] merging the forward adapter into its base model for {plan.repo_id}/merged",
-                      flush=True)
+                say(f"merging the forward adapter into its base model for {plan.repo_id}/merged")
                 merge_adapter(plan.merge_from, folder / "merged", trust_remote_code=trust)
             call(f"creating {plan.repo_type} repo {plan.repo_id}",
                  lambda p=plan: api.create_repo(p.repo_id, repo_type=p.repo_type, private=hub.private,
                                                 exist_ok=True, token=tok))
             n = sum(1 for f in folder.rglob("*") if f.is_file())
-            print(f"[selfalign] uploading {n} files to {plan.repo_id} ({plan.repo_type})", flush=True)
+            say(f"uploading {n} files to {plan.repo_id} ({plan.repo_type})")
             info_commit = call(
                 f"uploading to {plan.repo_id}",
                 lambda p=plan, f=folder: api.upload_folder(

@@ -21,47 +21,18 @@ from typing import Any
 from selfalign.config import Config
 from selfalign.executors import ray_executor, run_stage
 from selfalign.io import DataError, atomic_write_text, write_jsonl, writing
+from selfalign.log import say
 from selfalign.manifest import Manifest, fingerprint, stage_key, versions
 from selfalign.prompts import Templates
 from selfalign.reads import STAGE_READS, declared_reads
 from selfalign.records import AugmentedPair, RatedPair, RejectLog, SeedPair, UnlabelledResponse
 from selfalign.rundir import RunDirError, check_dir, copy_dir, saving
-from selfalign.sources import SAMPLES as SAMPLES  # noqa: F401 - re-exported for callers
-from selfalign.sources import Source, resolve_source, resolve_sources
+from selfalign.sources import announce_sources, file_fingerprint, resolve_sources
 from selfalign.steps import ModelRef
 
 # Generation stages append records to one log: they must not run once per rank.
 SINGLE_PROCESS_STAGES = {"augment", "curate-1", "curate-2", "responses"}
 STAGES = ["seed", "train-backward", "augment", "curate", "train-forward", "responses"]
-
-
-def say(msg: str) -> None:
-    print(f"[selfalign] {msg}", flush=True)
-
-
-_SAMPLE_KEY = {"seed.jsonl": "data.seed", "unlabelled.jsonl": "data.unlabelled", "prompts.jsonl": "data.eval_prompts"}
-
-
-def resolve_data(path: str, sample: str, cfg: Config) -> str:
-    """The local path or Hub id that a data source of the config names (see `sources.py`): a
-    missing path is a DataError; the shipped `sample` only where the config asks for it."""
-    src = resolve_source(path, _SAMPLE_KEY.get(sample, "data"), cfg)
-    if src.kind != "local" or src.given != src.resolved:
-        say(src.describe())
-    return src.resolved
-
-
-def announce_sources(sources: dict[str, Source]) -> None:
-    """The first lines of a run: what each data source was resolved to, samples loudly."""
-    for src in sources.values():
-        say(src.describe())
-    if any(s.kind == "sample" for s in sources.values()):
-        say("note: this run uses the small OASST1 samples shipped with selfalign, not real data")
-
-
-def _file_fp(path: str) -> str:
-    p = Path(path).expanduser()
-    return fingerprint(p) if p.exists() else path  # Hub id: the id itself
 
 
 def _once(method):  # noqa: ANN001, ANN202
@@ -148,7 +119,7 @@ class Run:
         d = self.cfg.data
         src = self.sources["data.seed"].resolved
         out = self.path("seed", "pairs.jsonl")
-        if self._stage("seed", self.key("seed", source=[src, _file_fp(src)]), [out]):
+        if self._stage("seed", self.key("seed", source=[src, file_fingerprint(src)]), [out]):
             from selfalign.seed import load_seed
 
             rejects = RejectLog()
@@ -185,7 +156,7 @@ class Run:
         d = self.cfg.data
         src = self.sources["data.unlabelled"].resolved
         out = self.path("augment", "sample.jsonl")
-        if self._stage("sample", self.key("sample", source=[src, _file_fp(src)]), [out]):
+        if self._stage("sample", self.key("sample", source=[src, file_fingerprint(src)]), [out]):
             from selfalign.unlabelled import load_unlabelled, sample_single_turn
 
             rejects = RejectLog()
@@ -323,7 +294,7 @@ class Run:
         c = self.cfg
         src = self.sources["data.eval_prompts"].resolved
         out = self.path("responses.jsonl")
-        key = self.key("responses", c.curation.iterations, source=[src, _file_fp(src)])
+        key = self.key("responses", c.curation.iterations, source=[src, file_fingerprint(src)])
         self._drop_stale("responses", key, out)
         if self._stage("responses", key, [out]):
             from selfalign.forward import RespondStep, load_prompts, prompt_items

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.io import DataError
+from selfalign.log import say
 from selfalign.readers import (
     format_not_read,
     is_blank,
@@ -134,7 +135,7 @@ def load_rows(source: str, split: str, rejects: RejectLog) -> list[tuple[str, in
         files, skipped = list_data_files(p)
         if skipped:
             rejects.not_read.extend((str(p / name), why) for name, why in skipped)
-            print(f"[selfalign] {p}: {format_not_read(skipped)}", flush=True)
+            say(f"{p}: {format_not_read(skipped)}")
         out = []
         for f in files:
             out.extend((str(f), line, row) for line, row in iter_json_rows(f, rejects))

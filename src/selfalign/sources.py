@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from selfalign.io import DataError
+from selfalign.log import say
+from selfalign.manifest import fingerprint
 
 if TYPE_CHECKING:
     from selfalign.config import Config
@@ -143,3 +145,29 @@ def resolve_sources(cfg: Config) -> dict[str, Source]:
     return {key: resolve_source(value, key, cfg)
             for key, value in (("data.seed", d.seed), ("data.unlabelled", d.unlabelled),
                                ("data.eval_prompts", d.eval_prompts))}
+
+
+_SAMPLE_KEY = {"seed.jsonl": "data.seed", "unlabelled.jsonl": "data.unlabelled", "prompts.jsonl": "data.eval_prompts"}
+
+
+def resolve_data(path: str, sample: str, cfg: Config) -> str:
+    """The local path or Hub id that a data source of the config names (see `sources.py`): a
+    missing path is a DataError; the shipped `sample` only where the config asks for it."""
+    src = resolve_source(path, _SAMPLE_KEY.get(sample, "data"), cfg)
+    if src.kind != "local" or src.given != src.resolved:
+        say(src.describe())
+    return src.resolved
+
+
+def announce_sources(sources: dict[str, Source]) -> None:
+    """The first lines of a run: what each data source was resolved to, samples loudly."""
+    for src in sources.values():
+        say(src.describe())
+    if any(s.kind == "sample" for s in sources.values()):
+        say("note: this run uses the small OASST1 samples shipped with selfalign, not real data")
+
+
+def file_fingerprint(path: str) -> str:
+    """A data source's fingerprint for a stage key: its file's hash, or a Hub id itself."""
+    p = Path(path).expanduser()
+    return fingerprint(p) if p.exists() else path  # Hub id: the id itself

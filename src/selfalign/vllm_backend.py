@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config
+from selfalign.log import say
 from selfalign.models import ModelError
 from selfalign.prompts import cut_at_stop
 
@@ -160,8 +161,8 @@ class VllmEngine:
         if self.llm is None or need > self.max_model_len:
             release()
             self.max_model_len = need
-            print(f"[selfalign] {self.name}: vLLM engine, max_model_len {need} (longest prompt + new tokens"
-                  f"{f', context {self.context}' if self.context else ''})", flush=True)
+            say(f"{self.name}: vLLM engine, max_model_len {need} (longest prompt + new tokens"
+                  f"{f', context {self.context}' if self.context else ''})")
             self.llm = self.make_llm(need)
             _CURRENT.append(self)
         stop = getattr(params, "stop", ())

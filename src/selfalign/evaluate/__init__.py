@@ -21,7 +21,7 @@ Each question is answered on data the run never trained on (`heldout.py`):
 `<run>/eval/evaluation.json` (records beside it: `heldout.jsonl`, `rated_<set>_<mode>.jsonl`,
 `recovery.jsonl`, `responses.jsonl`, `judgments.jsonl`; an interrupted evaluation resumes, reusing
 what matches its inputs, `resume.py`); the report side
-(`selfalign.report.write_eval_report`) renders `report.html`, PNG plots and the "## Evaluation"
+(`selfalign.report_eval.write_eval_report`) renders `report.html`, PNG plots and the "## Evaluation"
 section of `report.md`.
 """
 
@@ -68,7 +68,8 @@ from selfalign.evaluate.recovery import (
 )
 from selfalign.evaluate.run import check_run, evaluate_run
 from selfalign.evaluate.stats import length_stats, precision_recall, roc_auc, wilson_interval
-from selfalign.report import replace_section, write_eval_report
+from selfalign.report import replace_section
+from selfalign.report_eval import write_eval_report
 
 __all__ = [
     "CORRUPTION_KINDS", "GOOD", "LENGTH", "REPORT_THRESHOLDS",

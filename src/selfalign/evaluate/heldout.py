@@ -26,9 +26,9 @@ def load_heldout(
     folder). Pairs whose source id or instruction is in `<run>/seed/pairs.jsonl` are skipped.
     The order is a seeded hash of the source id, the same on every machine.
     """
-    from selfalign.pipeline import resolve_data, say
+    from selfalign.log import say
     from selfalign.seed import load_seed
-    from selfalign.sources import local_file
+    from selfalign.sources import local_file, resolve_data
 
     d = cfg.data
     val = local_file(str(oasst1_val), cfg) if oasst1_val is not None else None

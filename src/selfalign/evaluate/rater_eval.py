@@ -79,8 +79,8 @@ def foreign_responses(cfg: Config, n: int) -> tuple[list[str], dict[str, Any]]:
     """Up to `n` real non-English responses: first assistant turns of the rows of the run's seed
     data (`cfg.data.seed`) that the English filter (`seed.is_english`) rejects, whose response
     alone is not English either and is prose (`is_prose`); ordered by sha256(seed, source id)."""
-    from selfalign.pipeline import resolve_data
     from selfalign.seed import is_english, load_seed
+    from selfalign.sources import resolve_data
 
     src = resolve_data(cfg.data.seed, "seed.jsonl", cfg)
     try:
@@ -128,7 +128,7 @@ def base_instructions(cfg: Config, responses: dict[int, str], path: Path) -> dic
 
 def planted_set(cfg: Config, heldout: Sequence[SeedPair], ev: Path) -> tuple[list[AugmentedPair], dict[str, Any]]:
     """Held-out good pairs + one planted bad pair each, with every kind whose inputs exist."""
-    from selfalign.pipeline import say
+    from selfalign.log import say
 
     kinds = list(CORRUPTION_KINDS)
     skipped: dict[str, str] = {}
@@ -276,7 +276,7 @@ def evaluate_curation(
 
     Returns `curation_metrics` of the run's mode (records path in "records") plus "modes": one
     `mode_metrics` row per mode and the length baseline."""
-    from selfalign.pipeline import say
+    from selfalign.log import say
 
     modes = tuple(modes or eval_modes())
     ev = Path(ev)

@@ -113,8 +113,8 @@ def evaluate_recovery(cfg: Config, run_dir: Path, n: int = 40, n_examples: int =
     from selfalign.generation import HFEngine
     from selfalign.io import write_jsonl
     from selfalign.models import load_model
-    from selfalign.pipeline import resolve_data
     from selfalign.prompts import Templates
+    from selfalign.sources import resolve_data
 
     run_dir = Path(run_dir)
     path = run_dir / "augment" / "augmented.jsonl"

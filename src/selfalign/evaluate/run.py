@@ -45,7 +45,7 @@ def recovery_inputs(cfg: Config, run_dir: Path) -> dict[str, Any]:
     """The data instruction recovery reads: the run's augmented pairs and the unlabelled source
     (its file's bytes when it is a local file, else its name)."""
     from selfalign.manifest import fingerprint
-    from selfalign.pipeline import resolve_data
+    from selfalign.sources import resolve_data
 
     src = resolve_data(cfg.data.unlabelled, "unlabelled.jsonl", cfg)
     local = Path(src).expanduser()
@@ -58,7 +58,7 @@ def human_set(cfg: Config, heldout: list[SeedPair]) -> tuple[list[AugmentedPair]
     `evaluate.human`, held-out instructions excluded. Empty (and said) when n_human is 0, when no
     file is named, or when the config file names one that is absent; a file typed as an option or
     override (`--human PATH`) that is absent is an error."""
-    from selfalign.pipeline import say
+    from selfalign.log import say
     from selfalign.sources import local_file
 
     ev = cfg.evaluate
@@ -100,9 +100,10 @@ def evaluate_run(cfg: Config, report: bool = True) -> dict[str, Any]:
     """
     from selfalign.forward import load_prompts
     from selfalign.generation import load_engine
+    from selfalign.log import say
     from selfalign.models import setup_threads
-    from selfalign.pipeline import resolve_data, say
     from selfalign.prompts import Templates
+    from selfalign.sources import resolve_data
 
     tpl = Templates.for_config(cfg)
     settings = cfg.evaluate
@@ -217,7 +218,7 @@ def evaluate_run(cfg: Config, report: bool = True) -> dict[str, Any]:
     }
     write_json(ev / "evaluation.json", results)
     if report:
-        from selfalign.report import write_eval_report
+        from selfalign.report_eval import write_eval_report
 
         write_eval_report(run_dir, results)
     say(f"evaluate: done in {time.perf_counter() - t0:.0f}s; results in {ev / 'evaluation.json'}")
