@@ -149,7 +149,7 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
     """The likelihood parts of each (instruction, response) pair: two forward passes per pair;
     with `roles`, also the role margin (two short passes per distinct instruction,
     `instruction_roles`, which reuses and fills `role_cache`; NaN without). The likelihood
-    curation modes ask for it: the combined and quality modes read it (`curate.COMBINED_SIGNALS`)."""
+    curation modes ask for it: the combined and quality modes read it (`rank.COMBINED_SIGNALS`)."""
     tpl = templates or shipped()
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)

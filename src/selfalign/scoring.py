@@ -76,7 +76,7 @@ def score_suffix(tokenizer: Any) -> tuple[str, list[str]]:
 
 def force_score_prompt(tokenizer: Any, prompt: str, output: str) -> str:
     """The rating prompt, the rater's unfinished output and a score line to complete: the
-    `_score_suffix` of logprob mode, on a new line."""
+    `score_suffix` of logprob mode, on a new line."""
     return f"{prompt}{output.rstrip()}\n{score_suffix(tokenizer)[0]}"
 
 

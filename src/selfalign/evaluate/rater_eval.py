@@ -16,7 +16,7 @@ threshold; plus a response-length baseline (score = response length in character
 for Alignment", Zhao et al. 2024). For the run's own mode also precision/recall at 1..5 (as the
 paper's Table 7), mean score per kind and the parse-failure rate.
 
-Records: `eval/rated_<set>_<mode>.jsonl` (`io.RecordLog`, resumed when its fingerprint matches,
+Records: `eval/rated_<set>_<mode>.jsonl` (`record_log.RecordLog`, resumed when its fingerprint matches,
 see `resume.py`); base-model instructions in `eval/base_instructions.json`.
 """
 

@@ -4,7 +4,7 @@ Each reusable file has a fingerprint beside it (`<file>.fingerprint.json`): the 
 that matter and a hash of the input texts. A file whose fingerprint is missing or differs is
 deleted before the step runs, so stale records are never mixed with fresh ones.
 
-- `fingerprinted_log`: for record logs (`io.RecordLog`, e.g. `rated_<set>_<mode>.jsonl`) that a
+- `fingerprinted_log`: for record logs (`record_log.RecordLog`, e.g. `rated_<set>_<mode>.jsonl`) that a
   step appends to and resumes (done keys skipped);
 - `cached`: for a result computed in one go (base-model instructions, model responses,
   judgments): returned from its file when present and matching, else computed and written.
