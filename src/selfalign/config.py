@@ -119,7 +119,7 @@ class RunConfig(_Section):
     # ones; stages whose templates change are redone (their keys hash the templates they read).
     templates_dir: Text | None = None
     # local: generation in this process; ray: augmentation, curation and responses on Ray Data
-    # (`pip install selfalign[ray]`; see the `ray` section and README "Running on a Ray cluster")
+    # (`pip install selfalign[ray]`; see the `ray` section and docs/ray.md)
     executor: Literal["local", "ray"] = "local"
 
 

@@ -178,8 +178,8 @@ def auto_batch_size(cfg: Config, spec: str, path: str, device: str, stage: str |
     """(batch size, why) for generation.batch_size=0: the largest batch, up to
     generation.max_batch_size, whose KV cache and activations fit the budget (generation.memory_budget_gb,
     default: half of the device memory left after the weights). On a CPU, larger batches read the
-    weights once for more rows per decoding step (measured: 32 prompts, batch 8 -> 16 -> 32 took
-    34 -> 28 -> 27 s); the cap keeps the cost of one interrupted batch small."""
+    weights once for more rows per decoding step; the cap keeps the cost of one interrupted batch
+    small."""
     g = cfg.generation
     single = cfg.model_copy(update={"generation": g.model_copy(update={"batch_size": 1})})
     plan = make_plan(single, spec, path, device, lora=lora, stage=stage, tokenizer=tokenizer)
