@@ -57,13 +57,17 @@ def install(monkeypatch: pytest.MonkeyPatch, fake: FakeVllm | None = None) -> Fa
             assert self.alive, "generate on a shut-down engine"
             self.requests.append((prompts, sampling_params, lora_request))
             out = []
-            for p in prompts:
+            # vLLM's LLM.generate: one SamplingParams for every prompt, or a list paired one by one
+            per_prompt = sampling_params if isinstance(sampling_params, list) else [sampling_params] * len(prompts)
+            if len(per_prompt) != len(prompts):
+                raise ValueError("The lengths of prompts and sampling_params must be the same.")
+            for p, sp in zip(prompts, per_prompt, strict=True):
                 ids = p["prompt_token_ids"] if isinstance(p, dict) else None
                 if ids is None:
                     raise TypeError("the fake engine takes token ids only")
-                if len(ids) + sampling_params["max_tokens"] > self.options["max_model_len"]:
-                    raise ValueError(f"prompt {len(ids)} + {sampling_params['max_tokens']} > max_model_len")
-                out.append(SimpleNamespace(outputs=[SimpleNamespace(text=" " + fake.reply(ids, sampling_params) + " ")]))
+                if len(ids) + sp["max_tokens"] > self.options["max_model_len"]:
+                    raise ValueError(f"prompt {len(ids)} + {sp['max_tokens']} > max_model_len")
+                out.append(SimpleNamespace(outputs=[SimpleNamespace(text=" " + fake.reply(ids, sp) + " ")]))
             return out
 
     def tokens_prompt(**kw: Any) -> dict[str, Any]:  # a TypedDict in vLLM: a plain dict

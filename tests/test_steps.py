@@ -44,5 +44,8 @@ def test_row_sampler_applies_temperature_and_top_p() -> None:
     one = {int(_row_sampler_class()([s], 1.0, 0.5)(torch.zeros(1, 1, dtype=torch.long), logits.clone())[0].argmax())
            for s in range(50)}
     assert one == {0}
+    k2 = {int(_row_sampler_class()([s], 1.0, 1.0, 2)(torch.zeros(1, 1, dtype=torch.long), logits.clone())[0].argmax())
+          for s in range(200)}
+    assert k2 == {0, 1}  # top-k 2: only the two most likely
     a = _row_sampler_class()([7, 7], 1.0, 1.0)(torch.zeros(2, 1, dtype=torch.long), logits.repeat(2, 1))
     assert torch.equal(a[0], a[1])  # same seed, same draw, whatever the row

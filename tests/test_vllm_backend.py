@@ -71,10 +71,10 @@ def test_stop_strings_reach_vllm_and_the_text_keeps_them(monkeypatch: pytest.Mon
                      make_sampling=sys.modules["vllm"].SamplingParams)
     stop = ("Score: 5", "Score: 4")
     assert generate(eng, ["<s> a b"], GenParams(0.0, 1.0, 16, 3, stop)) == ["Clear.\nScore: 4"]
-    sp = fake.engines[-1].requests[-1][1]
+    (sp,) = fake.engines[-1].requests[-1][1]  # one SamplingParams per prompt
     assert sp["stop"] == list(stop) and sp["include_stop_str_in_output"] is True
     assert generate(eng, ["<s> a b"], GenParams(0.0, 1.0, 16, 3)) == ["Clear.\nScore: 4\nScore: 5 and more"]
-    assert "stop" not in fake.engines[-1].requests[-1][1]
+    assert "stop" not in fake.engines[-1].requests[-1][1][0]
     release()
 
 
@@ -136,7 +136,8 @@ def test_requests_are_token_ids_and_max_model_len_follows_the_prompts(tmp_path: 
     assert out == ["ok", "ok"] and made == [7 + 16]  # longest prompt (7 tokens) + 16 new
     prompts, sp, lora = calls[0]
     assert prompts == [{"prompt_token_ids": [1, 11, 11, 11]}, {"prompt_token_ids": [1, 11, 11, 11, 11, 11, 11]}]
-    assert sp == {"temperature": 1.0, "top_p": 0.9, "max_tokens": 16, "seed": 3}
+    # one SamplingParams per prompt, each with its own seed, top-k as the HF engine samples
+    assert sp == [{"temperature": 1.0, "top_p": 0.9, "max_tokens": 16, "seed": 3, "top_k": 50}] * 2
     assert lora == lora_request_args(adapter)
     generate(eng, ["<s> a"], GenParams(1.0, 0.9, 16, 3))  # fits: the same engine
     assert made == [23]

@@ -30,6 +30,10 @@ class GenParams:
     seed: int = 0
     # generation ends at the first of these strings; the returned text ends with it ("Score: 4")
     stop: tuple[str, ...] = ()
+    # sampling draws from the top_k most likely tokens (after the temperature, before top_p): 50 is
+    # what transformers' generate applies when a model sets none; vLLM is given it too, so that
+    # every engine samples from the same distribution (0: no top-k)
+    top_k: int = 50
 
     @classmethod
     def from_config(cls, s: SamplingConfig, seed: int = 0) -> GenParams:

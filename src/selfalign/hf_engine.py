@@ -219,17 +219,21 @@ def _row_sampler_class() -> type:
     from transformers import LogitsProcessor
 
     class RowSampler(LogitsProcessor):
-        """Samples each row's next token with the row's own generator (temperature, then top-p),
+        """Samples each row's next token with the row's own generator (temperature, top-k, top-p,
+        in the order transformers applies them),
         and leaves only that token: decoding is then greedy over it. So a row's text depends on its
         prompt, its seed and the model, not on the batch it shares (transformers' sampling draws
         the whole batch from one global generator)."""
 
-        def __init__(self, seeds: list[int], temperature: float, top_p: float) -> None:
+        def __init__(self, seeds: list[int], temperature: float, top_p: float, top_k: int = 0) -> None:
             self.gens = [torch.Generator().manual_seed(s) for s in seeds]
-            self.temperature, self.top_p = temperature, top_p
+            self.temperature, self.top_p, self.top_k = temperature, top_p, top_k
 
         def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
             logits = scores.float() / self.temperature
+            if 0 < self.top_k < logits.shape[-1]:  # only the top_k most likely tokens
+                kth = torch.topk(logits, self.top_k, dim=-1).values[..., -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
             if self.top_p < 1.0:  # the smallest set of tokens whose probability reaches top_p
                 srt, idx = torch.sort(logits, descending=True)
                 p = srt.softmax(-1)
@@ -251,7 +255,7 @@ def _sample_kwargs(params: GenParams, seeds: list[int]) -> dict[str, Any]:
         return {"do_sample": False}
     from transformers import LogitsProcessorList
 
-    sampler = _row_sampler_class()(seeds, params.temperature, params.top_p)
+    sampler = _row_sampler_class()(seeds, params.temperature, params.top_p, params.top_k)
     return {"do_sample": False, "logits_processor": LogitsProcessorList([sampler])}
 
 

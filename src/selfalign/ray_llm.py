@@ -99,7 +99,7 @@ def vllm_request(step: Step, engine: Any, row: dict[str, Any]) -> dict[str, Any]
         prompt, stop = req.prompt, []
     else:
         p = req.params
-        params = sampling_options(p.temperature, p.top_p, p.max_new_tokens, p.seed, p.stop)
+        params = sampling_options(p.temperature, p.top_p, p.max_new_tokens, p.seed, p.stop, p.top_k)
         prompt, stop = req.prompt, list(p.stop)
     if error:  # vLLM still gets a request (a processor maps rows one to one): one token, discarded; the
         # keys stay, so that every row of a block has the same sampling_params fields in Arrow

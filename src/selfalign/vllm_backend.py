@@ -97,13 +97,15 @@ def engine_options(cfg: Config, base_path: str, adapters: list[str | Path], max_
 
 
 def sampling_options(temperature: float, top_p: float, max_new_tokens: int, seed: int,
-                     stop: Sequence[str] = ()) -> dict[str, Any]:
+                     stop: Sequence[str] = (), top_k: int = 0) -> dict[str, Any]:
     """Keyword arguments for `vllm.SamplingParams(...)`; temperature 0 means greedy. `stop`: the
     strings that end generation, kept in the returned text (as `generation.GenParams.stop`)."""
     if temperature <= 0:
         opts: dict[str, Any] = {"temperature": 0.0, "max_tokens": max_new_tokens, "seed": seed}
     else:
         opts = {"temperature": temperature, "top_p": top_p, "max_tokens": max_new_tokens, "seed": seed}
+        if top_k > 0:  # vLLM's SamplingParams(top_k=...): 0 or -1 is none
+            opts["top_k"] = top_k
     if any(stop):
         opts.update(stop=[s for s in stop if s], include_stop_str_in_output=True)
     return opts
@@ -167,7 +169,7 @@ class VllmEngine:
             _CURRENT.append(self)
         stop = getattr(params, "stop", ())
         sp = [self.make_sampling(**sampling_options(params.temperature, params.top_p, params.max_new_tokens, seed,
-                                                    stop)) for seed in seeds]  # one per prompt: its own seed
+                                                    stop, getattr(params, "top_k", 0))) for seed in seeds]  # one per prompt: its own seed
         kwargs: dict[str, Any] = {}
         if self.adapter is not None:
             args = lora_request_args(self.adapter)
