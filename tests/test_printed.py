@@ -13,7 +13,8 @@ from selfalign.train import TrainResult
 def _result(**kw: object) -> TrainResult:
     base = dict(adapter_dir=Path("x"), n_examples=181, n_tokens=1, n_target_tokens=1,
                 dropped={"prompt_too_long": 1}, truncated=102, first_loss=2.491, last_loss=3.042, seconds=238.0,
-                tokens_per_second=512.3, steps=46, loss_start=2.95, loss_end=2.61, loss_window=10)
+                tokens_per_second=512.3, steps=46, loss_start=2.95, loss_end=2.61, loss_window=10,
+                probe_before=2.4, probe_after=2.05, probe_n=16)
     return TrainResult(**{**base, **kw})
 
 
@@ -21,10 +22,10 @@ def test_training_summary_counts_what_was_dropped_or_cut_and_compares_means() ->
     line = _result().summary("of 160 seed + 22 curated", 256)
     assert "181 examples (of 160 seed + 22 curated)" in line
     assert "1 dropped (1 prompt_too_long)" in line and "102 cut at max_seq_len 256" in line
-    assert "loss 2.95 over the first 10 steps, 2.61 over the last 10 steps" in line
+    assert "loss on 16 of these examples 2.40 before training, 2.05 after" in line  # the same examples
     assert "3.042" not in line and "2.491" not in line  # one batch against another is not shown
-    quiet = _result(dropped={}, truncated=0, loss_window=1).summary("", 256)
-    assert "dropped" not in quiet and "cut" not in quiet and "over the first step," in quiet
+    quiet = _result(dropped={}, truncated=0, loss_window=1, probe_before=None, probe_after=None).summary("", 256)
+    assert "dropped" not in quiet and "cut" not in quiet and "over the first step," in quiet  # no probe: the trend
 
 
 def _ranked(value: float | None, score: float | None, sid: str) -> RatedPair:

@@ -141,6 +141,14 @@ def test_training_lowers_loss_and_adapter_loads_with_stock_peft(tiny_model: Path
     losses = [h["loss"] for h in log if "loss" in h]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.3
+    # the summary's loss: the same examples before and after training, measured apart from the log
+    assert r.probe_n == 8 and r.probe_before is not None and r.probe_after < r.probe_before - 0.3
+    probe_rows_ = [tokenize_example(load_tokenizer(str(tiny_model)), ex, 320) for ex in examples]
+    base_model = AutoModelForCausalLM.from_pretrained(str(tiny_model))
+    from selfalign.train import probe_loss
+
+    assert probe_loss(base_model, probe_rows_, load_tokenizer(str(tiny_model)).pad_token_id) == pytest.approx(
+        r.probe_before, abs=1e-3)  # "before" is the base model's loss on them
     for f in ("adapter_config.json", "adapter_model.safetensors", "tokenizer_config.json", "training_info.json"):
         assert (out / f).is_file()
     assert not out.with_name("adapter.work").exists()  # checkpoints are cleaned up

@@ -148,7 +148,8 @@ class Run:
             self.manifest.count(backward_examples=r.n_examples, backward_dropped=sum(r.dropped.values()),
                                 backward_truncated=r.truncated)
             self.manifest.finish("train-backward", loss_first=r.first_loss, loss_last=r.last_loss,
-                                 loss_start=r.loss_start, loss_end=r.loss_end, tokens_per_second=r.tokens_per_second)
+                                 loss_start=r.loss_start, loss_end=r.loss_end, loss_probe_before=r.probe_before,
+                                 loss_probe_after=r.probe_after, tokens_per_second=r.tokens_per_second)
         return out
 
     @_once
@@ -278,7 +279,8 @@ class Run:
                                    f"forward_{iteration}_dropped": sum(r.dropped.values()),
                                    f"forward_{iteration}_truncated": r.truncated})
             self.manifest.finish(name, loss_first=r.first_loss, loss_last=r.last_loss,
-                                 loss_start=r.loss_start, loss_end=r.loss_end, tokens_per_second=r.tokens_per_second)
+                                 loss_start=r.loss_start, loss_end=r.loss_end, loss_probe_before=r.probe_before,
+                                 loss_probe_after=r.probe_after, tokens_per_second=r.tokens_per_second)
         return out
 
     @_once

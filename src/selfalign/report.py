@@ -169,7 +169,7 @@ def write_report(
             lines += ["", f"### {k}", "", "```", json.dumps(v, indent=1), "```"]
     stages = []
     for name, st in manifest.get("stages", {}).items():
-        notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_start", "loss_end", "tokens_per_second", "rater"))
+        notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_probe_before", "loss_probe_after", "tokens_per_second", "rater"))
         stages.append([name, st.get("status"), st.get("seconds", ""), notes])
     lines += ["", "## Stages", "", table(["stage", "status", "seconds", "notes"], stages)]
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]

@@ -197,10 +197,10 @@ def render_html(run_dir: Path, results: dict[str, Any] | None, plots: dict[str, 
     stages = manifest.get("stages", {})
     if stages:
         parts.append("<h2>Stages</h2>")
-        parts.append(table(["stage", "status", "seconds", "loss, first steps (mean)", "loss, last steps (mean)",
-                            "tokens/s"],
-                           [[k, str(s.get("status")), _f(s.get("seconds"), 1), _f(s.get("loss_start", s.get("loss_first"))),
-                             _f(s.get("loss_end", s.get("loss_last"))), _f(s.get("tokens_per_second"), 1)]
+        parts.append(table(["stage", "status", "seconds", "loss before training", "loss after training",
+                            "tokens/s"],  # on the same training examples (`train.probe_loss`)
+                           [[k, str(s.get("status")), _f(s.get("seconds"), 1), _f(s.get("loss_probe_before")),
+                             _f(s.get("loss_probe_after")), _f(s.get("tokens_per_second"), 1)]
                             for k, s in stages.items()], "html"))
     if plots:
         parts.append("<h2>Plots</h2>")

@@ -8,6 +8,7 @@ LoRA adapter, length-grouped batches and resumable checkpoints.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -71,6 +72,29 @@ def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int,
         "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids,
         "truncated": truncated,
     }
+
+
+PROBE_EXAMPLES = 16  # training examples whose loss is measured before and after training
+
+
+def probe_rows(rows: list[dict[str, Any]], n: int = PROBE_EXAMPLES) -> list[dict[str, Any]]:
+    """`n` tokenized examples spread evenly over the set (the same ones on every run of it)."""
+    return rows[:: max(1, len(rows) // n)][:n]
+
+
+def probe_loss(model: Any, rows: list[dict[str, Any]], pad_id: int, batch_size: int = 8) -> float:
+    """Mean loss per target token of `rows` (input_ids, labels), the model in eval mode (no dropout)."""
+    from selfalign.likelihood import token_logprobs
+
+    starts = [next(i for i, label in enumerate(r["labels"]) if label != IGNORE_INDEX) for r in rows]
+    was_training = model.training
+    model.eval()
+    try:
+        lps = token_logprobs(model, [r["input_ids"] for r in rows], starts, pad_id, batch_size, progress=False)
+    finally:
+        model.train(was_training)
+    n = sum(len(x) for x in lps)
+    return -sum(sum(x) for x in lps) / n if n else float("nan")
 
 
 def tokenize_examples(tokenizer: Any, examples: list[TrainExample], max_len: int,
@@ -170,11 +194,16 @@ class TrainResult:
     seconds: float
     tokens_per_second: float
     steps: int
-    # the mean loss of the first and of the last `loss_window` logged steps: comparable, where a
-    # single batch's loss depends on which examples it holds
+    # the mean loss of the first and of the last `loss_window` logged steps (other examples, of
+    # other lengths: a trend, not a comparison)
     loss_start: float | None = None
     loss_end: float | None = None
     loss_window: int = 0
+    # the mean loss per target token of the same `probe_n` training examples before and after
+    # training (`probe_loss`): like with like; None under several processes
+    probe_before: float | None = None
+    probe_after: float | None = None
+    probe_n: int = 0
 
     def summary(self, what: str, max_seq_len: int) -> str:
         """One line a person can read: examples trained on and those dropped or cut, the loss at
@@ -186,7 +215,10 @@ class TrainResult:
             parts.append(f"{dropped} dropped ({why})")
         if self.truncated:
             parts.append(f"{self.truncated} cut at max_seq_len {max_seq_len} (their ends are not trained on)")
-        if self.loss_start is not None and self.loss_end is not None:
+        if self.probe_before is not None and self.probe_after is not None:
+            parts.append(f"loss on {self.probe_n} of these examples {self.probe_before:.2f} before training, "
+                         f"{self.probe_after:.2f} after")
+        elif self.loss_start is not None and self.loss_end is not None:
             k = "step" if self.loss_window == 1 else f"{self.loss_window} steps"
             parts.append(f"loss {self.loss_start:.2f} over the first {k}, {self.loss_end:.2f} over the last {k}")
         parts.append(f"{self.steps} steps in {self.seconds:.0f}s ({self.tokens_per_second:.0f} tokens/s)")
@@ -335,9 +367,20 @@ def train_lora(
 
         fsdp.auto_wrap_policy = fsdp_auto_wrap_policy(trainer.model)
     resume = any(work.glob("checkpoint-*")) if work.exists() else False
+    # the same few examples' loss before and after: one process only (FSDP shards the model)
+    probe = probe_rows(data.rows) if fsdp is None and int(os.environ.get("WORLD_SIZE", "1")) == 1 else []
+    probe_file = work / "probe_loss.json"
+    before = None
+    if probe and resume and probe_file.is_file():
+        before = json.loads(probe_file.read_text(encoding="utf-8")).get("before")
+    elif probe and not resume:
+        before = probe_loss(model, probe, tok.pad_token_id, train.batch_size)
+        work.mkdir(parents=True, exist_ok=True)
+        probe_file.write_text(json.dumps({"before": before, "n": len(probe)}), encoding="utf-8")
     t0 = time.perf_counter()
     trainer.train(resume_from_checkpoint=True if resume else None)
     seconds = time.perf_counter() - t0
+    after = probe_loss(model, probe, tok.pad_token_id, train.batch_size) if probe else None
 
     steps = trainer.state.global_step
     epochs_done = (steps * train.batch_size * train.grad_accum) / max(len(data.rows), 1)
@@ -359,6 +402,9 @@ def train_lora(
         loss_start=round(sum(losses[:window]) / window, 4) if losses else None,
         loss_end=round(sum(losses[-window:]) / window, 4) if losses else None,
         loss_window=window,
+        probe_before=round(before, 4) if before is not None else None,
+        probe_after=round(after, 4) if after is not None and before is not None else None,
+        probe_n=len(probe),
     )
     tmp = out_dir.with_name(out_dir.name + ".tmp")
     if fsdp is not None:  # every rank takes part in gathering the sharded adapter
