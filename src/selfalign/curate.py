@@ -163,44 +163,21 @@ class RateStep(Step):
             return super().run(engine, items, on_record, progress, isolate)
         # generate: greedy (or n sampled) ratings, retries and forced scores, in chunks of a few
         # batches over pairs of similar prompt length; each chunk's records go out when it is done
-        preps = self.prepare(engine, items)
-        out: list[Any] = [None] * len(preps)
-
-        def emit(i: int, rec: RatedPair) -> None:
-            out[i] = rec
-            if on_record is not None:
-                on_record(rec)
-
-        for i, p in enumerate(preps):
-            if p.error:
-                emit(i, self.error_record(p.item, p.error, p.cut))
+        preps, out, emit = self.begin(engine, items, on_record)
         run = [i for i, p in enumerate(preps) if not p.error]
         chunk = max(8, getattr(engine, "batch_size", 8))  # one batch (a few for small batches)
         order = sorted(run, key=lambda i: (len(preps[i].request.prompt), i))  # similar lengths batch together
         for start in range(0, len(order), chunk):
-            idx = order[start : start + chunk]
-
-            def rate(ix: list[int], bar: bool, where: str) -> list[RatedPair]:
-                return rate_chunk(engine, [preps[i].item for i in ix], [preps[i].request.prompt for i in ix],
-                                  [preps[i].cut for i in ix], self.cur, self.seed, where, bar)
-
             where = f"{start + 1}-{min(start + chunk, len(order))}/{len(order)}"
-            try:
-                recs = rate(idx, progress, where)
-            except Exception:
-                if not isolate:
-                    raise
-                recs = []
-                for i in idx:  # one pair at a time, so that a bad pair fails alone
-                    try:
-                        recs += rate([i], False, where)
-                    except Exception as e:  # noqa: BLE001 - recorded on the pair
-                        recs.append(self.error_record(preps[i].item, f"engine_error: {type(e).__name__}: {e}"[:500],
-                                                      preps[i].cut))
-            for i, rec in zip(idx, recs, strict=True):
-                emit(i, rec)
-        return out
 
+            def rate(ix: list[int], bar: bool, where: str = where) -> None:
+                recs = rate_chunk(engine, [preps[i].item for i in ix], [preps[i].request.prompt for i in ix],
+                                  [preps[i].cut for i in ix], self.cur, self.seed, where, bar)
+                for i, rec in zip(ix, recs, strict=True):
+                    emit(i, rec)
+
+            self.guarded(order[start : start + chunk], rate, preps, out, emit, isolate, progress)
+        return out
 
 def make_step(cur: CurationConfig, templates: Templates, seed: int = 0) -> Step:
     """The step of `cur.mode`: RankStep for the ranked modes, else RateStep."""

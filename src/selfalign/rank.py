@@ -32,7 +32,7 @@ from selfalign.generation import Engine
 from selfalign.likelihood import pair_likelihoods
 from selfalign.prompts import Templates
 from selfalign.records import AugmentedPair, RatedPair
-from selfalign.steps import Step
+from selfalign.steps import Prepared, Step
 
 RANKED_MODES = ("likelihood", "combined", "quality")  # scored by rank among the pairs rated together
 CHUNK = 32  # pairs per logged chunk (an interruption loses at most one)
@@ -222,26 +222,20 @@ class RankStep(Step):
             if p.get("nll_instruction_user") is not None and p.get("nll_instruction_assistant") is not None:
                 self.roles[r["instruction"]] = (p["nll_instruction_user"], p["nll_instruction_assistant"])
 
+    def prepare(self, engine: Engine, items: Sequence[AugmentedPair]) -> list[Prepared]:
+        return [Prepared(p, None) for p in items]  # no prompt: the pairs are scored as they are
+
     def run(self, engine: Engine, items: Sequence[AugmentedPair], on_record: Any = None, progress: bool = True,
             isolate: bool = False) -> list[RatedPair]:
-        def score(ps: Sequence[AugmentedPair]) -> list[RatedPair]:
-            return score_likelihood(engine, ps, self.mode, self.max_response_tokens, self.templates, progress=False,
-                                    role_cache=self.roles)
+        preps, out, emit = self.begin(engine, items, on_record)
 
-        try:
-            out = score(items)
-        except Exception:
-            if not isolate:
-                raise
-            out = []
-            for p in items:  # one pair at a time, so that a bad pair fails alone
-                try:
-                    out += score([p])
-                except Exception as e:  # noqa: BLE001 - recorded on the pair
-                    out.append(self.error_record(p, f"engine_error: {type(e).__name__}: {e}"[:500]))
-        for rec in out:
-            if on_record is not None:
-                on_record(rec)
+        def score(idx: list[int], bar: bool) -> None:
+            recs = score_likelihood(engine, [preps[i].item for i in idx], self.mode, self.max_response_tokens,
+                                    self.templates, progress=False, role_cache=self.roles)
+            for i, rec in zip(idx, recs, strict=True):
+                emit(i, rec)
+
+        self.guarded(list(range(len(preps))), score, preps, out, emit, isolate, progress)
         return out
 
     def error_record(self, item: AugmentedPair, reason: str, cut: bool = False) -> RatedPair:

@@ -121,6 +121,19 @@ class Step:
         """One record per item, in order; `on_record` gets each as it is done (error records first).
         `isolate`: an engine failure is retried row by row and recorded on the rows it fails on
         (the Ray executors, where a batch must not fail the job); otherwise it is raised."""
+        preps, out, emit = self.begin(engine, items, on_record)
+
+        def ask(idx: list[int], bar: bool) -> None:
+            execute(engine, [preps[i].request for i in idx],
+                    lambda k, output: emit(idx[k], self.record(preps[idx[k]], output)), self.desc, bar)
+
+        self.guarded([i for i, p in enumerate(preps) if not p.error], ask, preps, out, emit, isolate, progress)
+        return out
+
+    def begin(self, engine: Any, items: Sequence[Any], on_record: OnRecord | None
+              ) -> tuple[list[Prepared], list[Record], Callable[[int, Record], None]]:
+        """The items prepared, their records (None until done) and `emit(i, record)`, which fills
+        one and hands it to `on_record`; the items that cannot run have their error records."""
         preps = self.prepare(engine, items)
         out: list[Record] = [None] * len(preps)
 
@@ -132,27 +145,27 @@ class Step:
         for i, p in enumerate(preps):
             if p.error:
                 emit(i, self.error_record(p.item, p.error, p.cut))
-        todo = [i for i, p in enumerate(preps) if not p.error]
+        return preps, out, emit
 
-        def ask(idx: list[int], bar: bool) -> None:
-            execute(engine, [preps[i].request for i in idx],
-                    lambda k, output: emit(idx[k], self.record(preps[idx[k]], output)), self.desc, bar)
-
-        if todo:
-            try:
-                ask(todo, progress)
-            except Exception:
-                if not isolate:
-                    raise
-                for i in todo:  # one row at a time, so that a bad row fails alone
-                    if out[i] is not None:
-                        continue
-                    try:
-                        ask([i], False)
-                    except Exception as e:  # noqa: BLE001 - recorded on the row
-                        emit(i, self.error_record(preps[i].item, f"engine_error: {type(e).__name__}: {e}"[:500],
-                                                  preps[i].cut))
-        return out
+    def guarded(self, idx: list[int], run: Callable[[list[int], bool], None], preps: list[Prepared],
+                out: list[Record], emit: Callable[[int, Record], None], isolate: bool, progress: bool) -> None:
+        """`run(idx, progress)`, which emits the records of `idx`. When it raises and `isolate` is
+        set, each item without a record runs alone, and one that fails alone gets an error record."""
+        if not idx:
+            return
+        try:
+            run(idx, progress)
+        except Exception:
+            if not isolate:
+                raise
+            for i in idx:  # one row at a time, so that a bad row fails alone
+                if out[i] is not None:
+                    continue
+                try:
+                    run([i], False)
+                except Exception as e:  # noqa: BLE001 - recorded on the row
+                    emit(i, self.error_record(preps[i].item, f"engine_error: {type(e).__name__}: {e}"[:500],
+                                              preps[i].cut))
 
 
 def execute(engine: Any, requests: list[Request], on_result: Callable[[int, Any], None], desc: str = "generate",
