@@ -167,13 +167,14 @@ class AugmentStep(Step):
         r = prep.item
         instruction, status = clean_instruction(output, r.response, self.max_instruction_chars, self.require_request,
                                                 self.templates.request_words)
-        return AugmentedPair(instruction, r.response, r.source_id, r.source, output, status,
-                             self.settings(r), prep.cut)
+        return AugmentedPair(instruction=instruction, response=r.response, source_id=r.source_id, source=r.source,
+                             raw_generation=output, status=status, generation=self.settings(r), response_cut=prep.cut)
 
     def error_record(self, item: UnlabelledResponse, reason: str, cut: bool = False) -> AugmentedPair:
         """The record of a response no instruction could be generated for (kept, never dropped)."""
-        return AugmentedPair("", item.response, item.source_id, item.source, "", "error",
-                             self.settings(item), cut, reason)
+        return AugmentedPair(instruction="", response=item.response, source_id=item.source_id, source=item.source,
+                             raw_generation="", status="error", generation=self.settings(item), response_cut=cut,
+                             error=reason)
 
     def load(self, rec: dict[str, Any]) -> AugmentedPair:
         return AugmentedPair(**rec)

@@ -142,14 +142,13 @@ class RateStep(Step):
         p, c = prep.item, prep.cut
         if self.cur.mode == "logprob":
             score, why = expected_score(list(output))
-            return RatedPair(p.instruction, p.response, p.source_id, p.source, score, why,
-                             [score] if score else [], [], 0, c)
+            return RatedPair.of(p, score=score, reasoning=why, ratings=[score] if score else [], response_cut=c)
         from selfalign.prompts import cut_at_stop
 
         text = cut_at_stop(str(output), RATING_STOPS).strip()
         score, _ = parse_score_detail(text)
-        return RatedPair(p.instruction, p.response, p.source_id, p.source, score, reasoning_of(text),
-                         [score] if score is not None else [], [text], int(score is None), c)
+        return RatedPair.of(p, score=score, reasoning=reasoning_of(text), ratings=[score] if score is not None else [],
+                            raw_outputs=[text], parse_failures=int(score is None), response_cut=c)
 
     def error_record(self, item: AugmentedPair, reason: str, cut: bool = False) -> RatedPair:
         return error_rated(item, reason, cut)
@@ -249,9 +248,9 @@ def rate_chunk(
     for i, p in enumerate(todo):
         score = sum(scores[i]) / len(scores[i]) if scores[i] else None
         explained = next((o for o in outputs[i] if parse_score(o) is not None), outputs[i][0])
-        out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, score,
-                             reasoning_of(explained), scores[i], outputs[i], failures[i], cut[i],
-                             forced_score=i in forced))
+        out.append(RatedPair.of(p, score=score, reasoning=reasoning_of(explained), ratings=scores[i],
+                                raw_outputs=outputs[i], parse_failures=failures[i], response_cut=cut[i],
+                                forced_score=i in forced))
     return out
 
 

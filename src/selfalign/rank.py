@@ -137,8 +137,7 @@ def score_likelihood(
         why = (f"IFD {_g(parts['ifd'], '.3f')} (NLL {_g(parts['nll_conditional'], '.2f')} with the instruction, "
                f"{_g(parts['nll_unconditional'], '.2f')} without), log p(end) {_g(parts['end_logprob'], '.2f')}, "
                f"worst segment {_g(parts['worst_segment_ratio'], '.2f')}, role margin {_g(parts['role_margin'], '+.2f')}")
-        out.append(RatedPair(p.instruction, p.response, p.source_id, p.source, None, why, [], [], 0, r.cut,
-                             parts=parts))
+        out.append(RatedPair.of(p, reasoning=why, response_cut=r.cut, parts=parts))
     return out
 
 
@@ -250,7 +249,7 @@ class RankStep(Step):
 
 def error_rated(p: AugmentedPair, reason: str, cut: bool = False) -> RatedPair:
     """The record of a pair that could not be rated (kept with its reason, never dropped)."""
-    return RatedPair(p.instruction, p.response, p.source_id, p.source, None, "", [], [], 0, cut, "error", reason)
+    return RatedPair.of(p, response_cut=cut, status="error", error=reason)
 
 
 def pair_of_row(row: dict[str, Any]) -> tuple[AugmentedPair | None, str]:

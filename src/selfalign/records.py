@@ -62,6 +62,12 @@ class RatedPair:
     # curation.force_score: the rater was given "Score:" after its output (its last raw output)
     forced_score: bool = False
 
+    @classmethod
+    def of(cls, pair: AugmentedPair, **fields: Any) -> RatedPair:
+        """The record of rating `pair`: its texts and ids, and `fields` (score, reasoning, ...) by name."""
+        return cls(instruction=pair.instruction, response=pair.response, source_id=pair.source_id,
+                   source=pair.source, **{"score": None, "reasoning": "", **fields})
+
 
 @dataclass
 class Reject:
