@@ -353,7 +353,7 @@ def stage_curation(job: dict[str, Any], mem: RssSampler) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="selfalign-bench-"))
     n_run = [0]
 
-    import selfalign.generation as gen_mod
+    import selfalign.hf_engine as gen_mod
 
     orig_shared_prefix = gen_mod._shared_prefix
     prefix_seconds = [0.0]

@@ -122,8 +122,9 @@ def test_llama2_lane_vllm_backend(llama2: dict[str, Path], tmp_path: Path, monke
     assert len(fake.engines) == 3 and fake.overlaps == 0 and len(fake.alive) == 1  # augment, curate, responses
     for e in fake.engines:
         longest = 0
-        for prompts, sp, _lora in e.requests:
-            for p in prompts:
+        for prompts, sps, _lora in e.requests:
+            assert isinstance(sps, list) and len(sps) == len(prompts)  # one SamplingParams per prompt: its seed
+            for p, sp in zip(prompts, sps, strict=True):
                 ids = p["prompt_token_ids"]
                 check_ids(ids, sp["max_tokens"], e.options["max_model_len"], turns(ids))
                 longest = max(longest, len(p["prompt_token_ids"]) + sp["max_tokens"])

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled, Reposit
 from selfalign.cards import KINDS, Repos, RunInfo, dataset_card, model_card
 from selfalign.config import HubConfig
 from selfalign.io import atomic_write_text
-from selfalign.log import say
+from selfalign.log import say, warn
 from selfalign.report import replace_section
 
 T = TypeVar("T")
@@ -140,8 +139,7 @@ def with_retries(what: str, fn: Callable[[], T], *, endpoint: str, token: str | 
         except ValueError as e:  # e.g. card metadata rejected by validate-yaml
             raise HubError(_clean(f"{what}: {e}", token)) from None
         wait = delay * 2 ** (attempt - 1)
-        say(f"{what}: transient error ({reason}); retry {attempt}/{attempts - 1} "
-              f"in {wait:g}s", file=sys.stderr)
+        warn(f"{what}: transient error ({reason}); retry {attempt}/{attempts - 1} in {wait:g}s")
         time.sleep(wait)
     raise AssertionError("unreachable")
 

@@ -1,6 +1,6 @@
 """selfalign's messages go through the standard `logging` module (logger "selfalign"): progress
 lines are INFO, printed as "[selfalign] message" on standard output, where the deliverables are
-printed too. A program that embeds selfalign can configure the logger as it likes (level,
+printed too; warnings (a retried request, ...) go to standard error. A program that embeds selfalign can configure the logger as it likes (level,
 handlers); `logging.getLogger("selfalign").setLevel(logging.WARNING)` silences the progress lines."""
 
 from __future__ import annotations
@@ -11,16 +11,17 @@ import sys
 LOG = logging.getLogger("selfalign")
 
 
-class _Stdout(logging.StreamHandler):
-    """A handler on whatever sys.stdout is when a message is written (it can be replaced, e.g. to
-    capture the output), flushed at once so the lines interleave with printed results."""
+class _Std(logging.StreamHandler):
+    """A handler on whatever sys.stdout (or sys.stderr) is when a message is written (it can be
+    replaced, e.g. to capture the output), flushed at once so the lines interleave with results."""
 
-    def __init__(self) -> None:
-        super().__init__(sys.stdout)
+    def __init__(self, err: bool) -> None:
+        self.err = err
+        super().__init__()
 
     @property
     def stream(self):  # noqa: ANN201
-        return sys.stdout
+        return sys.stderr if self.err else sys.stdout
 
     @stream.setter
     def stream(self, value) -> None:  # noqa: ANN001
@@ -28,9 +29,12 @@ class _Stdout(logging.StreamHandler):
 
 
 if not LOG.handlers:
-    _handler = _Stdout()
-    _handler.setFormatter(logging.Formatter("[selfalign] %(message)s"))
-    LOG.addHandler(_handler)
+    _out, _err = _Std(err=False), _Std(err=True)
+    _out.addFilter(lambda record: record.levelno < logging.WARNING)
+    _err.setLevel(logging.WARNING)
+    for _h in (_out, _err):
+        _h.setFormatter(logging.Formatter("[selfalign] %(message)s"))
+        LOG.addHandler(_h)
     LOG.setLevel(logging.INFO)
     LOG.propagate = False
 
@@ -38,3 +42,8 @@ if not LOG.handlers:
 def say(msg: str) -> None:
     """One progress line (INFO)."""
     LOG.info(msg)
+
+
+def warn(msg: str) -> None:
+    """A line about something that went wrong and was handled (WARNING, on standard error)."""
+    LOG.warning(msg)
