@@ -57,6 +57,7 @@ def test_bootstrap_nll_delta_and_interval() -> None:
         bootstrap_nll({"x": a}, tokens, "seed")
 
 
+@pytest.mark.slow  # over ~10 s
 def test_ablate_tiny_run(smoke_cfg, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
     import selfalign.ablate as ablate_mod
     from selfalign.ablate import ARMS, ablate

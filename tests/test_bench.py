@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 ROWS = {"augmentation", "curation_generate", "curation_logprob", "curation_shots", "training_backward",
         "training_forward"}
@@ -16,6 +18,7 @@ def _positive(x: object) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and x > 0
 
 
+@pytest.mark.slow  # over ~10 s
 def test_quick_benchmark_writes_every_row(tmp_path: Path) -> None:
     out = tmp_path / "tmp.json"
     # one thread: stable and fast on a busy 2-core machine; the cache keeps tiny-random out of $HOME

@@ -25,6 +25,7 @@ def records(path: Path, key: str = "source_id") -> list[dict]:
 
 
 @pytest.mark.parametrize("stage,log", [("augment", "augment/augmented.jsonl"), ("curate", "curate_1/rated.jsonl")])
+@pytest.mark.slow  # over ~10 s
 def test_sigkill_and_rerun_gives_the_uninterrupted_result(stage: str, log: str, tmp_path: Path,
                                                           tiny_model: Path) -> None:
     common = ["--config", "smoke", f"models.base={tiny_model}", f"models.rater={tiny_model}",
@@ -58,6 +59,7 @@ def test_sigkill_and_rerun_gives_the_uninterrupted_result(stage: str, log: str, 
     assert got == expected  # none lost, and the same content as the uninterrupted run
 
 
+@pytest.mark.slow  # over ~10 s
 def test_training_killed_twice_resumes_to_the_uninterrupted_adapter(tmp_path: Path, tiny_model: Path) -> None:
     """SIGKILL train-backward at 2 random optimizer steps (SELFALIGN_CRASH_AFTER_STEPS: the end of
     a step, before its checkpoint); re-running resumes from `backward.work/` to the same bytes."""

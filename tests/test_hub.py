@@ -397,6 +397,7 @@ def test_base_model_info() -> None:
     assert base_model_info("/no/such/folder", "/no/such/folder") == (None, None)
 
 
+@pytest.mark.slow  # over ~10 s
 def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: FakeHub, default_endpoint: str,
                                                           monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
                                                           capfd: pytest.CaptureFixture[str], tiny_model: Path) -> None:

@@ -140,6 +140,7 @@ def test_llama2_lane_vllm_backend(llama2: dict[str, Path], tmp_path: Path, monke
     assert len(curated) == 4  # every pair rated 5 through the fake engine
 
 
+@pytest.mark.slow  # over ~10 s
 def test_rating_prompts_of_all_lima_pairs_fit_llama2_context() -> None:
     """All 1,000 single-turn LIMA pairs (their instructions cut to the 128 tokens a generated one can
     have) rated with the llama2-7b config: 13.8% would run past 4,096 tokens with the 256 new tokens;

@@ -75,6 +75,7 @@ def _text(cell) -> str:  # noqa: ANN001
 
 
 @slow_smollm2
+@pytest.mark.slow  # over ~10 s
 def test_notebook_runs_offline_and_pushes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     nb = nbformat.read(NOTEBOOK, as_version=4)
     params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))

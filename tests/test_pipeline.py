@@ -257,6 +257,7 @@ def test_cli_generate_after_train_forward(smoke_cfg, tiny_model: Path) -> None:
     assert missing.returncode == 2 and "no LoRA adapter here" in missing.stderr
 
 
+@pytest.mark.slow  # over ~10 s
 def test_training_under_torchrun_two_cpu_ranks(tmp_path: Path, tiny_model: Path) -> None:
     """`torchrun --nproc_per_node 2` (gloo on CPU): both ranks train the same model, rank 0 saves it."""
     import shutil as sh

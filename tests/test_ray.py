@@ -120,6 +120,7 @@ def bad_rows() -> list[dict]:
     ]
 
 
+@pytest.mark.slow  # over ~10 s
 def test_ray_augment_same_ids_as_local_and_bad_rows_are_errors(tmp_path: Path, tiny_model: Path, ray_instance) -> None:
     from selfalign.augment import AugmentStep, augment
     from selfalign.generation import GenParams, load_engine
