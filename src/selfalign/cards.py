@@ -346,7 +346,8 @@ def dataset_card(provenance: dict[str, Any], n_rows: int, config: dict[str, Any]
         ("threshold", cur.get("threshold", p.get("threshold"))),
     ]
     for key in ("generated", "generated_ok", "rated", "scored", "kept", "mean_score",
-                "parse_failure_rate", "histogram"):
+                "parse_failure_rate", "histogram", "labels_file", "labelled", "overruled_to_keep",
+                "overruled_to_drop", "kept_after_labels"):  # labels.py: a person overruled the rater
         if key in p:
             rows.append((key.replace("_", " "), p[key]))
     return render_card(

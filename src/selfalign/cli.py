@@ -166,14 +166,19 @@ def _stage_command(name: str, help_text: str) -> None:
     @_config_opt
     @_overrides
     @_guard
-    def cmd(config: str | None, overrides: tuple[str, ...]) -> None:
+    def cmd(config: str | None, overrides: tuple[str, ...], labels: str | None = None) -> None:
         from selfalign.hub import HubError
         from selfalign.pipeline import run_pipeline
 
         try:
-            run_pipeline(_load(config, overrides), until="responses" if name == "run" else name)
+            cfg = _load(config, overrides, (("curation.labels", "--labels", labels),))
+            run_pipeline(cfg, until="responses" if name == "run" else name)
         except HubError as e:
             _fail(f"{e} (the run's local artifacts are complete; retry with `selfalign push`)")
+
+    if name in ("run", "curate"):  # review.html's exported labels overrule the rater (labels.py)
+        click.option("--labels", default=None, help="labels file exported from review.html: your keep/drop "
+                     "decisions overrule the rater (sets curation.labels)")(cmd)
 
 
 _stage_command("run", "Run the whole pipeline (stages already done are skipped).")
@@ -182,6 +187,26 @@ _stage_command("train-backward", "Train the backward model p(instruction | respo
 _stage_command("augment", "Generate an instruction for each sampled unlabelled response.")
 _stage_command("curate", "Rate the augmented pairs and keep those at or above the threshold.")
 _stage_command("train-forward", "Train the forward model on seed + curated data.")
+
+
+@main.command("review")
+@_config_opt
+@click.option("--run", "run_dir", default=None, help="run directory (default: run.out_dir)")
+@click.option("--iteration", default=None, type=int, help="curation round (default: the last one rated)")
+@click.option("--out", default=None, help="where to write the page (default: <run>/review.html)")
+@_overrides
+@_guard
+def review_cmd(config: str | None, run_dir: str | None, iteration: int | None, out: str | None,
+               overrides: tuple[str, ...]) -> None:
+    """Write review.html: every rated pair of a curation round, to read, filter and label keep/drop
+    in a browser (no server, no network; see docs/review.md)."""
+    from selfalign.review import write_review
+
+    cfg = _load(config, overrides)
+    _RUN_DIR[:] = [Path(run_dir or cfg.run.out_dir)]
+    path = write_review(Path(run_dir or cfg.run.out_dir), iteration, out)
+    print(f"review: {path} (open it in a browser; export your labels there, then "
+          f"`selfalign curate --labels FILE`)")
 
 
 @main.command("generate")

@@ -181,6 +181,7 @@ class CurationConfig(_Section):
     max_new_tokens: PosInt = 64
     max_response_tokens: PosInt = 256  # responses are cut to this many tokens in the rating prompt
     iterations: _int_range(1, 2) = 1  # 2: the forward model M1 re-rates the candidates, M2 is trained
+    labels: Text | None = None  # a labels file (review.html's export): a person's keep/drop overrules the rater
 
 
 class ForwardConfig(_Section):

@@ -317,6 +317,7 @@ def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, An
     rows = [
         {"instruction": r.instruction, "response": r.response, "score": r.score,
          "reasoning": r.reasoning, "source": r.source, "source_id": r.source_id, "ratings": r.ratings}
+        | ({"human": r.human} if any(k.human for k in kept) else {})  # labels.py: a person's decision
         for r in kept
     ]
     write_jsonl(out_dir / "data.jsonl", rows)

@@ -245,9 +245,12 @@ class Run:
             rated = load_rated(rated_path)
         # Selection is cheap: always redone, so a new threshold needs no re-rating.
         from selfalign.curate import curation_stats, select, write_curated
+        from selfalign.labels import apply_labels
 
         stats = curation_stats(rated, c.curation.threshold)
         kept = select(rated, c.curation.threshold)
+        kept, human = apply_labels(rated, kept, c.curation.labels, c.curation.threshold)  # a person overrules
+        stats.update(human)
         prov = {**stats, "base": c.models.base, "backward": str(self.path("backward")), "rater": rater_name,
                 "unlabelled": c.data.unlabelled, "seed": c.data.seed, "mode": c.curation.mode,
                 "n_samples": c.curation.n_samples, "shots": c.curation.shots, "iteration": iteration,
@@ -324,6 +327,9 @@ class Run:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
         from selfalign.report import write_report
+        from selfalign.review import write_review
+
+        write_review(self.dir, n)
 
         write_report(self.path("report.md"), self.dir, self.manifest.data, self.augment(), self.curate(n),
                      self.responses())

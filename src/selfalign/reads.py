@@ -57,6 +57,8 @@ NOT_READ_BY_STAGES = (
     "run.templates_dir", "models.cache_dir", "models.trust_remote_code", "data.samples_if_absent",
     "generation.backend", "generation.batch_size", "generation.max_batch_size", "generation.memory_budget_gb",
     "generation.gpu_memory_utilization", "curation.threshold", "curation.iterations", "hub.",
+    # applied with the threshold after rating (labels.py); the kept data's hash retrains forward
+    "curation.labels",
     # where generation runs; a run directory refuses another executor or Ray setup (but ray.address)
     "run.executor", "ray.",
     "evaluate.", "ablate.",  # settings of `selfalign evaluate` / `ablate`, read after the run

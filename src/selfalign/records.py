@@ -61,6 +61,7 @@ class RatedPair:
     parts: dict[str, Any] = field(default_factory=dict)  # likelihood modes: the scores behind `score`
     # curation.force_score: the rater was given "Score:" after its output (its last raw output)
     forced_score: bool = False
+    human: str = ""  # keep | drop: a person's label (curation.labels, labels.py) overruled the rater
 
     @classmethod
     def of(cls, pair: AugmentedPair, **fields: Any) -> RatedPair:

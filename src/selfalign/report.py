@@ -172,6 +172,12 @@ def write_report(
         notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_probe_before", "loss_probe_after", "tokens_per_second", "rater"))
         stages.append([name, st.get("status"), st.get("seconds", ""), notes])
     lines += ["", "## Stages", "", table(["stage", "status", "seconds", "notes"], stages)]
+    from selfalign.labels import report_lines
+
+    lines += report_lines(c)
+    if (Path(run_dir) / "review.html").is_file():  # `selfalign review`: every rated pair, in a browser
+        lines += ["", "## Review", "", "Every rated pair, to read, sort, filter and label in a browser: "
+                  "[review.html](review.html) (see docs/review.md)."]
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]
     for p in augmented_examples(augmented):
         lines += [f"- **instruction:** {_md(p.instruction, 300)}", f"  **response:** {_md(p.response)}"]

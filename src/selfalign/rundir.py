@@ -72,6 +72,7 @@ def copy_dir(src: Path, dst: Path) -> None:
 RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "ray.address", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
+    "curation.labels",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
     "generation.gpu_memory_utilization", "evaluate.", "ablate.",
 )
