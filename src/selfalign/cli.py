@@ -177,8 +177,8 @@ def _stage_command(name: str, help_text: str) -> None:
             _fail(f"{e} (the run's local artifacts are complete; retry with `selfalign push`)")
 
     if name in ("run", "curate"):  # review.html's exported labels overrule the rater (labels.py)
-        click.option("--labels", default=None, help="labels file exported from review.html: your keep/drop "
-                     "decisions overrule the rater (sets curation.labels)")(cmd)
+        click.option("--labels", help="labels file from review.html: your keep/drop overrules the rater "
+                     "(sets curation.labels)")(cmd)
 
 
 _stage_command("run", "Run the whole pipeline (stages already done are skipped).")
@@ -198,15 +198,12 @@ _stage_command("train-forward", "Train the forward model on seed + curated data.
 @_guard
 def review_cmd(config: str | None, run_dir: str | None, iteration: int | None, out: str | None,
                overrides: tuple[str, ...]) -> None:
-    """Write review.html: every rated pair of a curation round, to read, filter and label keep/drop
-    in a browser (no server, no network; see docs/review.md)."""
+    """Write review.html: every rated pair of a curation round to read, filter and label in a browser."""
     from selfalign.review import write_review
 
-    cfg = _load(config, overrides)
-    _RUN_DIR[:] = [Path(run_dir or cfg.run.out_dir)]
-    path = write_review(Path(run_dir or cfg.run.out_dir), iteration, out)
-    print(f"review: {path} (open it in a browser; export your labels there, then "
-          f"`selfalign curate --labels FILE`)")
+    _RUN_DIR[:] = [Path(run_dir or _load(config, overrides).run.out_dir)]
+    path = write_review(_RUN_DIR[0], iteration, out)
+    print(f"review: {path} (open it in a browser; export your labels, then `selfalign curate --labels FILE`)")
 
 
 @main.command("generate")

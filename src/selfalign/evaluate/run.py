@@ -74,6 +74,17 @@ def human_set(cfg: Config, heldout: list[SeedPair]) -> tuple[list[AugmentedPair]
         note = f"{path} not found: no human-judged set (pass --human PATH)"
         say(f"evaluate: {note}")
         return [], {"n_prompts": 0, "path": str(path), "note": note}
+    from selfalign.labels import is_labels_file
+
+    if is_labels_file(found or path):  # review.html's labels: keep = good, drop = bad (labels.py)
+        from selfalign.labels import human_pairs
+        from selfalign.pipeline import load_rated
+
+        rated = Path(cfg.run.out_dir) / "curate_1" / "rated.jsonl"
+        pairs, info = human_pairs(found or path, load_rated(rated) if rated.is_file() else None)
+        say(f"evaluate: human-judged set: {info['n_good']} keep and {len(pairs) - info['n_good']} drop labels "
+            f"from {info['path']}")
+        return pairs, info
     pairs, info = load_human_pairs(found or path, n, cfg.run.seed, {normalized(p.instruction) for p in heldout})
     say(f"evaluate: human-judged set: {info['n_prompts']} prompts with best- and last-ranked OASST1 replies "
         f"from {info['path']}")
