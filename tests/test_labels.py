@@ -122,3 +122,15 @@ def test_page_rows_carry_flags_of_other_stages() -> None:
     assert a["kept"] and a["flags"] == ["contaminated", "response cut", "score forced"]
     assert a["details"] == ["contaminated: benchmark alpaca_eval"]
     assert not b["kept"] and b["flags"] == ["augment: echo"] and b["label"] == "drop"
+
+
+def test_evaluate_reads_a_labels_file_as_its_human_judged_set(tmp_path: Path) -> None:
+    from selfalign.config import Config
+    from selfalign.evaluate.human import HUMAN_GOOD
+    from selfalign.evaluate.run import human_set
+
+    p = write_labels(tmp_path / "l.jsonl", [Label("a", "keep", instruction="i", response="r"),
+                                            Label("b", "drop", instruction="j", response="s")])
+    cfg = Config.model_validate({"run": {"out_dir": str(tmp_path / "run")}, "evaluate": {"human": str(p)}})
+    pairs, info = human_set(cfg, [])
+    assert [x.source == HUMAN_GOOD for x in pairs] == [True, False] and info["kind"].startswith("labels file")

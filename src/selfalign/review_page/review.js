@@ -68,15 +68,20 @@
     "id": function (a, b) { return a.id < b.id ? -1 : a.id > b.id ? 1 : a.i - b.i; },
     "order": function (a, b) { return a.i - b.i; }
   };
+  var orders = {};  // each sort's order of all rows, computed once: a filter then only scans
+  function sorted(key) {
+    if (!orders[key]) orders[key] = rows.slice().sort(SORTS[key] || SORTS.order);
+    return orders[key];
+  }
   function nz(x, none) { return x === null || x === undefined ? (none === undefined ? -1e9 : none) : x; }
 
   function apply(keepPage) {
     var t = performance.now();
     var q = $("q").value.trim().toLowerCase(), lo = parseFloat($("min").value), hi = parseFloat($("max").value);
     var rater = $("rater").value, mine = $("mine").value, flag = $("flag").value, src = $("source").value;
-    var out = [];
-    for (var i = 0; i < rows.length; i++) {
-      var r = rows[i], d = labels[r.id];
+    var out = [], base = sorted($("sort").value);
+    for (var i = 0; i < base.length; i++) {
+      var r = base[i], d = labels[r.id];
       if (q && r.q.indexOf(q) < 0) continue;
       if (!isNaN(lo) && (r.score === null || r.score < lo - 1e-9)) continue;
       if (!isNaN(hi) && (r.score === null || r.score > hi + 1e-9)) continue;
@@ -90,7 +95,6 @@
       if (src && r.src !== src) continue;
       out.push(r);
     }
-    out.sort(SORTS[$("sort").value] || SORTS.order);
     shown = out;
     if (!keepPage) { page = 0; cur = 0; }
     page = Math.max(0, Math.min(page, Math.ceil(shown.length / PAGE) - 1));
@@ -274,6 +278,8 @@
   load();
   about();
   apply(false);
-  window.__review.loadMs = performance.now() - t0;
+  window.__review.loadMs = performance.now() - t0;  // this script: parse the data, index, draw
+  window.__review.readyAt = performance.now();  // since navigation start: the HTML read too
+  requestAnimationFrame(function () { setTimeout(function () { window.__review.paintedAt = performance.now(); }, 0); });
   document.documentElement.dataset.ready = "1";
 })();
