@@ -134,3 +134,15 @@ def test_evaluate_reads_a_labels_file_as_its_human_judged_set(tmp_path: Path) ->
     cfg = Config.model_validate({"run": {"out_dir": str(tmp_path / "run")}, "evaluate": {"human": str(p)}})
     pairs, info = human_set(cfg, [])
     assert [x.source == HUMAN_GOOD for x in pairs] == [True, False] and info["kind"].startswith("labels file")
+
+
+def test_labels_without_texts_take_them_from_the_runs_rated_pairs(tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from selfalign.io import write_jsonl
+
+    write_jsonl(tmp_path / "rated.jsonl", [asdict(r) for r in rated([4.0, 2.0])])
+    p = write_labels(tmp_path / "l.jsonl", [Label("id-1", "drop")])
+    pairs, _ = human_pairs(p, tmp_path / "rated.jsonl")
+    assert [(x.instruction, x.response) for x in pairs] == [("ins 1", "resp 1")]
+    assert human_pairs(p, tmp_path / "absent.jsonl")[0] == []

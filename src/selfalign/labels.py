@@ -169,12 +169,17 @@ def _f(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
 
-def human_pairs(path: str | Path, rated: list[RatedPair] | None = None) -> tuple[list[AugmentedPair], dict[str, Any]]:
+def human_pairs(path: str | Path, rated: list[RatedPair] | Path | None = None
+                ) -> tuple[list[AugmentedPair], dict[str, Any]]:
     """A labels file as `evaluate`'s human-judged set: keep = good (`human_good`), drop = bad
-    (`human_bad`). Texts come from the file, else from `rated` (the run's rated pairs) by source id."""
+    (`human_bad`). Texts come from the file, else from `rated` (the run's rated pairs, or its
+    `curate_1/rated.jsonl`) by source id."""
     from selfalign.evaluate.human import HUMAN_BAD, HUMAN_GOOD
 
     labels = load_labels(path)
+    if isinstance(rated, Path):
+        rows = rated.read_text(encoding="utf-8").splitlines() if rated.is_file() else []
+        rated = [RatedPair(**json.loads(x)) for x in rows if x.strip()]
     by_id = {r.source_id: r for r in rated or []}
     out, missing = [], 0
     for lab in labels.values():

@@ -78,10 +78,8 @@ def human_set(cfg: Config, heldout: list[SeedPair]) -> tuple[list[AugmentedPair]
 
     if is_labels_file(found or path):  # review.html's labels: keep = good, drop = bad (labels.py)
         from selfalign.labels import human_pairs
-        from selfalign.pipeline import load_rated
 
-        rated = Path(cfg.run.out_dir) / "curate_1" / "rated.jsonl"
-        pairs, info = human_pairs(found or path, load_rated(rated) if rated.is_file() else None)
+        pairs, info = human_pairs(found or path, Path(cfg.run.out_dir) / "curate_1" / "rated.jsonl")
         say(f"evaluate: human-judged set: {info['n_good']} keep and {len(pairs) - info['n_good']} drop labels "
             f"from {info['path']}")
         return pairs, info
