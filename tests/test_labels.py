@@ -146,3 +146,23 @@ def test_labels_without_texts_take_them_from_the_runs_rated_pairs(tmp_path: Path
     pairs, _ = human_pairs(p, tmp_path / "rated.jsonl")
     assert [(x.instruction, x.response) for x in pairs] == [("ins 1", "resp 1")]
     assert human_pairs(p, tmp_path / "absent.jsonl")[0] == []
+
+
+def test_cli_review_writes_the_page_and_says_what_is_missing(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from selfalign.cli import main
+
+    run = tmp_path / "run"
+    (run / "curate_1").mkdir(parents=True)
+    (run / "manifest.json").write_text(json.dumps({"config": {"curation": {"mode": "generate", "threshold": 4.0}},
+                                                   "stages": {"curate-1": {"rater": "smollm2"}}}))
+    (run / "curate_1" / "rated.jsonl").write_text(json.dumps({"instruction": "i", "response": "r", "source_id": "a",
+                                                              "source": "lima", "score": 4.5, "reasoning": "ok"}) + "\n")
+    res = CliRunner().invoke(main, ["review", "--run", str(run)])
+    assert res.exit_code == 0, res.output
+    assert f"review: {run / 'review.html'}" in res.output
+    data = json.loads((run / "review.html").read_text().split('id="review-data">')[1].split("</script>")[0])
+    assert data["meta"]["mode"] == "generate" and data["meta"]["rater"] == "smollm2" and data["rows"][0]["kept"]
+    res = CliRunner().invoke(main, ["review", "--run", str(run), "--iteration", "2"])
+    assert res.exit_code != 0 and "curate_2/rated.jsonl: not found (run `selfalign curate` first)" in res.output

@@ -47,6 +47,7 @@ def press(driver, keys: str) -> None:
 
 def test_review_a_smoke_run_label_it_and_curate_with_the_labels(browser, tmp_path: Path, tiny_model: Path) -> None:
     from click.testing import CliRunner
+    from selenium.webdriver.common.keys import Keys
 
     from selfalign.cli import main
 
@@ -96,6 +97,9 @@ def test_review_a_smoke_run_label_it_and_curate_with_the_labels(browser, tmp_pat
     assert top.find_elements("css selector", "td")[8].text.endswith(low[-1].source_id)
     top.find_element("css selector", "button.drop").click()
     assert by(driver, "#rows tr")[-1].find_element("css selector", "button.drop").get_attribute("aria-pressed") == "true"
+    note = by(driver, "#rows tr")[-1].find_element("css selector", "input.note")
+    note.send_keys("off topic <b>x</b> yn")  # typed keys stay in the field: no label changes
+    note.send_keys(Keys.TAB)
     want_labels = {low[0].source_id: "keep", low[1].source_id: "drop", low[-1].source_id: "drop"}
     assert driver.execute_script("return window.__review.labels()") == want_labels
     assert "your labels: 1 keep, 2 drop, 2 against the rater" in counts(driver)
@@ -113,6 +117,7 @@ def test_review_a_smoke_run_label_it_and_curate_with_the_labels(browser, tmp_pat
     exported = wait(lambda: [p for p in downloads.glob("labels-curate_1*.jsonl")], what="the labels download")[0]
     rows = wait(lambda: [json.loads(x) for x in exported.read_text().splitlines()] or None, what="the file's rows")
     assert {r["source_id"]: r["decision"] for r in rows} == want_labels
+    assert {r["source_id"]: r["note"] for r in rows if r["note"]} == {low[-1].source_id: "off topic <b>x</b> yn"}
     assert {r["instruction"] for r in rows} <= {r.instruction for r in rated}
 
     # selfalign curate --labels: the person overrules the rater; precision/recall against the labels

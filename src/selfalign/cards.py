@@ -349,7 +349,7 @@ def dataset_card(provenance: dict[str, Any], n_rows: int, config: dict[str, Any]
                 "parse_failure_rate", "histogram", "labels_file", "labelled", "overruled_to_keep",
                 "overruled_to_drop", "kept_after_labels"):  # labels.py: a person overruled the rater
         if key in p:
-            rows.append((key.replace("_", " "), p[key]))
+            rows.append((key.replace("_", " "), _public(p[key]) if key == "labels_file" else p[key]))
     return render_card(
         "dataset_card.md", meta, templates or _templates(c),
         title=repos.ids["curated"] if repos is not None else "Curated instruction data (selfalign)",

@@ -7,6 +7,7 @@
   var $ = function (id) { return document.getElementById(id); };
   var STORE = "selfalign-review:" + meta.key;
   var labels = {};  // source id -> "keep" | "drop"
+  var notes = {};   // source id -> a note (exported with the pair's label)
   var shown = [];   // indices of rows matching the filters, sorted
   var page = 0, cur = 0;  // page number; the current row's position in `shown`
   var against = function (r, d) { return d && ((d === "keep") !== r.kept); };
@@ -29,12 +30,16 @@
   // --- stored decisions ---------------------------------------------------------------
   function load() {
     try { labels = JSON.parse(localStorage.getItem(STORE) || "{}") || {}; } catch (e) { labels = {}; }
+    try { notes = JSON.parse(localStorage.getItem(STORE + ":notes") || "{}") || {}; } catch (e) { notes = {}; }
     if (!Object.keys(labels).length) {  // first visit: the labels this round was curated with
       rows.forEach(function (r) { if (r.label) labels[r.id] = r.label; });
     }
   }
   function save() {
-    try { localStorage.setItem(STORE, JSON.stringify(labels)); } catch (e) { /* storage full or off: kept in memory */ }
+    try {
+      localStorage.setItem(STORE, JSON.stringify(labels));
+      localStorage.setItem(STORE + ":notes", JSON.stringify(notes));
+    } catch (e) { /* storage full or off: kept in memory */ }
   }
 
   // --- page head ------------------------------------------------------------------------
@@ -132,6 +137,12 @@
       td.appendChild(b);
     });
     if (against(r, d)) td.appendChild(el("span", "against the rater", "against"));
+    var note = el("input", null, "note");
+    note.type = "text";
+    note.placeholder = "note";
+    note.value = notes[r.id] || "";
+    note.setAttribute("aria-label", "Note on " + r.id);
+    td.appendChild(note);
     return td;
   }
 
@@ -208,7 +219,7 @@
     rows.forEach(function (r) { byId[r.id] = r; });
     var lines = Object.keys(labels).filter(function (id) { return byId[id]; }).map(function (id) {
       var r = byId[id];
-      return JSON.stringify({ source_id: id, decision: labels[id], note: "", instruction: r.ins, response: r.resp,
+      return JSON.stringify({ source_id: id, decision: labels[id], note: notes[id] || "", instruction: r.ins, response: r.resp,
                               rater_score: r.score, rater_kept: r.kept });
     });
     var blob = new Blob([lines.join("\n") + (lines.length ? "\n" : "")], { type: "application/x-ndjson" });
@@ -226,7 +237,10 @@
       String(fr.result).split("\n").forEach(function (line) {
         try {
           var o = JSON.parse(line);
-          if (o && typeof o.source_id === "string" && (o.decision === "keep" || o.decision === "drop")) { labels[o.source_id] = o.decision; n++; }
+          if (o && typeof o.source_id === "string" && (o.decision === "keep" || o.decision === "drop")) {
+            labels[o.source_id] = o.decision; n++;
+            if (o.note) notes[o.source_id] = String(o.note);
+          }
         } catch (e) { /* not a labels line */ }
       });
       save(); apply(true);
@@ -243,7 +257,7 @@
   $("export").addEventListener("click", exportLabels);
   $("import").addEventListener("change", function (e) { if (e.target.files[0]) importLabels(e.target.files[0]); });
   $("clear").addEventListener("click", function () {
-    if (window.confirm("Clear all your labels of this round?")) { labels = {}; save(); apply(true); }
+    if (window.confirm("Clear all your labels of this round?")) { labels = {}; notes = {}; save(); apply(true); }
   });
   $("rows").addEventListener("click", function (e) {
     var b = e.target.closest("button[data-act]");
@@ -252,6 +266,12 @@
     var pos = Number(tr.dataset.pos);
     if (b) { decide(pos, b.dataset.act); move(pos, false); var nb = rowAt(pos); if (nb) nb.querySelector('button[data-act="' + b.dataset.act + '"]').focus(); }
     else if (pos !== cur) move(pos, false);
+  });
+  $("rows").addEventListener("change", function (e) {
+    if (!e.target.classList.contains("note")) return;
+    var r = shown[Number(e.target.closest("tr").dataset.pos)];
+    if (e.target.value.trim()) notes[r.id] = e.target.value; else delete notes[r.id];
+    save();
   });
   document.addEventListener("keydown", function (e) {
     var tag = e.target.tagName;
@@ -265,7 +285,7 @@
     else if (k === "k" || k === "ArrowUp") move(cur - 1);
     else if (k === "y") { decide(cur, "keep"); move(cur + 1); }
     else if (k === "n") { decide(cur, "drop"); move(cur + 1); }
-    else if (k === "u") decide(cur, null);
+    else if (k === "u") { decide(cur, null); move(cur); }
     else if (k === "o" || (k === "Enter" && tag === "TR")) { var tr = rowAt(cur); if (tr) { var d = tr.querySelector(".resp details"); d.open = !d.open; } }
     else if (k === "]") move((page + 1) * PAGE);
     else if (k === "[") move((page - 1) * PAGE);
@@ -274,7 +294,8 @@
     if (done) e.preventDefault();
   });
 
-  window.__review = { rows: rows.length, applyMs: 0, loadMs: 0, labels: function () { return labels; } };
+  window.__review = { rows: rows.length, applyMs: 0, loadMs: 0, labels: function () { return labels; },
+                      notes: function () { return notes; } };
   load();
   about();
   apply(false);
