@@ -125,6 +125,7 @@ def apply_labels(rated: list[RatedPair], kept: list[RatedPair], labels_path: str
     say(f"curate: labels {labels_path}: {info['labelled']} pairs labelled ({info['human_kept']} keep, "
         f"{info['human_dropped']} drop, {info['labels_unknown']} ids not in this round); "
         f"{info['overruled_to_keep']} kept and {info['overruled_to_drop']} dropped against the rater")
+    print("\n".join(report_lines({"this round": info})[4:]), flush=True)  # the precision/recall table
     return out, info
 
 
