@@ -159,10 +159,17 @@ def test_cli_review_writes_the_page_and_says_what_is_missing(tmp_path: Path) -> 
                                                    "stages": {"curate-1": {"rater": "smollm2"}}}))
     (run / "curate_1" / "rated.jsonl").write_text(json.dumps({"instruction": "i", "response": "r", "source_id": "a",
                                                               "source": "lima", "score": 4.5, "reasoning": "ok"}) + "\n")
+    (run / "hygiene").mkdir()
+    (run / "hygiene" / "flags.jsonl").write_text(json.dumps(
+        {"source_id": "a", "set": "curated", "flag": "contaminated", "method": "13-gram", "benchmark": "alpaca_eval",
+         "match": "<q>", "score": 0.8}) + "\n")
     res = CliRunner().invoke(main, ["review", "--run", str(run)])
     assert res.exit_code == 0, res.output
     assert f"review: {run / 'review.html'}" in res.output
     data = json.loads((run / "review.html").read_text().split('id="review-data">')[1].split("</script>")[0])
     assert data["meta"]["mode"] == "generate" and data["meta"]["rater"] == "smollm2" and data["rows"][0]["kept"]
+    assert data["rows"][0]["flags"] == ["contaminated"] and data["meta"]["hygiene_rows"] == 1
+    assert data["rows"][0]["details"] == ["contaminated: set curated, method 13-gram, benchmark alpaca_eval, score 0.8; "
+                                          "match: <q>"]
     res = CliRunner().invoke(main, ["review", "--run", str(run), "--iteration", "2"])
     assert res.exit_code != 0 and "curate_2/rated.jsonl: not found (run `selfalign curate` first)" in res.output

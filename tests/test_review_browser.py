@@ -182,3 +182,28 @@ def test_review_a_default_run(browser, tmp_path: Path) -> None:
     assert 0 < kept <= n
     driver.save_screenshot(str(tmp_path / "review-default.png"))
     print(f"\nscreenshot of the default run's review page: {tmp_path / 'review-default.png'}")
+
+
+def test_pages_and_keys_over_many_rows(browser, tmp_path: Path) -> None:
+    driver, _ = browser
+    rated = [{"instruction": f"instruction {i}", "response": f"response {i}", "source_id": f"p{i:03d}", "source": "lima",
+              "score": 1 + (i % 41) / 10, "reasoning": ""} for i in range(120)]
+    page = tmp_path / "many.html"
+    page.write_text(render_page({"title": "many", "key": f"many-{tmp_path}", "n": 120, "threshold": 4.0},
+                                page_rows(rated, [], 4.0)), encoding="utf-8")
+    open_page(driver, page)
+    select(driver, "sort", "order")
+    assert driver.find_element("id", "page").text == "Rows 1–50 of 120" and len(by(driver, "#rows tr")) == 50
+    driver.find_element("tag name", "h1").click()
+    press(driver, "]")
+    assert driver.find_element("id", "page").text == "Rows 51–100 of 120"
+    assert "p050" in driver.switch_to.active_element.text  # the first row of the page has the focus
+    press(driver, "k")  # back over the page boundary
+    assert driver.find_element("id", "page").text == "Rows 1–50 of 120" and "p049" in driver.switch_to.active_element.text
+    press(driver, "y")  # keep p049 and move on (to the next page)
+    assert "p050" in driver.switch_to.active_element.text
+    press(driver, "/")
+    assert driver.switch_to.active_element.get_attribute("id") == "q"
+    press(driver, "p11")  # typed into the search field: no label, a filter
+    assert counts(driver).startswith("10 of 120 pairs match") and driver.execute_script("return window.__review.labels()") == {"p049": "keep"}
+    assert driver.find_element("id", "next").get_attribute("disabled") is not None
