@@ -114,12 +114,12 @@ def test_page_data_cannot_close_its_script_block() -> None:
 
 def test_page_rows_carry_flags_of_other_stages() -> None:
     rows = page_rows(
-        [{"instruction": "i", "response": "r", "source_id": "a", "source": "lima", "score": 4.5, "reasoning": "",
+        [{"instruction": "i\u200b", "response": "r", "source_id": "a", "source": "lima", "score": 4.5, "reasoning": "",
           "response_cut": True, "forced_score": True}],
         [{"source_id": "a", "status": "ok"}, {"source_id": "b", "status": "echo", "instruction": "r", "response": "r"}],
         4.0, {"a": [{"flag": "contaminated", "detail": "benchmark alpaca_eval"}]}, {"b": "drop"})
     a, b = rows
-    assert a["kept"] and a["flags"] == ["contaminated", "response cut", "score forced"]
+    assert a["kept"] and a["flags"] == ["contaminated", "hidden characters", "response cut", "score forced"]
     assert a["details"] == ["contaminated: benchmark alpaca_eval"]
     assert not b["kept"] and b["flags"] == ["augment: echo"] and b["label"] == "drop"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from selfalign.io import DataError, atomic_write_text
 PAGE_DIR = "review_page"
 # hygiene flags (issue 27's `hygiene/flags.jsonl`): one row per hit
 FLAGS_FILE = ("hygiene", "flags.jsonl")
+# zero-width and bidirectional-control characters: shown as they act, so flagged to be seen
+HIDDEN = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 def _num(x: Any) -> float | None:
@@ -87,6 +90,8 @@ def page_rows(rated: list[dict[str, Any]], augmented: list[dict[str, Any]], thre
             fl.append("score forced")
         if r.get("response_cut") or a.get("response_cut"):
             fl.append("response cut")
+        if HIDDEN.search(str(r.get("instruction", ""))) or HIDDEN.search(str(r.get("response", ""))):
+            fl.append("hidden characters")
         details = [f"{x['flag']}: {x['detail']}" for x in flags.get(sid, [])]
         fl += [x["flag"] for x in flags.get(sid, [])]
         if r.get("error"):
