@@ -172,6 +172,10 @@ def write_report(
         notes = ", ".join(f"{k}={v}" for k, v in st.items() if k in ("loss_probe_before", "loss_probe_after", "tokens_per_second", "rater"))
         stages.append([name, st.get("status"), st.get("seconds", ""), notes])
     lines += ["", "## Stages", "", table(["stage", "status", "seconds", "notes"], stages)]
+    from selfalign.ledger import LEDGER_HEADER, ledger_rows
+
+    if served := ledger_rows(manifest):  # stages whose model was served (http_engine.py)
+        lines += ["", "## Served-model requests", "", table(LEDGER_HEADER, served)]
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]
     for p in augmented_examples(augmented):
         lines += [f"- **instruction:** {_md(p.instruction, 300)}", f"  **response:** {_md(p.response)}"]
