@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from fake_openai import FakeOpenAI
+
 from selfalign.config import ConfigError, load_config
 from selfalign.records import AugmentedPair
 

@@ -51,3 +51,17 @@ class ServedConfig(BaseModel):
 def role_of(stage: str | None, name: str = "") -> str | None:
     """The role of a stage's engine: augment -> backward, curate -> rater, responses -> forward."""
     return {"augment": "backward", "curate": "rater", "responses": "forward", "judge": "judge"}.get(stage or "")
+
+
+# what a served stage's outputs depend on (its key hashes them); not the throughput, retries, prices
+SERVED_READS = ("base_url", "model", "models", "api", "tokenizer", "context", "logprobs", "top_logprobs", "guided")
+
+
+def served_reads(cfg: object, stage: str) -> dict[str, object]:
+    """{"served": the settings its outputs depend on} when `stage`'s role is served, else {} (the
+    keys of runs without a served model are unchanged)."""
+    s = cfg.served  # type: ignore[attr-defined]
+    role = role_of(stage)
+    if role not in s.roles:
+        return {}
+    return {"served": {k: getattr(s, k) for k in SERVED_READS} | {"role_model": s.models.get(role, s.model)}}
