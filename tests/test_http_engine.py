@@ -31,8 +31,9 @@ def served_cfg(tiny_model: Path, srv: FakeOpenAI, tmp_path: Path, *extra: str): 
 
 def rate(cfg, items: list[AugmentedPair], out: Path):  # noqa: ANN001, ANN201
     from selfalign.curate import step_for
+    from selfalign.executors import run_served
     from selfalign.generation import load_engine
-    from selfalign.http_engine import HttpEngine, run_served
+    from selfalign.http_engine import HttpEngine
     from selfalign.prompts import Templates
 
     engine = load_engine(cfg, cfg.models.rater, name="rater", stage="curate")
@@ -120,8 +121,9 @@ def test_retry_wait_honours_retry_after_and_backs_off(tiny_model: Path, tmp_path
 def test_batch_files_round_trip(tiny_model: Path, tmp_path: Path) -> None:
     from selfalign.batch_files import BatchWritten, collect, read_batch
     from selfalign.curate import step_for
+    from selfalign.executors import run_served
     from selfalign.generation import load_engine
-    from selfalign.http_engine import answer_log_path, run_served
+    from selfalign.http_engine import answer_log_path
     from selfalign.prompts import Templates
 
     with FakeOpenAI() as srv:
@@ -165,3 +167,38 @@ def test_served_roles_need_prompt_modes_and_the_local_executor(tiny_model: Path,
             load_engine(cfg, cfg.models.rater, name="rater", stage="curate")
     with pytest.raises(ConfigError, match="served.roles"):
         load_config(None, ["served.roles=[writer]"])
+
+
+def answer_batch(srv: FakeOpenAI, requests: Path, results: Path) -> None:
+    """Answer a batch input file line by line, as a batch runner does (lines in reverse order)."""
+    from urllib.request import Request, urlopen
+
+    out = []
+    for i, x in enumerate(reversed([json.loads(x) for x in requests.read_text().splitlines()])):
+        req = Request(srv.base_url + x["url"][3:], json.dumps(x["body"]).encode(), {"Content-Type": "application/json"})
+        out.append({"id": str(i), "custom_id": x["custom_id"], "error": None,
+                    "response": {"status_code": 200, "request_id": str(i), "body": json.loads(urlopen(req).read())}})
+    results.write_text("".join(json.dumps(r) + "\n" for r in out))
+
+
+@pytest.mark.slow  # a smoke pipeline up to curation (~15 s)
+def test_batch_write_and_read_commands_then_curate_sends_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    from selfalign.cli_batch import read_command, write_command
+    from selfalign.pipeline import run_pipeline
+
+    with FakeOpenAI() as srv:
+        from selfalign.config import packaged_config_path
+
+        cfg = load_config(packaged_config_path("smoke"), [
+            f"run.out_dir={tmp_path}/run", f"models.base={tiny_model}", f"models.rater={tiny_model}",
+            "generation.require_request=false", "run.threads=1", "curation.mode=generate",
+            "served.roles=[rater]", f"served.base_url={srv.base_url}", "served.model=m"])
+        n = write_command(cfg, "curate", tmp_path / "in.jsonl")
+        assert n > 0 and not srv.seen
+        answer_batch(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl")
+        assert read_command(cfg, "curate", tmp_path / "out.jsonl")["added"] == n
+        sent = len(srv.seen)
+        run_pipeline(cfg, until="curate")
+        assert len(srv.seen) == sent  # every request was answered by the batch file
+        rated = [json.loads(x) for x in (tmp_path / "run" / "curate_1" / "rated.jsonl").read_text().splitlines()]
+        assert len(rated) == n and all(r["score"] == 4.0 for r in rated)

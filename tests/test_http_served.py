@@ -129,10 +129,13 @@ def test_faults_and_a_server_restart_rate_every_pair_exactly_once(server: Served
         assert selfalign(["augment", *args]).returncode == 0
         proxy.faults += ["429", "500", "drop", "delay:1.0", "503", "drop", "429"]
 
+        restarted: list[int] = []
+
         def restart() -> None:  # the server dies after the first answers and comes back
             end = time.time() + 600
             while sum(proxy.answered.values()) < 3 and time.time() < end:
                 time.sleep(0.2)
+            restarted.append(sum(proxy.answered.values()))
             server.kill()
             time.sleep(2)
             server.start()
@@ -142,6 +145,7 @@ def test_faults_and_a_server_restart_rate_every_pair_exactly_once(server: Served
         r = selfalign(["curate", *args])
         t.join()
         assert r.returncode == 0, r.stderr[-3000:]
+        assert restarted and restarted[0] < 10  # the server was killed mid-stage
         rated = rows(tmp_path / "run" / "curate_1" / "rated.jsonl")
         assert len(rated) == 10 and all(x["status"] == "ok" for x in rated), [x["error"] for x in rated]
         assert sorted(proxy.answered.values()) == [1] * 10  # every pair rated exactly once

@@ -24,7 +24,6 @@ from typing import Any
 
 from selfalign.config import ConfigError
 from selfalign.io import DataError, write_jsonl
-from selfalign.log import say
 
 COLLECT: dict[str, str] = {}  # {"stage": ..., "path": ...} while `selfalign batch write` runs
 
@@ -91,36 +90,4 @@ def read_batch(output: Path, answers: Path) -> dict[str, int]:
                 counts["added"] += 1
     finally:
         log.close()
-    return counts
-
-
-def write_command(cfg: Any, stage: str, path: Path, iteration: int = 1) -> int:
-    """`selfalign batch write`: run the pipeline up to `stage`, whose requests go to `path`."""
-    from selfalign.config_served import role_of
-    from selfalign.pipeline import run_pipeline
-
-    if role_of(stage) not in cfg.served.roles:
-        raise ConfigError(f"batch write {stage}: its role {role_of(stage)} is not in served.roles {cfg.served.roles}")
-    stage_file(cfg.run.out_dir, stage, iteration)  # a known stage
-    COLLECT.update(stage=stage, path=str(path))
-    try:
-        run_pipeline(cfg, until=stage)
-    except BatchWritten as done:
-        say(f"batch write {stage}: {done}; run them (OpenAI Batch API, or `vllm run-batch -i {path} -o out.jsonl "
-            f"--model ...`), then `selfalign batch read {stage} out.jsonl`")
-        return done.n
-    finally:
-        COLLECT.clear()
-    say(f"batch write {stage}: every request of the stage is answered already; nothing to write")
-    return 0
-
-
-def read_command(cfg: Any, stage: str, output: Path, iteration: int = 1) -> dict[str, int]:
-    """`selfalign batch read`: the batch output's answers into the stage's answer log."""
-    from selfalign.http_engine import answer_log_path
-
-    answers = answer_log_path(stage_file(cfg.run.out_dir, stage, iteration))
-    counts = read_batch(output, answers)
-    say(f"batch read {stage}: {counts['added']} answers added to {answers}, {counts['present']} there already, "
-        f"{counts['failed']} failed (sent when the stage runs); now run `selfalign {stage}`")
     return counts

@@ -66,10 +66,29 @@ def run_stage(cfg: Config, step: Step, items: list[Any], out_path: Path, model: 
 
     engine = load_engine(cfg, model.spec, adapter=model.adapter, name=model.name, stage=model.stage)
     if hasattr(engine, "use_answer_log"):  # a served model (http_engine.py)
-        from selfalign.http_engine import run_served
-
         return run_served(step, engine, items, out_path, model.stage)
     return run_local(step, engine, items, out_path)
+
+
+def run_served(step: Step, engine: Any, items: list[Any], out_path: Path, stage: str) -> list[Record]:
+    """`run_local` on a served engine (`http_engine.HttpEngine`): its answers are logged as they
+    arrive (`<stage file>.answers.jsonl`), a request that keeps failing is recorded as its row's
+    error; the stage's ledger goes to the manifest (`ledger.take`). While `selfalign batch write`
+    runs, the stage's requests go to a batch file instead (`batch_files.collect`)."""
+    from selfalign import batch_files
+    from selfalign.http_engine import answer_log_path
+    from selfalign.ledger import register
+    from selfalign.log import say
+
+    engine.use_answer_log(answer_log_path(out_path))
+    if batch_files.COLLECT.get("stage") == stage:
+        batch_files.collect(step, engine, items, out_path, Path(batch_files.COLLECT["path"]))
+    try:
+        return run_local(step, engine, items, out_path, isolate=True)
+    finally:
+        engine.close()
+        register(stage, engine.ledger)
+        say(f"{stage}: served {engine.model!r}: {engine.ledger.line()}")
 
 
 def ray_executor():  # noqa: ANN201 - the module, imported only for run.executor=ray

@@ -287,21 +287,3 @@ def answer_log_path(out_path: Path) -> Path:
     """The answer log beside a stage's record file: rated.jsonl -> rated.answers.jsonl."""
     out_path = Path(out_path)
     return out_path.with_name(out_path.stem + ".answers.jsonl")
-
-
-def run_served(step: Any, engine: HttpEngine, items: list[Any], out_path: Path, stage: str) -> list[Any]:
-    """`executors.run_local` on a served engine: answers logged as they arrive, a request that keeps
-    failing recorded as its row's error; the stage's ledger goes to the manifest (`ledger.take`)."""
-    from selfalign import batch_files
-    from selfalign.executors import run_local
-    from selfalign.ledger import register
-
-    engine.use_answer_log(answer_log_path(out_path))
-    if batch_files.COLLECT.get("stage") == stage:
-        batch_files.collect(step, engine, items, out_path, Path(batch_files.COLLECT["path"]))
-    try:
-        return run_local(step, engine, items, out_path, isolate=True)
-    finally:
-        engine.close()
-        register(stage, engine.ledger)
-        say(f"{stage}: served {engine.model!r}: {engine.ledger.line()}")
