@@ -84,7 +84,7 @@ class FakeOpenAI:
                 if fault.startswith("delay:"):
                     time.sleep(float(fault.split(":")[1]))
                 elif fault == "429":
-                    return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.2"})
+                    return self._send(429, {"error": {"message": "slow down"}}, {"Retry-After": "0.1"})
                 elif fault:
                     return self._send(int(fault), {"error": {"message": "server error"}})
                 chat = self.path.endswith("/chat/completions")

@@ -25,7 +25,7 @@ def pairs(n: int = N, bad: int | None = None) -> list[AugmentedPair]:
 def served_cfg(tiny_model: Path, srv: FakeOpenAI, tmp_path: Path, *extra: str):  # noqa: ANN201
     return load_config(None, [f"models.base={tiny_model}", f"models.rater={tiny_model}", f"run.out_dir={tmp_path}/run",
                               "served.roles=[rater, backward, judge]", f"served.base_url={srv.base_url}",
-                              "served.model=m", "served.max_retry_wait=0.3", "served.concurrency=4",
+                              "served.model=m", "served.max_retry_wait=0.2", "served.concurrency=4",
                               "curation.mode=generate", "curation.shots=0", *extra])
 
 
@@ -47,7 +47,7 @@ def test_rating_under_faults_rates_every_pair_once_and_a_rerun_sends_only_the_fa
 
     with FakeOpenAI() as srv:
         cfg = served_cfg(tiny_model, srv, tmp_path)
-        srv.faults += ["429", "500", "drop", "delay:0.3", "503"]
+        srv.faults += ["429", "500", "drop", "delay:0.2", "503"]
         out = tmp_path / "curate_1" / "rated.jsonl"
         rated, engine = rate(cfg, pairs(bad=3), out)
         assert [r.source_id for r in rated] == [f"p{i}" for i in range(N)]
@@ -70,6 +70,30 @@ def test_rating_under_faults_rates_every_pair_once_and_a_rerun_sends_only_the_fa
         assert len(srv.seen) == seen + 2 and sorted(srv.count.values()) == [1] * (N - 1)
         assert [r.score for r in rated2] == [r.score for r in rated]
         assert len(out.read_text().splitlines()) == N  # the retried row replaced, not added
+
+
+def test_backward_and_forward_roles_generate_on_their_served_models(tiny_model: Path, tmp_path: Path) -> None:
+    from selfalign.augment import AugmentStep
+    from selfalign.executors import run_served
+    from selfalign.forward import RespondStep, prompt_items
+    from selfalign.generation import GenParams, load_engine
+    from selfalign.prompts import Templates
+    from selfalign.records import UnlabelledResponse
+
+    with FakeOpenAI() as srv:
+        cfg = served_cfg(tiny_model, srv, tmp_path, "served.roles=[backward, forward]", "generation.require_request=false",
+                         "served.models={backward: bw-lora}")
+        tpl = Templates.for_config(cfg)
+        engine = load_engine(cfg, cfg.models.base, adapter=None, name="backward", stage="augment")
+        items = [UnlabelledResponse(f"Response number {i} says something.", f"u{i}") for i in range(3)]
+        out = run_served(AugmentStep.from_config(cfg, tpl, "backward"), engine, items, tmp_path / "aug.jsonl", "augment")
+        assert [p.status for p in out] == ["ok"] * 3 and all(p.instruction.startswith("Q:") for p in out)
+        assert {b["model"] for b in srv.seen} == {"bw-lora"} and srv.seen[0]["temperature"] == 1.0
+        engine = load_engine(cfg, cfg.models.base, adapter=None, name="forward", stage="responses")
+        step = RespondStep(tpl, GenParams.from_config(cfg.generation.response, 0), cfg.forward.seed_tag, "forward")
+        rows = run_served(step, engine, prompt_items(["Hi?", "Why?"]), tmp_path / "responses.jsonl", "responses")
+        assert [r["response"][:2] for r in rows] == ["Q:", "Q:"] and srv.seen[-1]["model"] == "m"
+        assert len({b["seed"] for b in srv.seen[:3]}) == 3  # each row its own seed
 
 
 def test_logprob_mode_reads_top_logprobs_or_falls_back_to_the_text(tiny_model: Path, tmp_path: Path) -> None:
@@ -116,6 +140,17 @@ def test_retry_wait_honours_retry_after_and_backs_off(tiny_model: Path, tmp_path
     assert e.retry_wait(0, {"retry-after-ms": "150"}) == pytest.approx(0.15)
     assert e.retry_wait(0, {"retry-after": "600"}) == 5.0  # capped at max_retry_wait
     assert 0.375 <= e.retry_wait(0, None) <= 0.5 and 3.0 <= e.retry_wait(3, {}) <= 4.0
+
+
+def test_ledger_cost_and_report_rows() -> None:
+    from selfalign.ledger import Ledger, ledger_rows
+
+    led = Ledger(model="m", requests=3, prompt_tokens=2_000_000, completion_tokens=500_000, price_input=0.15,
+                 price_output=0.6)
+    assert led.cost == pytest.approx(0.3 + 0.3)
+    assert Ledger(prompt_tokens=10).cost is None  # no prices: no cost
+    manifest = {"stages": {"augment": {"status": "done"}, "curate-1": {"served": led.to_dict()}}}
+    assert ledger_rows(manifest) == [["curate-1", "m", 3, 0, 0, 0, 2_000_000, 500_000, "0.6000"]]
 
 
 def test_batch_files_round_trip(tiny_model: Path, tmp_path: Path) -> None:
