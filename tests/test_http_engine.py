@@ -132,6 +132,21 @@ def test_the_key_comes_from_the_named_variable_and_is_never_printed(tiny_model: 
     assert "sk-secret" not in repr(engine) + json.dumps(engine.ledger.to_dict())
 
 
+def test_timeouts_are_retried_and_guided_requests_carry_the_score_regex(tiny_model: Path, tmp_path: Path) -> None:
+    from selfalign.generation import GenParams, load_engine
+    from selfalign.scoring import RATING_STOPS
+
+    with FakeOpenAI() as srv:
+        cfg = served_cfg(tiny_model, srv, tmp_path, "served.timeout=0.3", "served.guided=true")
+        engine = load_engine(cfg, cfg.models.rater, name="rater", stage="curate")
+        srv.faults += ["delay:0.8"]
+        texts = engine.generate(["Please rate this."], GenParams(0.0, 1.0, 16, 0, RATING_STOPS), progress=False)
+        assert texts == ["Fine. Score: 4"]  # cut at the first stop string, which stays in the text
+        assert engine.ledger.retries == 1 and engine.ledger.requests == 1
+        assert srv.seen[-1]["structured_outputs"]["regex"].endswith("Score: [1-5]")
+        assert "stop" not in srv.seen[-1] and "top_k" not in srv.seen[-1]
+
+
 def test_retry_wait_honours_retry_after_and_backs_off(tiny_model: Path, tmp_path: Path) -> None:
     from selfalign.http_engine import HttpEngine
 
