@@ -48,7 +48,7 @@ class ServedConfig(BaseModel):
     price_output: NonNegFloat | None = None  # price per million completion tokens
 
 
-def role_of(stage: str | None, name: str = "") -> str | None:
+def role_of(stage: str | None) -> str | None:
     """The role of a stage's engine: augment -> backward, curate -> rater, responses -> forward."""
     return {"augment": "backward", "curate": "rater", "responses": "forward", "judge": "judge"}.get(stage or "")
 
