@@ -215,6 +215,12 @@ def test_served_roles_need_prompt_modes_and_the_local_executor(tiny_model: Path,
         cfg = served_cfg(tiny_model, srv, tmp_path, "curation.mode=combined")
         with pytest.raises(ConfigError, match="curation.mode"):
             load_engine(cfg, cfg.models.rater, name="rater", stage="curate")
+        from selfalign.executors import run_stage
+        from selfalign.steps import ModelRef
+
+        ray = served_cfg(tiny_model, srv, tmp_path, "run.executor=ray")
+        with pytest.raises(ConfigError, match="run.executor=local"):
+            run_stage(ray, None, [], tmp_path / "x.jsonl", ModelRef(str(tiny_model), None, "rater", "curate"))
     with pytest.raises(ConfigError, match="served.roles"):
         load_config(None, ["served.roles=[writer]"])
 
