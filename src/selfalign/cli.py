@@ -396,5 +396,9 @@ def plan_cmd(config: str | None, device_memory_gb: float | None, overrides: tupl
         _fail(f"{', '.join(s for s, _ in too_big)} will not fit; {suggestion(cfg, too_big[0][1])}")
 
 
+from selfalign.cli_batch import add_batch_commands  # noqa: E402
+
+add_batch_commands(main, _config_opt, _overrides, _guard, _load)  # `selfalign batch write|read`
+
 if __name__ == "__main__":
     main()

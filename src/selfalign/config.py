@@ -35,6 +35,7 @@ from selfalign.config_files import (  # noqa: F401 - the config API: import thes
     packaged_configs,
     parse_override,
 )
+from selfalign.config_served import ServedConfig
 from selfalign.config_types import (  # noqa: F401 - value types, re-exported
     SEED_MAX,
     NonNegFloat,
@@ -270,6 +271,7 @@ class Config(_Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ablate: AblateConfig = Field(default_factory=AblateConfig)
+    served: ServedConfig = Field(default_factory=ServedConfig)  # an OpenAI-compatible endpoint (config_served.py)
 
     # The folder of the config file this was loaded from (None: built-in defaults): relative
     # data paths are looked up there when the working directory does not hold them.

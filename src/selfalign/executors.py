@@ -20,17 +20,20 @@ from selfalign.record_log import RecordLog
 from selfalign.steps import ID, ModelRef, Record, Step, as_dict, in_order
 
 
-def run_local(step: Step, engine: Any, items: list[Any], out_path: Path, progress: bool = True) -> list[Record]:
+def run_local(step: Step, engine: Any, items: list[Any], out_path: Path, progress: bool = True,
+              isolate: bool = False) -> list[Record]:
     """Run `step` over `items` on `engine`, appending each record to `out_path` as it is done;
-    items whose record the file already holds (an interrupted run) are not run again. At the end
-    the file holds the records in the order of the items (records come in the engine's order)."""
+    items whose record the file already holds (an interrupted run) are not run again, but for
+    those an engine failed (`engine_error`, e.g. a served model that was down). At the end the
+    file holds the records in the order of the items (records come in the engine's order).
+    `isolate`: an engine failure is recorded on the rows it fails (see `Step.run`)."""
     log = RecordLog(out_path)
-    done = log.done_keys(ID)
+    done = {str(r[ID]) for r in log.records if ID in r and not str(r.get("error", "")).startswith("engine_error")}
     step.resume(log.records)
     todo = [it for it in items if step.item_id(it) not in done]
     try:
         for chunk in step.chunks(todo):
-            step.run(engine, chunk, on_record=lambda rec: log.append(as_dict(rec)), progress=progress)
+            step.run(engine, chunk, on_record=lambda rec: log.append(as_dict(rec)), progress=progress, isolate=isolate)
     finally:
         log.close()
     records = in_order(step, items, log.records)
@@ -54,11 +57,38 @@ def finish(step: Step, records: list[Record], out_path: Path) -> list[Record]:
 def run_stage(cfg: Config, step: Step, items: list[Any], out_path: Path, model: ModelRef) -> list[Record]:
     """Run a stage's step with the configured executor: records in the order of `items`."""
     if cfg.run.executor == "ray":
+        from selfalign.config_served import role_of
+
+        if role_of(model.stage) in cfg.served.roles:
+            raise ConfigError("served.roles run with run.executor=local (the server does the batching)")
         return finish(step, ray_executor().run_job(cfg, step, items, out_path, model), out_path)
     from selfalign.generation import load_engine
 
     engine = load_engine(cfg, model.spec, adapter=model.adapter, name=model.name, stage=model.stage)
+    if hasattr(engine, "use_answer_log"):  # a served model (http_engine.py)
+        return run_served(step, engine, items, out_path, model.stage)
     return run_local(step, engine, items, out_path)
+
+
+def run_served(step: Step, engine: Any, items: list[Any], out_path: Path, stage: str) -> list[Record]:
+    """`run_local` on a served engine (`http_engine.HttpEngine`): its answers are logged as they
+    arrive (`<stage file>.answers.jsonl`), a request that keeps failing is recorded as its row's
+    error; the stage's ledger goes to the manifest (`ledger.take`). While `selfalign batch write`
+    runs, the stage's requests go to a batch file instead (`batch_files.collect`)."""
+    from selfalign import batch_files
+    from selfalign.http_engine import answer_log_path
+    from selfalign.ledger import register
+    from selfalign.log import say
+
+    engine.use_answer_log(answer_log_path(out_path))
+    if batch_files.COLLECT.get("stage") == stage:
+        batch_files.collect(step, engine, items, out_path, Path(batch_files.COLLECT["path"]))
+    try:
+        return run_local(step, engine, items, out_path, isolate=True)
+    finally:
+        engine.close()
+        register(stage, engine.ledger)
+        say(f"{stage}: served {engine.model!r}: {engine.ledger.line()}")
 
 
 def ray_executor():  # noqa: ANN201 - the module, imported only for run.executor=ray

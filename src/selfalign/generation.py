@@ -63,8 +63,10 @@ def context_limit(engine: Any, max_new_tokens: int) -> int | None:
 
 
 def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name: str = "",
-                stage: str | None = None) -> Any:
-    """An Engine for the configured backend (`hf` by default, or the optional `vllm`).
+                stage: str | None = None, role: str | None = None) -> Any:
+    """An Engine for the configured backend (`hf` by default, or the optional `vllm`), or the served
+    engine (`http_engine.py`) when the `role` (default: the stage's, `config_served.role_of`) is
+    one of `served.roles`.
 
     `stage` (augment, curate, responses) sizes the memory check, with the prompt lengths counted
     with the model's tokenizer; None plans for the longest. With models.load_in_4bit the vllm
@@ -74,6 +76,13 @@ def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name:
     from selfalign.models import load_model, load_tokenizer, pick_device, resolve_model
 
     release_engine()  # one engine at a time: a vLLM engine of an earlier stage goes first
+    from selfalign.config_served import role_of
+
+    role = role or role_of(stage)
+    if role in cfg.served.roles:
+        from selfalign.http_engine import load_http_engine
+
+        return load_http_engine(cfg, spec, role, name)
     lora = cfg.lora if adapter is not None else None
     path, device = resolve_model(spec, cfg.models.cache_dir), pick_device(cfg.run.device)
     tok = load_tokenizer(path, cfg.models.trust_remote_code)

@@ -74,6 +74,9 @@ class Manifest:
         self.save()
 
     def finish(self, name: str, **info: Any) -> None:
+        from selfalign.ledger import take
+
+        info = {**take(name), **info}  # the stage's requests to a served model, if any (ledger.py)
         st = self.data["stages"][name]
         st.update(status="done", finished=time.time(), seconds=round(time.time() - st["started"], 1), **info)
         self.save()

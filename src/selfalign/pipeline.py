@@ -102,7 +102,9 @@ class Run:
         values, temps = declared_reads(stage, self.cfg, self.templates)
         arts = {a.format(i=iteration): fingerprint(self.path(a.format(i=iteration)))
                 for a in STAGE_READS[stage].artifacts}
-        return stage_key(stage, values, temps, arts, given)
+        from selfalign.config_served import served_reads
+
+        return stage_key(stage, values, temps, arts, {**given, **served_reads(self.cfg, stage)})
 
     def _drop_stale(self, name: str, key: str, out: Path) -> None:
         """Inputs changed since `out` was written: its records (and Ray's parts) are stale."""

@@ -62,6 +62,7 @@ NOT_READ_BY_STAGES = (
     # where generation runs; a run directory refuses another executor or Ray setup (but ray.address)
     "run.executor", "ray.",
     "evaluate.", "ablate.",  # settings of `selfalign evaluate` / `ablate`, read after the run
+    "served.",  # read by a stage only when its role is served: `config_served.served_reads` adds them then
 )
 
 

@@ -178,6 +178,11 @@ def write_report(
     if (Path(run_dir) / "review.html").is_file():  # `selfalign review`: every rated pair, in a browser
         lines += ["", "## Review", "", "Every rated pair, to read, sort, filter and label in a browser: "
                   "[review.html](review.html) (see docs/review.md)."]
+
+    from selfalign.ledger import LEDGER_HEADER, ledger_rows
+
+    if served := ledger_rows(manifest):  # stages whose model was served (http_engine.py)
+        lines += ["", "## Served-model requests", "", table(LEDGER_HEADER, served)]
     lines += ["", "## Augmented pairs (generated instruction, response)", ""]
     for p in augmented_examples(augmented):
         lines += [f"- **instruction:** {_md(p.instruction, 300)}", f"  **response:** {_md(p.response)}"]

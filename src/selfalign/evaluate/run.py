@@ -176,7 +176,7 @@ def evaluate_run(cfg: Config, report: bool = True) -> dict[str, Any]:
     spec, adapter, rater_name = rater_spec(cfg, run_dir)
     rater_fp = {"rater": spec, "adapter": str(adapter or ""), "adapter_hash": adapter_hash(adapter),
                 "models": cfg.models.model_dump()}
-    rater = load_engine(cfg, spec, adapter=adapter, name=rater_name)
+    rater = load_engine(cfg, spec, adapter=adapter, name=rater_name, role="judge")
     curation = evaluate_curation(cfg, rater, planted, human, ev, (spec, adapter), planted_info["kinds"])
     curation.update(rater=rater_name, planted=planted_info, human=human_info)
     seconds["curation"] = round(time.perf_counter() - t, 1)
