@@ -60,8 +60,9 @@ def acquire(run_dir: Path, command: str | None = None) -> Path:
         _HELD[key][1] += 1
         return key / LOCK_NAME
     path = run_dir / LOCK_NAME
-    with writing(path):
+    with writing(run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
+    with writing(path):
         fh = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held open for the whole command
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
