@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config, ConfigError
-from selfalign.io import write_jsonl
+from selfalign.io import DataError, write_jsonl
 from selfalign.record_log import RecordLog
 from selfalign.steps import ID, ModelRef, Record, Step, as_dict, in_order
 
@@ -53,12 +53,26 @@ def finish(step: Step, records: list[Record], out_path: Path) -> list[Record]:
 
 def run_stage(cfg: Config, step: Step, items: list[Any], out_path: Path, model: ModelRef) -> list[Record]:
     """Run a stage's step with the configured executor: records in the order of `items`."""
+    check_unique_items(step, items, out_path)
     if cfg.run.executor == "ray":
         return finish(step, ray_executor().run_job(cfg, step, items, out_path, model), out_path)
     from selfalign.generation import load_engine
 
     engine = load_engine(cfg, model.spec, adapter=model.adapter, name=model.name, stage=model.stage)
     return run_local(step, engine, items, out_path)
+
+
+def check_unique_items(step: Step, items: list[Any], out_path: Path) -> None:
+    """Records are keyed on their item's id (resume skips the ids the log holds): two items with one
+    id would lose one record and mix the other. A DataError before any model loads."""
+    seen: set[str] = set()
+    for it in items:
+        key = step.item_id(it)
+        if key in seen:
+            raise DataError(f"{out_path}: two items have the id {key!r}, and records are keyed on ids (the input was "
+                            "sampled by a selfalign that gave two files of one name the same ids): delete "
+                            f"{out_path.parent} and re-run to sample again")
+        seen.add(key)
 
 
 def ray_executor():  # noqa: ANN201 - the module, imported only for run.executor=ray

@@ -5,7 +5,8 @@ The kernel drops a flock when its holder exits, however it exits (crash, kill -9
 a local disk): a crashed holder never leaves the directory locked. The file itself stays (removing
 it would let two processes lock two different files); it records the holder (pid, host, command,
 start time), so a second process is refused with one line that names it. Within one process the
-lock is re-entrant (a notebook or a test may build several `Run`s on one directory).
+lock is re-entrant (a notebook or a test may build several `Run`s on one directory). The ranks of
+one torchrun/accelerate job are one writer: rank 0 holds the lock for them.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def acquire(run_dir: Path, command: str | None = None) -> Path:
 
     run_dir = Path(run_dir)
     key = run_dir.resolve()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        # torchrun/accelerate: the ranks of one job share the directory; rank 0 holds the lock for all
+        return key / LOCK_NAME
     if key in _HELD:
         _HELD[key][1] += 1
         return key / LOCK_NAME
