@@ -376,6 +376,8 @@ BAD_TEMPLATES = {
     "rating_fewshot.json": ("[{", "not valid JSON"),
     "pairwise_prompt.txt": ("{instruction} {response_a}", "lacks the placeholder {response_b}"),
     "request_words.json": ('{"words": [1]}', "must be an object with a list of strings"),
+    "model_card.md": ("# {{ kind }} {% if %}", "not a valid Jinja template (line 1"),
+    "dataset_card.md": ("# {{ title }} by {{ author }}", "names author, which cards are not rendered with"),
 }
 COMMANDS = [["run"], ["seed"], ["train-backward"], ["augment"], ["curate"], ["train-forward"], ["generate"],
             ["evaluate"], ["ablate"], ["plan"], ["push", "--dry-run"]]

@@ -37,6 +37,14 @@ PLACEHOLDERS = {
     "pairwise_prompt.txt": ("{instruction}", "{response_a}", "{response_b}"),
 }
 FEWSHOT_KEYS = ("instruction", "response", "reasoning", "score")
+# The values the card templates are rendered with (`cards.model_card`, `cards.dataset_card`): a
+# card template that names another one would fail when the card is written, after hours of work.
+CARD_VALUES = {
+    "model_card.md": ("kind", "curated_link", "threshold", "use_seed", "seed_tag", "augmented_tag", "run_table",
+                      "settings_table", "counts_table", "rating_prompt", "related", "merged", "repo_id", "base_ref", "base_note"),
+    "dataset_card.md": ("title", "shots", "threshold", "repo_id", "provenance_table", "counts_table", "rating_prompt",
+                        "related"),
+}
 
 
 class TemplateError(ConfigError):
@@ -107,6 +115,10 @@ class Templates:
         if shots > len(shots_):
             raise TemplateError(f"curation.shots={shots} but {where / 'rating_fewshot.json'} holds "
                                 f"{len(shots_)} worked examples")
+        for name, known in CARD_VALUES.items():
+            problem = card_template_problem(self.file(name), known)
+            if problem:
+                raise TemplateError(f"{where / name}: {problem}")
         words = self.read_json("request_words.json")
         if not isinstance(words, dict) or not isinstance(words.get("words"), list) or \
                 not all(isinstance(w, str) for w in words["words"]):
@@ -241,6 +253,22 @@ class Templates:
         has at most `limit` tokens), and whether it was cut. Raises PromptTooLong (see `fit_prompt`)."""
         return fit_prompt(tokenizer, lambda t: self.render_prompt(tokenizer, self.backward_messages(t)), response,
                           max_response_tokens, limit)
+
+
+def card_template_problem(text: str, known: Sequence[str]) -> str | None:
+    """Why a card template (Jinja) cannot be rendered, or None: a syntax error, or a value it names
+    that cards are not rendered with."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        names = meta.find_undeclared_variables(jinja2.Environment().parse(text))
+    except jinja2.TemplateSyntaxError as e:
+        return f"not a valid Jinja template (line {e.lineno}: {e.message})"
+    unknown = sorted(names - set(known))
+    if unknown:
+        return f"names {', '.join(unknown)}, which cards are not rendered with (known: {', '.join(known)})"
+    return None
 
 
 @cache

@@ -32,8 +32,9 @@ _BEARER = re.compile(r"\b([Bb]earer)\s+([A-Za-z0-9._~+/=\-]{16,})")
 # Well-known token shapes: Hugging Face and OpenAI-style keys.
 _KNOWN = re.compile(r"\b(hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_\-]{16,})\b")
 _SECRET_KEY = re.compile(
-    r"(?i)^(?:.*[_\-.])?(token|api_?key|apikey|secret|password|passwd|authorization|credentials?|auth)$")
-_SECRET_ENV = re.compile(r"(?i)(^|_)(token|api_?key|secret|password|passwd|credentials?)$")
+    r"(?i)^(?:.*[_\-.])?(token|api_?key|apikey|(?:access|secret|private)_?key|secret|password|passwd|authorization"
+    r"|credentials?|auth)$")
+_SECRET_ENV = re.compile(r"(?i)(^|_)(token|api_?key|(?:access|secret|private)_?key|secret|password|passwd|credentials?)$")
 
 
 def is_secret_key(key: str) -> bool:
@@ -41,8 +42,15 @@ def is_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.match(str(key).strip()))
 
 
+def _looks_secret(value: str) -> bool:
+    """A value worth masking wherever it shows up: long enough, and not a plain word (an env var
+    `X_TOKEN=disabled` must not mask the word "disabled" in every line)."""
+    v = value.strip()
+    return len(v) >= 8 and (len(v) >= 20 or any(c.isdigit() for c in v) or not v.isalpha())
+
+
 def _env_secrets() -> list[str]:
-    return sorted({v for k, v in os.environ.items() if _SECRET_ENV.search(k) and len(v.strip()) >= 6},
+    return sorted({v.strip() for k, v in os.environ.items() if _SECRET_ENV.search(k) and _looks_secret(v)},
                   key=len, reverse=True)
 
 
