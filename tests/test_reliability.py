@@ -190,6 +190,9 @@ def test_a_run_directory_inside_the_data_folder_is_never_read(smoke_cfg, tmp_pat
     first = Run(smoke_cfg).sample()
     assert len(first) == 10
     (data / "run" / "augment" / "extra.jsonl").write_text(jsonl(GOOD_LIMA[:3] + [{"text": "A new row, not data."}]))
+    capsys.readouterr()
+    Run(smoke_cfg).sample()  # the run's own files are not part of the data's fingerprint
+    assert "sample: up to date, skipped" in capsys.readouterr().out
     (data / "run" / "augment" / "sample.jsonl").unlink()  # a re-run that samples again
     again = Run(smoke_cfg).sample()
     assert [r.source_id for r in again] == [r.source_id for r in first]
