@@ -386,8 +386,12 @@ COMMANDS = [["run"], ["seed"], ["train-backward"], ["augment"], ["curate"], ["tr
             ["evaluate"], ["ablate"], ["plan"], ["push", "--dry-run"]]
 
 
-@pytest.mark.parametrize("name", sorted(BAD_TEMPLATES))
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
+# every command with one bad file (cycling through them), and every bad file with `plan`
+TEMPLATE_CASES = [(c, sorted(BAD_TEMPLATES)[i % len(BAD_TEMPLATES)]) for i, c in enumerate(COMMANDS)] + \
+    [(["plan"], name) for name in sorted(BAD_TEMPLATES)]
+
+
+@pytest.mark.parametrize("command,name", TEMPLATE_CASES, ids=[f"{c[0]}-{n}" for c, n in TEMPLATE_CASES])
 def test_every_command_checks_the_templates_before_anything_loads(tmp_path: Path, tiny_model: Path,
                                                                   command: list[str], name: str) -> None:
     folder = tmp_path / "tpl"
