@@ -77,8 +77,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-from selfalign.yaml_subset import SubsetLoader as _UniqueKeyLoader  # noqa: E402, F401 - config.py reads files with it
-from selfalign.yaml_subset import load_yaml  # noqa: E402
+from selfalign.yaml_subset import SubsetLoader, YAMLRefused  # noqa: E402
+
+
+class _UniqueKeyLoader(SubsetLoader):
+    """The YAML subset of `yaml_subset.py` (a key given twice refused too), its refusals as ConfigError."""
+
+    def get_single_data(self) -> Any:
+        try:
+            return super().get_single_data()
+        except YAMLRefused as e:
+            raise ConfigError(str(e)) from None
+
+
+def load_yaml(text: str) -> Any:
+    """`text` read as the YAML subset; ConfigError (one line) for what it refuses."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 # --- shipped configs -----------------------------------------------------------------------
 # The configs live inside the package (src/selfalign/configs/), so an installed selfalign finds

@@ -29,11 +29,13 @@ _FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9][0-9_]*(?:\.[0-9_]*)?)(?:[eE][-+
 _PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge")}
 
 
-def _refuse(msg: str, node: yaml.Node | None = None) -> None:
-    from selfalign.config_files import ConfigError
+class YAMLRefused(ValueError):
+    """Something outside the subset (config_files turns it into a ConfigError)."""
 
+
+def _refuse(msg: str, node: yaml.Node | None = None) -> None:
     where = f" (line {node.start_mark.line + 1})" if node is not None and node.start_mark else ""
-    raise ConfigError(f"{msg}{where}")
+    raise YAMLRefused(f"{msg}{where}")
 
 
 class SubsetLoader(yaml.SafeLoader):
@@ -141,5 +143,5 @@ def _check_expansion(root: yaml.Node) -> None:
 
 
 def load_yaml(text: str) -> Any:
-    """`text` read as the YAML subset; ConfigError (one line) for what the subset refuses."""
+    """`text` read as the YAML subset; YAMLRefused (one line) for what the subset refuses."""
     return yaml.load(text, Loader=SubsetLoader)  # noqa: S506 - a SafeLoader subclass
