@@ -230,7 +230,7 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
         yield i, row
 
 
-def _text_size(value: Any) -> int:
+def text_size(value: Any) -> int:
     """Characters of every string in a parsed row (its size where no line length is known)."""
     total, stack = 0, [value]
     while stack:
@@ -261,7 +261,7 @@ def _array_rows(path: Path, raw: bytes, rejects: RejectLog) -> Iterator[tuple[in
         if not isinstance(item, dict):
             rejects.add(path, i, "not_an_object", preview(item))
             continue
-        bad = row_problem(item, _text_size(item))
+        bad = row_problem(item, text_size(item))
         if bad:
             rejects.add(path, i, bad)
             continue
@@ -277,7 +277,7 @@ def _parquet_rows(path: Path, raw: bytes, rejects: RejectLog) -> Iterator[tuple[
     except Exception as e:  # noqa: BLE001 - any parquet failure is a data error
         raise DataError(f"{path}: not a readable parquet file ({_first_line(e)})") from None
     for i, row in enumerate(rows, start=1):
-        bad = row_problem(row, _text_size(row))
+        bad = row_problem(row, text_size(row))
         if bad:
             rejects.add(path, i, bad)
             continue

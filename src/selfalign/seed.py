@@ -115,13 +115,13 @@ def _rows_from_hub(name: str, split: str, rejects: RejectLog) -> list[tuple[str,
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one clear line
         raise DataError(f"cannot load dataset '{name}' (split {split}): {e}") from None
-    from selfalign.readers import lone_surrogate
+    from selfalign.readers import text_size, row_problem
 
     out = []
     for i, r in enumerate(ds):
-        bad = lone_surrogate(dict(r))
+        bad = row_problem(dict(r), text_size(dict(r)))  # a lone surrogate, a row over the bound
         if bad:
-            rejects.add(name, i + 1, f"lone_surrogate: {bad}")
+            rejects.add(name, i + 1, bad)
         else:
             out.append((name, i + 1, dict(r)))
     return out
