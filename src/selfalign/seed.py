@@ -115,7 +115,7 @@ def _rows_from_hub(name: str, split: str, rejects: RejectLog) -> list[tuple[str,
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one clear line
         raise DataError(f"cannot load dataset '{name}' (split {split}): {e}") from None
-    from selfalign.readers import text_size, row_problem
+    from selfalign.readers import row_problem, text_size
 
     out = []
     for i, r in enumerate(ds):
