@@ -138,7 +138,7 @@ def row_problem(row: Any, size: int) -> str | None:
     """The reject reason of a parsed row that must not be used whole, or None: a key given twice
     (which value was meant?), a lone surrogate, a row over MAX_ROW_BYTES."""
     if size > MAX_ROW_BYTES:
-        return f"too_long: {size:,} bytes, over the {MAX_ROW_BYTES:,} a row may hold"
+        return _too_long(size)
     dup = duplicate_key(row)
     if dup is not None:
         return f"duplicate_key: {dup!r} is given twice"
@@ -175,11 +175,11 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
     if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (Windows editors)
         raw = raw[3:]
     if fmt == "txt":  # plain text: one response per non-empty line
-        for i, line in enumerate(raw.split(b"\n"), start=1):
-            if not line.strip():
+        for i, line in _lines(raw):
+            if isinstance(line, int):
+                rejects.add(path, i, _too_long(line))
                 continue
-            if len(line) > MAX_ROW_BYTES:
-                rejects.add(path, i, f"too_long: {len(line):,} bytes, over the {MAX_ROW_BYTES:,} a row may hold")
+            if not line.strip():
                 continue
             try:
                 yield i, {"text": line.decode("utf-8").rstrip("\r")}
@@ -203,12 +203,11 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
             else:
                 yield line, row
             return
-    for i, line in enumerate(raw.split(b"\n"), start=1):
-        if not line.strip():
+    for i, line in _lines(raw):
+        if isinstance(line, int):  # never copied, decoded, parsed or tokenized
+            rejects.add(path, i, _too_long(line))
             continue
-        if len(line) > MAX_ROW_BYTES:  # never decoded, parsed or tokenized whole
-            rejects.add(path, i, f"too_long: {len(line):,} bytes, over the {MAX_ROW_BYTES:,} a row may hold",
-                        line[:200].decode("utf-8", "replace"))
+        if not line.strip():
             continue
         try:
             text = line.decode("utf-8")
@@ -228,6 +227,22 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
             rejects.add(path, i, bad, text)
             continue
         yield i, row
+
+
+def _too_long(size: int) -> str:
+    return f"too_long: {size:,} bytes, over the {MAX_ROW_BYTES:,} a row may hold"
+
+
+def _lines(raw: bytes) -> Iterator[tuple[int, bytes | int]]:
+    """(line number, its bytes) for each line of `raw` (as raw.split(b"\\n") numbers them), one at a
+    time; a line over MAX_ROW_BYTES as its length only, never copied."""
+    start, i, n = 0, 0, len(raw)
+    while start <= n:
+        end = raw.find(b"\n", start)
+        end = n if end < 0 else end
+        i += 1
+        yield i, (end - start if end - start > MAX_ROW_BYTES else raw[start:end])
+        start = end + 1
 
 
 def text_size(value: Any) -> int:
