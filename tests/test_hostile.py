@@ -90,6 +90,12 @@ class Masked:
 
 
 @dataclass(frozen=True)
+class Locked:
+    """Issue 25: another process (a real one) holds the run directory: the command exits 2 with one
+    line naming it (its pid), and writes nothing."""
+
+
+@dataclass(frozen=True)
 class Link:
     """A symlink in a data folder: to a folder holding `data` (beside the data folder), or, with
     None, to the folder it is in (a loop)."""
@@ -102,7 +108,7 @@ class Case:
     name: str
     stage: str  # seed | unlabelled (a data file) | generator | rater (model outputs) | pipeline
     data: Any  # file bytes (file name "data.jsonl" unless `file` says), or the model's outputs
-    expected: Rows | Error | Status | Unscored | Cut | Crash | Masked
+    expected: Rows | Error | Status | Unscored | Cut | Crash | Masked | Locked
     file: str = "data.jsonl"
 
 
@@ -257,6 +263,10 @@ CASES = [
          ["seed", *DEFAULT, "hub.endpoint=https://me:tok3nInUrl@hub.example.org",
           "ray.checkpoint_path=s3://b/c?token=tok3nInQuery", "data.seed=sample:seed", "data.unlabelled=sample:unlabelled"],
          Masked(("tok3nInUrl", "tok3nInQuery", "hf_tok3nInTheEnvironment"))),
+    # --- issue 25: a second writer on one run directory
+    Case("a second command on a run directory in use", "cli", ["augment", *DEFAULT, "data.seed=sample:seed",
+                                                               "data.unlabelled=sample:unlabelled"], Locked()),
+    Case("evaluate on a run directory in use", "cli", ["evaluate", *DEFAULT], Locked()),
     # --- an error nobody foresaw (issue 16): injected
     Case("unexpected exception in the seed stage", "crash", ("selfalign.seed.load_seed", "seed"), Crash("seed")),
     Case("unexpected exception in a prerequisite stage", "crash", ("selfalign.backward.train_backward", "augment"),
@@ -387,6 +397,27 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
             assert not any(p.instruction.startswith("\ufeff") for p in kept)
         else:
             assert not any(r.response.startswith("\ufeff") for r in kept)
+
+    elif isinstance(exp, Locked):
+        import os
+        import subprocess
+        import sys
+
+        run_dir = tmp_path / "run"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from selfalign import lock; lock.acquire(sys.argv[1], 'selfalign run');"
+             " print('locked', flush=True); sys.stdin.readline()", str(run_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")})
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            code, err = cli(*[a.format(tmp=tmp_path) for a in case.data])
+            assert code == 2 and err.count("\n") == 1 and f"is in use by pid {holder.pid} on " in err, err
+            assert "`selfalign run`" in err
+            assert sorted(p.name for p in run_dir.iterdir()) == [".selfalign.lock"]  # nothing written
+        finally:
+            holder.kill()
+            holder.wait()
 
     elif isinstance(exp, Masked):
         (tmp_path / "cwd").mkdir()
