@@ -51,6 +51,7 @@ def load_unlabelled(
     """All usable single-turn responses; multi-turn rows are counted as rejects, not dropped silently."""
     rejects = rejects if rejects is not None else RejectLog()
     out: list[UnlabelledResponse] = []
+    where: dict[str, str] = {}
     seen: set[str] = set()
     for file, line, row in load_rows(source, split, rejects):
         try:
@@ -63,6 +64,7 @@ def load_unlabelled(
             continue
         seen.add(text)
         name = str(row.get("source", "")) if isinstance(row.get("source", ""), str) else ""
+        where[f"{len(out)}"] = f"{file}:{line}"
         out.append(UnlabelledResponse(text, source_id=row_id(source, file, line), source=name))
     n_guanaco = rejects.counts().get("guanaco_conversation", 0)
     if n_guanaco and n_guanaco >= len(out):
@@ -74,7 +76,7 @@ def load_unlabelled(
     if not out:
         first = f"; first: {rejects.first()}" if len(rejects) else ""
         raise DataError(f"{source}: no usable unlabelled response ({rejects.summary()}{first})")
-    check_unique_ids(source, out, {})
+    check_unique_ids(source, out, where)
     return out
 
 
