@@ -61,16 +61,19 @@ def deny_writes(monkeypatch: pytest.MonkeyPatch, root: Path, code: int = errno.E
     monkeypatch.setattr(os, "mkdir", guarded_mkdir)
 
 
+LOCK = ".selfalign.lock"  # the run directory's lock file (selfalign.lock): rewritten by each command, not a temp file
+
+
 def digest(*paths: Path) -> str:
     h = hashlib.sha256()
     for root in paths:
-        for f in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()):
+        for f in [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and p.name != LOCK):
             h.update(str(f).encode() + f.read_bytes())
     return h.hexdigest()
 
 
 def temp_files(root: Path) -> list[Path]:
-    return [p for p in root.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".")]
+    return [p for p in root.rglob("*") if (p.name.endswith(".tmp") or p.name.startswith(".")) and p.name != LOCK]
 
 
 def cli(*args: str) -> tuple[int, str]:

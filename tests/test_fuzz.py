@@ -191,3 +191,72 @@ def test_config_takes_arbitrary_overrides(overrides: list[str]) -> None:
         resolve_sources(cfg)
     except DataError as e:
         assert "\n" not in str(e)
+
+
+# --- issue 25: the YAML subset, placeholders, redaction, record ids ----------------------------
+YAML_BITS = ["run:", "\n", "  ", "seed: ", "out_dir: ", "010", "1:30", "0x1F", "0o7", "2020-01-01", "!!set", "!!binary",
+             "!!python/tuple", "? ", "[a, b]", "{a: 1}", "&a ", "*a", "<<: ", "- ", "'x'", '"\\ud800"', ":", "~", ".nan",
+             "yes", "1e309", "lora:", "r: ", "target_modules: ", "[q_proj]", "#", "\t", "%YAML 1.1\n---\n", "..."]
+
+
+@BUDGET
+@given(bits=st.lists(st.sampled_from(YAML_BITS) | st.text(max_size=6), max_size=25))
+def test_config_files_take_arbitrary_yaml(tmp_path_factory, bits: list[str]) -> None:
+    path = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    path.write_text("".join(bits), encoding="utf-8", errors="surrogatepass")
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        assert "\n" not in str(e).strip()
+        return
+    assert Config.model_validate(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
+@BUDGET
+@given(values=st.dictionaries(st.sampled_from(["instruction", "response", "response_a", "response_b"]),
+                              st.lists(st.sampled_from(["{instruction}", "{response}", "{response_a}", "{response_b}",
+                                                        "{", "}", "x", " "]), max_size=6).map("".join), min_size=1))
+def test_placeholders_are_filled_once_from_the_template_only(values: dict[str, str]) -> None:
+    from selfalign.prompts import fill
+
+    template = "|".join("{" + k + "}" for k in sorted(values))
+    assert fill(template, **values) == "|".join(values[k] for k in sorted(values))
+
+
+SECRET_CHARS = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~", min_size=8,
+                       max_size=24)
+
+
+@BUDGET
+@given(secret=SECRET_CHARS, form=st.sampled_from([
+    "https://user:{s}@host.example/x", "http://{s}@h:8080", "s3://bucket/k?X-Amz-Signature={s}&a=1",
+    "https://h/p?api_key={s}", "https://h/p?a=1&access_token={s}#f", "Authorization: Bearer {s}",
+    "X-Api-Key: {s}", "curl -H 'Authorization: token {s}' https://h"]), before=st.text(max_size=10))
+def test_redaction_masks_a_secret_in_any_place(secret: str, form: str, before: str) -> None:
+    from hypothesis import assume
+
+    from selfalign.redact import redact, redact_obj
+
+    assume(secret not in before)
+    text = before + " " + form.format(s=secret)
+    assert secret not in redact(text)
+    assert secret not in json.dumps(redact_obj({"hub": {"endpoint": text, "token": secret}, "x": [text]}))
+
+
+@BUDGET
+@given(tree=st.lists(st.tuples(st.lists(st.sampled_from(["a", "b", "data", "x y"]), max_size=3),
+                               st.sampled_from(["train.jsonl", "t.jsonl", "train.json"]),
+                               st.integers(1, 3)), min_size=1, max_size=6))
+def test_record_ids_are_unique_in_any_folder_tree(tmp_path_factory, tree: list) -> None:
+    root = tmp_path_factory.mktemp("tree")
+    n = 0
+    for parts, name, rows in tree:
+        folder = root.joinpath(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        if (folder / name).exists():
+            continue
+        lines = [json.dumps({"text": f"Answer {n + i} from {folder.name}/{name}."}) for i in range(rows)]
+        (folder / name).write_text("\n".join(lines) + "\n")
+        n += rows
+    got = load_unlabelled(str(root))
+    assert len(got) == n and len({r.source_id for r in got}) == n

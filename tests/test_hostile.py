@@ -82,11 +82,33 @@ class Crash:
 
 
 @dataclass(frozen=True)
+class Masked:
+    """Issue 25: the secrets planted in the command line and the environment are in no file of the
+    run directory and on no printed line."""
+
+    secrets: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Locked:
+    """Issue 25: another process (a real one) holds the run directory: the command exits 2 with one
+    line naming it (its pid), and writes nothing."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A symlink in a data folder: to a folder holding `data` (beside the data folder), or, with
+    None, to the folder it is in (a loop)."""
+
+    data: Any = None
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
     stage: str  # seed | unlabelled (a data file) | generator | rater (model outputs) | pipeline
     data: Any  # file bytes (file name "data.jsonl" unless `file` says), or the model's outputs
-    expected: Rows | Error | Status | Unscored | Cut | Crash
+    expected: Rows | Error | Status | Unscored | Cut | Crash | Masked | Locked
     file: str = "data.jsonl"
 
 
@@ -203,6 +225,48 @@ CASES = [
     Case("no LoRA target module", "cli", plan("lora.target_modules=[]"), Error("'lora.target_modules'", None)),
     Case("the replaced key data.fallback_to_samples", "cli", plan("data.fallback_to_samples=true"),
          Error("unknown key 'data.fallback_to_samples' (use data.samples_if_absent", None)),
+    # --- issue 25: data rows, identity, folders read partly, a run inside its data, huge rows
+    Case("a key given twice in a row", "seed",
+         jsonl(*GOOD_SEED, b'{"text": "### Human: Why?### Assistant: Because.", "text": "### Human: How?### Assistant: So."}'),
+         Rows(2, {3: "duplicate_key"})),
+    Case("a key given twice in a nested object, LIMA", "unlabelled",
+         jsonl(*GOOD_LIMA, b'{"conversations": ["q", "an answer"], "meta": {"a": 1, "a": 2}}'), Rows(2, {3: "duplicate_key"})),
+    Case("a human turn quoting '### Assistant:'", "seed",
+         jsonl(*GOOD_SEED, {"text": "### Human: What does '### Assistant:' mean in the Guanaco format?### Assistant: "
+                                    "It is the marker of the reply in the text."}), Rows(3)),
+    Case("Guanaco turns that do not alternate (an unquoted marker)", "seed",
+         jsonl(*GOOD_SEED, {"text": "### Human: What does ### Assistant: mean in it?### Assistant: It is the marker."}),
+         Rows(2, {3: "ambiguous_turns"})),
+    Case("a row over 4 MiB", "unlabelled", jsonl(*GOOD_LIMA, {"conversations": ["q", "x" * (5 << 20)]}),
+         Rows(2, {3: "too_long"})),
+    Case("two files of one name in two sub-folders", "unlabelled",
+         {"a": {"train.jsonl": jsonl(GOOD_LIMA[0])}, "b": {"train.jsonl": jsonl(GOOD_LIMA[1])}}, Rows(2), file="folder"),
+    Case("a symlinked sub-folder and a loop", "seed",
+         {"a.jsonl": jsonl(GOOD_SEED[0]), "linked": Link({"b.jsonl": jsonl(GOOD_SEED[1])}), "loop": Link(None)},
+         Rows(2, not_read=("loop/",)), file="folder"),
+    Case("a run directory inside the data folder", "unlabelled",
+         {"a.jsonl": jsonl(*GOOD_LIMA), "old_run": {"manifest.json": b"{}", "config.yaml": b"run: {}\n",
+                                                    "augment": {"sample.jsonl": jsonl(GOOD_LIMA[0])}}},
+         Rows(2, not_read=("old_run/",)), file="folder"),
+    # --- issue 25: values of the command line and the YAML subset, one line before anything loads
+    Case("generate -n -3", "cli", ["generate", *DEFAULT, "-n", "-3"],
+         Error("'forward.n_responses' (-n): must be an integer >= 1 (got -3)", None)),
+    Case("evaluate with a negative count", "cli", ["evaluate", *DEFAULT, "--n-prompts", "-2"],
+         Error("'evaluate.n_prompts' (--n-prompts): must be an integer >= 1 (got -2)", None)),
+    Case("push --dry-run with an invalid repository name", "cli", ["push", *DEFAULT, "--dry-run", "hub.name=my model"],
+         Error("'hub.name': must be a Hub repository name", None)),
+    Case("a leading-zero number (010)", "cli", plan("run.seed=010"), Error("leading zero (octal in YAML 1.1", None)),
+    Case("a YAML set", "cli", plan("lora.target_modules=!!set {{q_proj: null}}"), Error("the tag !!set is not accepted", None)),
+    Case("a base-60 looking value is a string", "cli", plan("run.threads=1:30"), Error("'run.threads': Input should be a valid integer", None)),
+    # --- issue 25: secrets planted in an override, an option and the environment
+    Case("credentials in hub.endpoint, a token in a query, HF_TOKEN", "cli",
+         ["seed", *DEFAULT, "hub.endpoint=https://me:tok3nInUrl@hub.example.org",
+          "ray.checkpoint_path=s3://b/c?token=tok3nInQuery", "data.seed=sample:seed", "data.unlabelled=sample:unlabelled"],
+         Masked(("tok3nInUrl", "tok3nInQuery", "hf_tok3nInTheEnvironment"))),
+    # --- issue 25: a second writer on one run directory
+    Case("a second command on a run directory in use", "cli", ["augment", *DEFAULT, "data.seed=sample:seed",
+                                                               "data.unlabelled=sample:unlabelled"], Locked()),
+    Case("evaluate on a run directory in use", "cli", ["evaluate", *DEFAULT], Locked()),
     # --- an error nobody foresaw (issue 16): injected
     Case("unexpected exception in the seed stage", "crash", ("selfalign.seed.load_seed", "seed"), Crash("seed")),
     Case("unexpected exception in a prerequisite stage", "crash", ("selfalign.backward.train_backward", "augment"),
@@ -244,7 +308,11 @@ def cli(*args: str, out: bool = False) -> tuple[int, str] | tuple[int, str, str]
 
 def n_rows(data: Any, name: str = "data.jsonl") -> int:
     """The rows of a case's data, counted independently of the loaders."""
-    if isinstance(data, dict):  # a folder: the rows of its readable files
+    if isinstance(data, Link):  # a loop is not read; a linked folder is
+        return 0 if data.data is None else n_rows(data.data)
+    if isinstance(data, dict):  # a folder: the rows of its readable files (a run directory is none)
+        if "manifest.json" in data and "config.yaml" in data:
+            return 0
         return sum(n_rows(v, k) for k, v in data.items() if not k.startswith(".") and ".csv" not in k)
     if isinstance(data, list):  # parquet rows
         return len(data)
@@ -266,6 +334,14 @@ def write_data(path: Path, data: Any) -> None:
     import pyarrow.parquet as pq
 
     if data is None:
+        return
+    if isinstance(data, Link):
+        if data.data is None:
+            path.symlink_to(".", target_is_directory=True)
+        else:
+            target = path.parent.parent / f"{path.parent.name}-{path.name}-target"
+            write_data(target, data.data)
+            path.symlink_to(target, target_is_directory=True)
         return
     if isinstance(data, dict):
         path.mkdir()
@@ -305,6 +381,7 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
         rejects = lines(run.path(*(("seed", "rejects.jsonl") if case.stage == "seed"
                                    else ("augment", "unlabelled_rejects.jsonl"))))
         assert len(kept) == exp.kept
+        assert len({k.source_id for k in kept}) == len(kept)  # ids unique within the run (issue 25)
         assert {r["line"]: r["reason"].split(":")[0] for r in rejects} == exp.rejects
         assert all(r["file"].startswith(str(src)) for r in rejects)
         assert len(kept) + len(rejects) == n_rows(case.data, src.name)  # no silent drop
@@ -313,12 +390,47 @@ def test_hostile_input(case: Case, cfg, tiny_model: Path, tmp_path: Path, monkey
         assert counts["seed_files_not_read" if case.stage == "seed" else "unlabelled_files_not_read"] == len(exp.not_read)
         if exp.not_read:  # one line lists every file of the folder that is not read, with the reason
             line = next(x for x in capsys.readouterr().out.splitlines() if "not read:" in x)
-            assert f"{len(exp.not_read)} files not read: " in line
+            n = len(exp.not_read)
+            assert f"{n} file{'s' if n != 1 else ''} not read: " in line
             assert all(f"{name} (" in line for name in exp.not_read)
         if case.stage == "seed":
             assert not any(p.instruction.startswith("\ufeff") for p in kept)
         else:
             assert not any(r.response.startswith("\ufeff") for r in kept)
+
+    elif isinstance(exp, Locked):
+        import os
+        import subprocess
+        import sys
+
+        run_dir = tmp_path / "run"
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from selfalign import lock; lock.acquire(sys.argv[1], 'selfalign run');"
+             " print('locked', flush=True); sys.stdin.readline()", str(run_dir)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src")})
+        try:
+            assert holder.stdout.readline().strip() == "locked"
+            code, err = cli(*[a.format(tmp=tmp_path) for a in case.data])
+            assert code == 2 and err.count("\n") == 1 and f"is in use by pid {holder.pid} on " in err, err
+            assert "`selfalign run`" in err
+            assert sorted(p.name for p in run_dir.iterdir()) == [".selfalign.lock"]  # nothing written
+        finally:
+            holder.kill()
+            holder.wait()
+
+    elif isinstance(exp, Masked):
+        (tmp_path / "cwd").mkdir()
+        monkeypatch.chdir(tmp_path / "cwd")
+        monkeypatch.setenv("HF_TOKEN", "hf_tok3nInTheEnvironment")
+        code, out, err = cli(*[a.format(tmp=tmp_path) for a in case.data], out=True)
+        assert code == 0, err
+        printed = out + err
+        files = [p for p in (tmp_path / "run").rglob("*") if p.is_file()]
+        assert any(p.name == "config.yaml" for p in files) and any(p.name == "manifest.json" for p in files)
+        for secret in exp.secrets:
+            assert secret not in printed
+            assert not [p for p in files if secret.encode() in p.read_bytes()], secret
 
     elif isinstance(exp, Error) and case.stage == "cli":
         (tmp_path / "cwd").mkdir()

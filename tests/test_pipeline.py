@@ -160,7 +160,8 @@ def test_out_dir_with_another_config_is_refused(smoke_cfg, tiny_model: Path) -> 
     (unless run.force=true); runtime settings, the threshold, hub and response settings are not."""
     run_pipeline(smoke_cfg, until="seed")
     d = Path(smoke_cfg.run.out_dir)
-    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name != "manifest.json"}
+    # (the lock file names whichever process held the directory last: not an artifact)
+    before = {p: p.read_bytes() for p in d.rglob("*") if p.is_file() and p.name not in ("manifest.json", ".selfalign.lock")}
 
     other = smoke_cfg.model_copy(deep=True)
     other.lora.r, other.run.seed = 8, 1
@@ -276,7 +277,8 @@ def test_training_under_torchrun_two_cpu_ranks(tmp_path: Path, tiny_model: Path)
     assert len(losses) == 2 and losses[0] == losses[1]  # the ranks agree on the losses
     adapter = tmp_path / "run" / "backward"
     assert (adapter / "adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backward", "config.yaml", "manifest.json", "seed"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".selfalign.lock", "backward", "config.yaml", "manifest.json",
+                                                                   "seed"]
     # generation stages refuse to run once per rank
     g = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "-m", "selfalign.cli", "augment", "--config", "smoke",

@@ -20,6 +20,7 @@ import yaml
 from huggingface_hub import DatasetCardData, ModelCard, ModelCardData, try_to_load_from_cache
 
 from selfalign.prompts import Templates, shipped
+from selfalign.redact import redact
 from selfalign.report import table
 
 KINDS = ("backward", "curated", "forward")
@@ -59,7 +60,7 @@ def render_card(name: str, meta: ModelCardData | DatasetCardData, templates: Tem
                 **values: Any) -> str:
     """YAML metadata + the template `name` filled with `values` (runs of blank lines squeezed)."""
     body = re.sub(r"\n{3,}", "\n\n", _template((templates or shipped()).file(name)).render(**values)).strip()
-    return f"---\n{meta.to_yaml()}\n---\n\n{body}\n"
+    return redact(f"---\n{meta.to_yaml()}\n---\n\n{body}\n")  # a card is published: no secret in it
 
 
 # ---------------------------------------------------------------------------------- run info

@@ -78,8 +78,17 @@ def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option,
     return cfg
 
 
+def _hold(run_dir: str | Path) -> None:
+    """This command writes into an existing run directory: hold its lock until the command ends."""
+    from selfalign.lock import held
+
+    click.get_current_context().with_resource(held(Path(run_dir)))
+
+
 def _fail(msg: str, code: int = 2) -> None:
-    one_line = msg.strip().replace("\r", "\\r").replace("\n", "\\n")  # whatever a message quotes
+    from selfalign.redact import redact
+
+    one_line = redact(msg.strip().replace("\r", "\\r").replace("\n", "\\n"))  # whatever a message quotes
     click.echo(f"error: {one_line}", err=True)
     sys.exit(code)
 
@@ -92,8 +101,10 @@ def write_error_log(err: BaseException, run_dir: Path | None) -> Path | None:
     import traceback
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    text = (f"selfalign {' '.join(sys.argv[1:])}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
-            + "".join(traceback.format_exception(err)))
+    from selfalign.redact import redact
+
+    text = redact(f"selfalign {' '.join(sys.argv[1:])}\n{time.strftime('%Y-%m-%d %H:%M:%S %z')}\n\n"
+                  + "".join(traceback.format_exception(err)))
     folders = ([run_dir / "logs"] if run_dir is not None else []) + [Path(tempfile.gettempdir()) / "selfalign-logs"]
     for folder in folders:
         try:
@@ -253,6 +264,8 @@ def push_cmd(config: str | None, run_dir: str | None, dry_run: bool, private: bo
     cfg = _load(config, overrides, (("hub.private", "--private", private), ("hub.endpoint", "--endpoint", endpoint),
                                     ("hub.merge", "--merge", merge)))
     _RUN_DIR[:] = [Path(run_dir or cfg.run.out_dir)]
+    if not dry_run:
+        _hold(_RUN_DIR[0])
     try:
         push_run(Path(run_dir or cfg.run.out_dir), cfg.hub, dry_run=dry_run)
     except HubError as e:
@@ -293,6 +306,7 @@ def evaluate_cmd(config: str | None, n_heldout: int | None, n_prompts: int | Non
         ("evaluate.n_recovery", "--n-recovery", n_recovery), ("evaluate.heldout", "--heldout", heldout),
         ("evaluate.judge_max_new_tokens", "--judge-tokens", judge_tokens), ("evaluate.n_human", "--n-human", n_human),
         ("evaluate.human", "--human", human_path)))
+    _hold(cfg.run.out_dir)
     evaluate_run(cfg)
 
 
@@ -319,10 +333,12 @@ def ablate_cmd(config: str | None, seeds: int | None, steps: int | None, n_heldo
     Settings: the config's `ablate` section; the options override it."""
     from selfalign.ablate import ablate
 
-    ablate(_load(config, overrides, (
+    cfg = _load(config, overrides, (
         ("ablate.seeds", "--seeds", seeds), ("ablate.steps", "--steps", steps),
         ("ablate.n_heldout", "--n-heldout", n_heldout), ("ablate.heldout", "--heldout", heldout),
-        ("ablate.judge", "--judge", judge), ("ablate.judge_prompts", "--judge-prompts", judge_prompts))))
+        ("ablate.judge", "--judge", judge), ("ablate.judge_prompts", "--judge-prompts", judge_prompts)))
+    _hold(cfg.run.out_dir)
+    ablate(cfg)
 
 
 @main.group("config")

@@ -43,6 +43,7 @@ from selfalign.config_types import (  # noqa: F401 - value types, re-exported
     PosFloat,
     PosInt,
     Probability,
+    RepoPart,
     Seed,
     StopString,
     Text,
@@ -250,8 +251,8 @@ class AblateConfig(_Section):
 
 class HubConfig(_Section):
     push: bool = False
-    namespace: Text | None = None  # user or org; None = the token's user
-    name: Text = "selfalign"  # repos: <namespace>/<name>-backward, -curated, -forward
+    namespace: RepoPart | None = None  # user or org; None = the token's user
+    name: RepoPart = "selfalign"  # repos: <namespace>/<name>-backward, -curated, -forward
     private: bool = False
     endpoint: Text | None = None  # a self-hosted Hub
     merge: bool = False  # also upload the merged forward model
@@ -292,7 +293,10 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+        """The config as YAML, secrets masked (`selfalign.redact`): what is printed and saved."""
+        from selfalign.redact import redact_obj
+
+        return yaml.safe_dump(redact_obj(self.to_dict()), sort_keys=False)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -50,7 +50,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override {_one_line(text)} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_yaml(raw) if raw.strip() else ""
+    except ConfigError as e:  # in the subset's words: a value we refuse (010, !!set, ...)
+        raise ConfigError(f"override {_one_line(text)}: {e}") from None
     except (yaml.YAMLError, RecursionError, ValueError):  # not YAML: the text itself
         value = raw
     return key.split("."), value
@@ -75,18 +77,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last silently)."""
+from selfalign.yaml_subset import SubsetLoader, YAMLRefused  # noqa: E402
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise ConfigError(f"key '{key}' is given twice (line {key_node.start_mark.line + 1})")
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
+class _UniqueKeyLoader(SubsetLoader):
+    """The YAML subset of `yaml_subset.py` (a key given twice refused too), its refusals as ConfigError."""
+
+    def get_single_data(self) -> Any:
+        try:
+            return super().get_single_data()
+        except YAMLRefused as e:
+            raise ConfigError(str(e)) from None
+
+
+def load_yaml(text: str) -> Any:
+    """`text` read as the YAML subset; ConfigError (one line) for what it refuses."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
 
 # --- shipped configs -----------------------------------------------------------------------
 # The configs live inside the package (src/selfalign/configs/), so an installed selfalign finds

@@ -70,3 +70,21 @@ def _some_text(v: str) -> str:
 
 
 StopString = Annotated[str, AfterValidator(_some_text)]  # whitespace is a stop string ("\n\n")
+
+
+# A part of a Hub repository id (hub.namespace, hub.name), by the Hub's rules: letters, digits,
+# "-", "_", "." (not first or last), no "--" or "..", and a whole id (`<namespace>/<name>-backward`)
+# of at most 96 characters.
+_REPO_PART = __import__("re").compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_.\-]*[A-Za-z0-9])?$")
+
+
+def _repo_part(v: str) -> str:
+    if not _REPO_PART.match(v) or "--" in v or ".." in v or v.endswith(".git"):
+        raise ValueError("must be a Hub repository name: letters, digits, '-', '_' and '.' (not first or last, "
+                         "no '--' or '..')")
+    if len(v) > 86:  # <namespace>/<name>-backward within the Hub's 96 characters
+        raise ValueError("must be at most 86 characters (repository ids are at most 96)")
+    return v
+
+
+RepoPart = Annotated[str, AfterValidator(_repo_part)]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.config import Config, ConfigError
-from selfalign.io import write_jsonl
+from selfalign.io import DataError, write_jsonl
 from selfalign.record_log import RecordLog
 from selfalign.steps import ID, ModelRef, Record, Step, as_dict, in_order
 
@@ -56,6 +56,7 @@ def finish(step: Step, records: list[Record], out_path: Path) -> list[Record]:
 
 def run_stage(cfg: Config, step: Step, items: list[Any], out_path: Path, model: ModelRef) -> list[Record]:
     """Run a stage's step with the configured executor: records in the order of `items`."""
+    check_unique_items(step, items, out_path)
     if cfg.run.executor == "ray":
         from selfalign.config_served import role_of
 
@@ -89,6 +90,19 @@ def run_served(step: Step, engine: Any, items: list[Any], out_path: Path, stage:
         engine.close()
         register(stage, engine.ledger)
         say(f"{stage}: served {engine.model!r}: {engine.ledger.line()}")
+
+
+def check_unique_items(step: Step, items: list[Any], out_path: Path) -> None:
+    """Records are keyed on their item's id (resume skips the ids the log holds): two items with one
+    id would lose one record and mix the other. A DataError before any model loads."""
+    seen: set[str] = set()
+    for it in items:
+        key = step.item_id(it)
+        if key in seen:
+            raise DataError(f"{out_path}: two items have the id {key!r}, and records are keyed on ids (the input was "
+                            "sampled by a selfalign that gave two files of one name the same ids): delete "
+                            f"{out_path.parent} and re-run to sample again")
+        seen.add(key)
 
 
 def ray_executor():  # noqa: ANN201 - the module, imported only for run.executor=ray

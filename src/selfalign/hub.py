@@ -34,6 +34,7 @@ from selfalign.cards import KINDS, Repos, RunInfo, dataset_card, model_card
 from selfalign.config import HubConfig
 from selfalign.io import atomic_write_text
 from selfalign.log import say, warn
+from selfalign.redact import redact
 from selfalign.report import replace_section
 
 T = TypeVar("T")
@@ -82,7 +83,7 @@ def _clean(text: str, token: str | None) -> str:
     text = " ".join(str(text).split())
     if token:
         text = text.replace(token, "***")
-    return text
+    return redact(text)
 
 
 # ---------------------------------------------------------------------------------- retries
@@ -283,6 +284,18 @@ def record_urls(run_dir: Path, repos: Repos, urls: dict[str, str], private: bool
 # ---------------------------------------------------------------------------------- push
 
 
+def check_repo_ids(repos: Repos, namespace: str) -> None:
+    """A HubError (one line) for a repository id the Hub would refuse, before anything is sent
+    (or printed as if valid by a dry run)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    for repo_id in repos.ids.values():
+        try:
+            validate_repo_id(namespace + "/" + repo_id.split("/", 1)[1])
+        except HFValidationError as e:
+            raise HubError(f"invalid Hub repository id {repo_id!r} (hub.namespace / hub.name): {e}") from None
+
+
 def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: bool = False,
              api: HfApi | None = None, *, retries: int | None = None,
              retry_delay: float | None = None) -> dict[str, str]:
@@ -296,7 +309,8 @@ def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: b
     run_dir = Path(run_dir)
     check_artifacts(run_dir)
     info = RunInfo.load(run_dir)
-    endpoint = (hub.endpoint or (api.endpoint if api is not None else None) or constants.ENDPOINT).rstrip("/")
+    real_endpoint = (hub.endpoint or (api.endpoint if api is not None else None) or constants.ENDPOINT).rstrip("/")
+    endpoint = redact(real_endpoint)  # what is printed and written: credentials in the URL masked
     tok, source = resolve_token(token)
     attempts = RETRY_ATTEMPTS if retries is None else retries
     delay = RETRY_DELAY if retry_delay is None else retry_delay
@@ -307,6 +321,7 @@ def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: b
     if dry_run:
         namespace = hub.namespace or "<your-username>"
         repos = Repos.make(namespace, hub.name, endpoint)
+        check_repo_ids(repos, namespace if hub.namespace else "user")
         plans = plan_run(run_dir, info, repos, hub.merge)
         print_plan(plans, hub.private, f"found ({source})" if tok else "none found")
         return {p.kind: p.url for p in plans}
@@ -314,7 +329,7 @@ def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: b
     if tok is None:
         raise HubError("no Hugging Face token: pass one, set HF_TOKEN, or run `hf auth login` "
                        "(a token with write access)")
-    api = api if api is not None else HfApi(endpoint=endpoint, token=tok)
+    api = api if api is not None else HfApi(endpoint=real_endpoint, token=tok)
     if hub.namespace:
         namespace = hub.namespace
     else:
@@ -323,6 +338,7 @@ def push_run(run_dir: Path, hub: HubConfig, token: str | None = None, dry_run: b
         if not namespace:
             raise HubError(f"the Hub at {endpoint} did not say whose token this is: set hub.namespace")
     repos = Repos.make(namespace, hub.name, endpoint)
+    check_repo_ids(repos, namespace)
     plans = plan_run(run_dir, info, repos, hub.merge)
     trust = bool((info.config.get("models") or {}).get("trust_remote_code", False))
     commits: dict[str, str] = {}

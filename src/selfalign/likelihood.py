@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from selfalign.prompts import Templates, shipped
+from selfalign.prompts import Templates, clip_chars, shipped
 
 
 @dataclass
@@ -102,6 +102,17 @@ def head_and_tail(ids: list[int], max_tokens: int, tail_tokens: int) -> list[int
     return ids[: max_tokens - tail] + (ids[-tail:] if tail else [])
 
 
+def _head_tail_ids(tokenizer: Any, text: str, max_tokens: int) -> tuple[list[int], bool]:
+    """The token ids of `text`, or, for a text far longer than `max_tokens` tokens, of its head and its
+    tail only (cut by characters, `prompts.clip_chars`): a huge response is never tokenized whole.
+    `head_and_tail` keeps the same first and last tokens from either; True when the text was cut."""
+    budget = len(clip_chars(text, max_tokens + 1))
+    if len(text) <= 2 * budget:
+        return tokenizer(text, add_special_tokens=False)["input_ids"], False
+    head = tokenizer(text[:budget], add_special_tokens=False)["input_ids"]
+    return head + tokenizer(text[-budget:], add_special_tokens=False)["input_ids"], True
+
+
 NEUTRAL_TURN = "Hi"  # the role check's user turn when a templates.json override has no "role_check"
 _MARK = "\u2063SELFALIGN\u2063"  # stands for the text in a rendered template, to find where it starts
 
@@ -133,7 +144,7 @@ def instruction_roles(model: Any, tokenizer: Any, instructions: list[str], max_t
     user = _prefix(tokenizer, tpl.forward_messages, tpl)
     turn = tpl.sections.get("role_check", {}).get("user_turn", NEUTRAL_TURN)
     assistant = tokenizer(tpl.render_prompt(tokenizer, tpl.forward_messages(turn)), add_special_tokens=False)["input_ids"]
-    ids = [tokenizer(t, add_special_tokens=False)["input_ids"][:max_tokens] for t in distinct]
+    ids = [tokenizer(clip_chars(t, max_tokens + 1), add_special_tokens=False)["input_ids"][:max_tokens] for t in distinct]
     seqs = [user + x for x in ids] + [assistant + x for x in ids]
     starts = [len(user)] * len(ids) + [len(assistant)] * len(ids)
     lps = token_logprobs(model, seqs, starts, pad, batch_size, "instruction roles", progress)
@@ -155,9 +166,9 @@ def pair_likelihoods(model: Any, tokenizer: Any, pairs: list[tuple[str, str]], m
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     cond_seqs, cond_starts, uncond_seqs, n_resp, n_end, cuts = [], [], [], [], [], []
     for instruction, response in pairs:
-        full = tokenizer(response, add_special_tokens=False)["input_ids"]
+        full, clipped = _head_tail_ids(tokenizer, response, max_response_tokens)
         resp = head_and_tail(full, max_response_tokens, tail_tokens)
-        cuts.append(len(resp) < len(full))
+        cuts.append(clipped or len(resp) < len(full))
         messages = tpl.forward_messages(instruction)
         prompt = tokenizer(tpl.render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
         full_target = tpl.render_target(tokenizer, messages, response)

@@ -28,8 +28,17 @@ class _Std(logging.StreamHandler):
         pass
 
 
+def _redact(record: logging.LogRecord) -> bool:
+    """Every line selfalign prints has its secrets masked (`selfalign.redact`)."""
+    from selfalign.redact import redact
+
+    record.msg, record.args = redact(record.getMessage()), None
+    return True
+
+
 if not LOG.handlers:
     _out, _err = _Std(err=False), _Std(err=True)
+    LOG.addFilter(_redact)
     _out.addFilter(lambda record: record.levelno < logging.WARNING)
     _err.setLevel(logging.WARNING)
     for _h in (_out, _err):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from selfalign.io import write_json
+from selfalign.redact import redact_obj
 
 
 def fingerprint(path: Path) -> str:
@@ -59,7 +60,7 @@ class Manifest:
             self.data.setdefault("counts", {})
 
     def save(self) -> None:
-        write_json(self.path, self.data)
+        write_json(self.path, redact_obj(self.data))  # the config's secrets masked
 
     def is_done(self, name: str, key: str, outputs: list[Path]) -> bool:
         st = self.data["stages"].get(name)

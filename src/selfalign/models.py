@@ -125,6 +125,9 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
         if out_dir.exists():  # another process won the race
             shutil.rmtree(tmp)
         else:
+            from selfalign.io import current_umask
+
+            os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp makes 0700: follow the umask
             os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

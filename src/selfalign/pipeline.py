@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from selfalign import lock
 from selfalign.config import Config
 from selfalign.executors import ray_executor, run_stage
 from selfalign.io import DataError, atomic_write_text, write_jsonl, writing
@@ -67,6 +68,7 @@ class Run:
         self.dir = Path(cfg.run.out_dir)
         self.sources = resolve_sources(cfg)  # a missing data path fails here, before any stage
         announce_sources(self.sources)
+        lock.acquire(self.dir)  # one writer per run directory (lock.py); a second process gets one line
         check_dir(self.dir, cfg)
         with writing(self.dir):
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -341,10 +343,11 @@ def run_pipeline(cfg: Config, until: str = "responses") -> Run:
     """Run the stages up to and including `until` (one of STAGES)."""
     if until not in STAGES:
         raise ValueError(f"unknown stage {until!r}; one of {STAGES}")
-    if cfg.run.executor == "ray":  # one Ray instance for the whole run, shut down at the end
-        with ray_executor().ray_cluster(cfg.ray):
-            return _run_stages(cfg, until)
-    return _run_stages(cfg, until)
+    with lock.scope():  # the run directory is locked from Run() until the stages end
+        if cfg.run.executor == "ray":  # one Ray instance for the whole run, shut down at the end
+            with ray_executor().ray_cluster(cfg.ray):
+                return _run_stages(cfg, until)
+        return _run_stages(cfg, until)
 
 
 def _run_stages(cfg: Config, until: str) -> Run:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -36,6 +37,14 @@ PLACEHOLDERS = {
     "pairwise_prompt.txt": ("{instruction}", "{response_a}", "{response_b}"),
 }
 FEWSHOT_KEYS = ("instruction", "response", "reasoning", "score")
+# The values the card templates are rendered with (`cards.model_card`, `cards.dataset_card`): a
+# card template that names another one would fail when the card is written, after hours of work.
+CARD_VALUES = {
+    "model_card.md": ("kind", "curated_link", "threshold", "use_seed", "seed_tag", "augmented_tag", "run_table",
+                      "settings_table", "counts_table", "rating_prompt", "related", "merged", "repo_id", "base_ref", "base_note"),
+    "dataset_card.md": ("title", "shots", "threshold", "repo_id", "provenance_table", "counts_table", "rating_prompt",
+                        "related"),
+}
 
 
 class TemplateError(ConfigError):
@@ -106,6 +115,10 @@ class Templates:
         if shots > len(shots_):
             raise TemplateError(f"curation.shots={shots} but {where / 'rating_fewshot.json'} holds "
                                 f"{len(shots_)} worked examples")
+        for name, known in CARD_VALUES.items():
+            problem = card_template_problem(self.file(name), known)
+            if problem:
+                raise TemplateError(f"{where / name}: {problem}")
         words = self.read_json("request_words.json")
         if not isinstance(words, dict) or not isinstance(words.get("words"), list) or \
                 not all(isinstance(w, str) for w in words["words"]):
@@ -242,30 +255,60 @@ class Templates:
                           max_response_tokens, limit)
 
 
+def card_template_problem(text: str, known: Sequence[str]) -> str | None:
+    """Why a card template (Jinja) cannot be rendered, or None: a syntax error, or a value it names
+    that cards are not rendered with."""
+    import jinja2
+    from jinja2 import meta
+
+    try:
+        names = meta.find_undeclared_variables(jinja2.Environment().parse(text))
+    except jinja2.TemplateSyntaxError as e:
+        return f"not a valid Jinja template (line {e.lineno}: {e.message})"
+    unknown = sorted(names - set(known))
+    if unknown:
+        return f"names {', '.join(unknown)}, which cards are not rendered with (known: {', '.join(known)})"
+    return None
+
+
 @cache
 def shipped() -> Templates:
     """The templates shipped with selfalign."""
     return Templates(None, {})
 
 
-def fill(template: str, **values: str) -> str:
-    """`template` with each "{key}" replaced by its value.
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
-    str.replace, not str.format: responses contain braces (code, JSON)."""
-    out = template
-    for k, v in values.items():
-        out = out.replace("{" + k + "}", v)
-    return out
+
+def fill(template: str, **values: str) -> str:
+    """`template` with each "{key}" of `values` replaced by its value, in one pass over the
+    template only: a value that holds "{response}" (text from data) is never read as a template.
+    Not str.format: responses contain braces (code, JSON); other "{...}" are left as they are."""
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)] if m.group(1) in values else m.group(0), template)
 
 
 def has_chat_template(tokenizer: Any) -> bool:
     return bool(getattr(tokenizer, "chat_template", None))
 
 
+# Text is cut to this many characters per token wanted before it is tokenized: a tokenizer's
+# memory grows with its input (a 200 MB response took 21.5 GB), and no token of the models we
+# load is this long, so the cut never changes which tokens are kept.
+MAX_CHARS_PER_TOKEN = 32
+
+
+def clip_chars(text: str, max_tokens: int) -> str:
+    """`text` cut to `max_tokens * MAX_CHARS_PER_TOKEN` characters: what tokenizing it for at most
+    `max_tokens` tokens can use (never tokenize a huge row whole)."""
+    limit = max(max_tokens, 1) * MAX_CHARS_PER_TOKEN
+    return text if len(text) <= limit else text[:limit]
+
+
 def truncate_tokens(tokenizer: Any, text: str, max_tokens: int) -> tuple[str, bool]:
     """Cut `text` to at most `max_tokens` tokens; returns (text, was_cut)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    if len(ids) <= max_tokens:
+    clipped = clip_chars(text, max_tokens + 1)
+    ids = tokenizer(clipped, add_special_tokens=False)["input_ids"]
+    if len(ids) <= max_tokens and clipped is text:
         return text, False
     return tokenizer.decode(ids[: max(max_tokens, 0)], skip_special_tokens=True), True
 
@@ -284,20 +327,23 @@ def fit_prompt(
 ) -> tuple[str, bool]:
     """(render(text), was_cut): `text` is cut to at most `max_tokens` tokens, and further until
     the rendered prompt has at most `limit` tokens (the model's context less the new tokens;
-    None: no limit). Raises PromptTooLong when even an empty `text` does not fit."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    None: no limit). Raises PromptTooLong when even an empty `text` does not fit. The text is cut
+    by characters first (`clip_chars`): a huge response is never tokenized whole."""
+    clipped = clip_chars(text, max_tokens + 1)
+    ids = tokenizer(clipped, add_special_tokens=False)["input_ids"]
+    whole = clipped is text  # the ids are those of the whole text
     keep = min(len(ids), max(max_tokens, 0))
 
     def build(k: int) -> str:
-        return render(text if k >= len(ids) else tokenizer.decode(ids[:k], skip_special_tokens=True))
+        return render(text if k >= len(ids) and whole else tokenizer.decode(ids[:k], skip_special_tokens=True))
 
     prompt = build(keep)
     if limit is None:
-        return prompt, keep < len(ids)
+        return prompt, keep < len(ids) or not whole
     while True:
         over = count_tokens(tokenizer, prompt) - limit
         if over <= 0:
-            return prompt, keep < len(ids)
+            return prompt, keep < len(ids) or not whole
         if keep == 0:
             raise PromptTooLong(f"a prompt is {over + limit} tokens with its variable text cut to nothing, "
                                 f"over the {limit} the model's context leaves")

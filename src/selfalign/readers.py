@@ -100,10 +100,57 @@ def lone_surrogate(value: Any) -> str | None:
     return None
 
 
+# A row longer than this (in bytes, as stored) is a reject, never parsed nor tokenized: far above
+# any response a model is trained or prompted with (those are cut to a few thousand tokens), far
+# below what would exhaust memory when parsed and tokenized.
+MAX_ROW_BYTES = 4 << 20
+
+
+class _Keys(dict):
+    """A parsed JSON object that remembers a key it was given twice (JSON parsers keep the last)."""
+
+    duplicate: str | None = None
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = _Keys(pairs)
+    if len(obj) < len(pairs):
+        seen: set[str] = set()
+        obj.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return obj
+
+
+def duplicate_key(value: Any) -> str | None:
+    """The first key given twice in any object of a parsed row (nested ones included), or None."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, dict):
+            if getattr(v, "duplicate", None) is not None:
+                return v.duplicate
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return None
+
+
+def row_problem(row: Any, size: int) -> str | None:
+    """The reject reason of a parsed row that must not be used whole, or None: a key given twice
+    (which value was meant?), a lone surrogate, a row over MAX_ROW_BYTES."""
+    if size > MAX_ROW_BYTES:
+        return _too_long(size)
+    dup = duplicate_key(row)
+    if dup is not None:
+        return f"duplicate_key: {dup!r} is given twice"
+    bad = lone_surrogate(row)
+    return f"lone_surrogate: {bad}" if bad else None
+
+
 def _parse_json(text: str) -> Any:
-    """json.loads, with nesting too deep for the parser reported as a ValueError."""
+    """json.loads (objects remember a key given twice: `duplicate_key`), with nesting too deep
+    for the parser reported as a ValueError."""
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_pairs)
     except RecursionError:
         raise ValueError("nested too deeply") from None
 
@@ -128,7 +175,10 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
     if raw.startswith(b"\xef\xbb\xbf"):  # a byte-order mark (Windows editors)
         raw = raw[3:]
     if fmt == "txt":  # plain text: one response per non-empty line
-        for i, line in enumerate(raw.split(b"\n"), start=1):
+        for i, line in _lines(raw):
+            if isinstance(line, int):
+                rejects.add(path, i, _too_long(line))
+                continue
             if not line.strip():
                 continue
             try:
@@ -147,13 +197,16 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
             row = None  # not one object: read it line by line (JSON Lines named .json)
         if isinstance(row, dict):
             line = raw[: len(raw) - len(stripped)].count(b"\n") + 1
-            bad = lone_surrogate(row)
+            bad = row_problem(row, len(stripped))
             if bad:
-                rejects.add(path, line, f"lone_surrogate: {bad}")
+                rejects.add(path, line, bad)
             else:
                 yield line, row
             return
-    for i, line in enumerate(raw.split(b"\n"), start=1):
+    for i, line in _lines(raw):
+        if isinstance(line, int):  # never copied, decoded, parsed or tokenized
+            rejects.add(path, i, _too_long(line))
+            continue
         if not line.strip():
             continue
         try:
@@ -169,11 +222,42 @@ def iter_json_rows(path: Path, rejects: RejectLog) -> Iterator[tuple[int, dict[s
         if not isinstance(row, dict):
             rejects.add(path, i, "not_an_object", text)
             continue
-        bad = lone_surrogate(row)
+        bad = row_problem(row, 0)
         if bad:
-            rejects.add(path, i, f"lone_surrogate: {bad}", text)
+            rejects.add(path, i, bad, text)
             continue
         yield i, row
+
+
+def _too_long(size: int) -> str:
+    return f"too_long: {size:,} bytes, over the {MAX_ROW_BYTES:,} a row may hold"
+
+
+def _lines(raw: bytes) -> Iterator[tuple[int, bytes | int]]:
+    """(line number, its bytes) for each line of `raw` (as raw.split(b"\\n") numbers them), one at a
+    time; a line over MAX_ROW_BYTES as its length only, never copied."""
+    start, i, n = 0, 0, len(raw)
+    while start <= n:
+        end = raw.find(b"\n", start)
+        end = n if end < 0 else end
+        i += 1
+        yield i, (end - start if end - start > MAX_ROW_BYTES else raw[start:end])
+        start = end + 1
+
+
+def text_size(value: Any) -> int:
+    """Characters of every string in a parsed row (its size where no line length is known)."""
+    total, stack = 0, [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            total += len(v)
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list | tuple):
+            stack.extend(v)
+    return total
 
 
 def _array_rows(path: Path, raw: bytes, rejects: RejectLog) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -192,9 +276,9 @@ def _array_rows(path: Path, raw: bytes, rejects: RejectLog) -> Iterator[tuple[in
         if not isinstance(item, dict):
             rejects.add(path, i, "not_an_object", preview(item))
             continue
-        bad = lone_surrogate(item)
+        bad = row_problem(item, text_size(item))
         if bad:
-            rejects.add(path, i, f"lone_surrogate: {bad}")
+            rejects.add(path, i, bad)
             continue
         yield i, item
 
@@ -208,9 +292,9 @@ def _parquet_rows(path: Path, raw: bytes, rejects: RejectLog) -> Iterator[tuple[
     except Exception as e:  # noqa: BLE001 - any parquet failure is a data error
         raise DataError(f"{path}: not a readable parquet file ({_first_line(e)})") from None
     for i, row in enumerate(rows, start=1):
-        bad = lone_surrogate(row)
+        bad = row_problem(row, text_size(row))
         if bad:
-            rejects.add(path, i, f"lone_surrogate: {bad}")
+            rejects.add(path, i, bad)
             continue
         yield i, row
 
@@ -234,13 +318,26 @@ def list_data_files(path: Path) -> tuple[list[Path], list[tuple[str, str]]]:
         return [path], []
     if not path.is_dir():
         raise DataError(f"{path}: file not found")
+    from selfalign.lock import looks_like_run_dir
+
     files: list[Path] = []
     skipped: list[tuple[str, str]] = []
-    for root, dirs, names in os.walk(path):
+    # Symlinked folders are read like any folder (followlinks), each real folder once: a link to
+    # a folder already read (a loop such as `loop -> .`, or a second link) is listed as not read.
+    seen = {os.path.realpath(path)}
+    for root, dirs, names in os.walk(path, followlinks=True):
         dirs.sort()
-        for d in [d for d in dirs if d.startswith(".")]:
-            skipped.append((os.path.join(os.path.relpath(root, path), d, ""), "hidden folder"))
-            dirs.remove(d)
+        for d in list(dirs):
+            rel = os.path.join(os.path.relpath(root, path), d, "")
+            real = os.path.realpath(os.path.join(root, d))
+            why = ("hidden folder" if d.startswith(".")
+                   else "a selfalign run directory" if looks_like_run_dir(Path(root, d))
+                   else "link to a folder already read (a loop?)" if real in seen else None)
+            if why:
+                skipped.append((rel, why))
+                dirs.remove(d)
+            else:
+                seen.add(real)
         for name in sorted(names):
             f = Path(root, name)
             rel = str(f.relative_to(path))

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from selfalign.io import atomic_write_text
 from selfalign.records import AugmentedPair, RatedPair
+from selfalign.redact import redact
 
 N_SHOW = 5
 
@@ -196,4 +197,4 @@ def write_report(
     lines += ["", "## Responses of the forward model", ""]
     for r in responses:
         lines += [f"- **prompt:** {_md(r['prompt'], 300)}", f"  **response:** {_md(r['response'], 800)}"]
-    atomic_write_text(Path(path), "\n".join(lines) + "\n")
+    atomic_write_text(Path(path), redact("\n".join(lines) + "\n"))

@@ -14,6 +14,7 @@ from typing import Any
 
 from selfalign.config import Config
 from selfalign.io import STORAGE_ERRORS, WriteError
+from selfalign.redact import redact_obj
 
 
 class RunDirError(RuntimeError):
@@ -92,7 +93,7 @@ def config_changes(old: dict[str, Any], new: Config) -> list[tuple[str, Any, Any
     """(key, old, new) for each setting that differs from a stored run config, except
     RESUMABLE_KEYS. Keys the stored config lacks (written by an older selfalign) count as defaults."""
     was = {**flat(Config().to_dict()), **flat(old)}
-    now = flat(new.to_dict())
+    now = flat(redact_obj(new.to_dict()))  # as stored: secrets masked
     return [(k, was.get(k), v) for k, v in now.items() if was.get(k) != v and not k.startswith(RESUMABLE_KEYS)]
 
 

@@ -23,6 +23,7 @@ from selfalign.readers import (
 from selfalign.records import RejectLog, SeedPair
 
 _TURN_RE = re.compile(r"###\s*(Human|Assistant)\s*:", re.IGNORECASE)
+_QUOTES = "'\"`\u2018\u2019\u201c\u201d\u00ab\u00bb"
 
 # Common English function words; a cheap language check good enough for a seed filter.
 _EN_WORDS = frozenset(
@@ -40,7 +41,9 @@ def split_guanaco(text: str) -> list[tuple[str, str]]:
     if not isinstance(text, str):
         return []
     turns: list[tuple[str, str]] = []
-    matches = list(_TURN_RE.finditer(text))
+    # a marker followed at once by a closing quote or backtick is quoted text ("what does
+    # '### Assistant:' mean?"); a real marker is followed by the turn's text
+    matches = [m for m in _TURN_RE.finditer(text) if text[m.end() : m.end() + 1] not in _QUOTES or m.end() == len(text)]
     for i, m in enumerate(matches):
         end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
         role = "user" if m.group(1).lower() == "human" else "assistant"
@@ -76,6 +79,9 @@ def first_turn(row: dict[str, Any]) -> tuple[str, str, int] | str:
         turns = split_guanaco(row["text"])
         if not turns:
             return "no_markers: no '### Human:'/'### Assistant:' marker"
+        if any(role == ("assistant" if i % 2 else "user") for i, (role, _) in enumerate(turns[1:])):
+            # two human or two assistant turns in a row: a turn quotes a marker, and where it ends is a guess
+            return "ambiguous_turns: '### Human:'/'### Assistant:' turns do not alternate (a marker quoted in a turn?)"
     elif "messages" in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
@@ -109,16 +115,42 @@ def _rows_from_hub(name: str, split: str, rejects: RejectLog) -> list[tuple[str,
         ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - network, auth, missing repo: one clear line
         raise DataError(f"cannot load dataset '{name}' (split {split}): {e}") from None
-    from selfalign.readers import lone_surrogate
+    from selfalign.readers import row_problem, text_size
 
     out = []
     for i, r in enumerate(ds):
-        bad = lone_surrogate(dict(r))
+        bad = row_problem(dict(r), text_size(dict(r)))  # a lone surrogate, a row over the bound
         if bad:
-            rejects.add(name, i + 1, f"lone_surrogate: {bad}")
+            rejects.add(name, i + 1, bad)
         else:
             out.append((name, i + 1, dict(r)))
     return out
+
+
+def row_id(source: str, file: str, line: int) -> str:
+    """The id of the row at `file`:`line` of a data source: the file's path relative to the
+    source folder (its name for a file given directly, the dataset id on the Hub) and the line,
+    so that two files of one name in two sub-folders never give the same ids."""
+    root, f = Path(source).expanduser(), Path(file)
+    if root.is_dir():
+        try:
+            return f"{f.relative_to(root).as_posix()}:{line}"
+        except ValueError:
+            return f"{file}:{line}"
+    return f"{f.name if f.suffix else file}:{line}"
+
+
+def check_unique_ids(source: str, items: list[Any], where: dict[str, str]) -> None:
+    """A DataError naming both rows when two records of one source share an id: records are keyed
+    on their ids (resume, sampling, curation), so a collision would lose or mix rows."""
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items):
+        sid = item.source_id
+        if sid in seen:
+            first, second = where.get(f"{seen[sid]}", "?"), where.get(f"{i}", "?")
+            raise DataError(f"{source}: two rows have the id {sid!r} ({first} and {second}); ids must be unique "
+                            "within a data source (fix or drop one of them)")
+        seen[sid] = i
 
 
 def load_rows(source: str, split: str, rejects: RejectLog) -> list[tuple[str, int, dict[str, Any]]]:
@@ -155,6 +187,7 @@ def load_seed(
     """Load seed pairs (first turn of each conversation), deduplicated, English-filtered."""
     rejects = rejects if rejects is not None else RejectLog()
     pairs: list[SeedPair] = []
+    where: dict[str, str] = {}
     seen: set[tuple[str, str]] = set()
     rows = load_rows(source, split, rejects)
     for n, (file, line, row) in enumerate(rows, start=1):
@@ -171,7 +204,8 @@ def load_seed(
             rejects.add(file, line, "duplicate", instruction)
             continue
         seen.add(key)
-        source_id = str(row.get("id", row.get("message_tree_id", f"{Path(file).name}:{line}")))
+        source_id = str(row.get("id", row.get("message_tree_id", row_id(source, file, line))))
+        where[f"{len(pairs)}"] = f"{file}:{line}"
         pairs.append(SeedPair(instruction, response, source_id, n_turns))
         if limit is not None and len(pairs) >= limit:
             rejects.past_limit = len(rows) - n
@@ -179,4 +213,5 @@ def load_seed(
     if not pairs:
         first = f"; first: {rejects.first()}" if len(rejects) else ""
         raise DataError(f"{source}: no usable seed pair ({rejects.summary()}{first})")
+    check_unique_ids(source, pairs, where)
     return pairs

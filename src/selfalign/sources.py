@@ -168,6 +168,16 @@ def announce_sources(sources: dict[str, Source]) -> None:
 
 
 def file_fingerprint(path: str) -> str:
-    """A data source's fingerprint for a stage key: its file's hash, or a Hub id itself."""
+    """A data source's fingerprint for a stage key: its file's hash, a folder's data files (those
+    that are read: not a run directory inside it, symlinked folders included), or a Hub id itself."""
     p = Path(path).expanduser()
+    if p.is_dir():
+        import hashlib
+
+        from selfalign.readers import list_data_files
+
+        h = hashlib.sha256()
+        for f in list_data_files(p)[0]:
+            h.update(f"{f.relative_to(p).as_posix()}\0{fingerprint(f)}\0".encode())
+        return h.hexdigest()[:16]
     return fingerprint(p) if p.exists() else path  # Hub id: the id itself

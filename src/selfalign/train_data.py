@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from selfalign.prompts import Messages, Templates, shipped
+from selfalign.prompts import Messages, Templates, clip_chars, shipped
 
 IGNORE_INDEX = -100
 
@@ -46,9 +46,12 @@ def tokenize_example(tokenizer: Any, ex: TrainExample, max_len: int,
     if not ex.target.strip():
         return "empty_target"
     tpl = templates or shipped()
-    prompt_ids = tokenizer(tpl.render_prompt(tokenizer, ex.messages), add_special_tokens=False)["input_ids"]
-    target_ids = tokenizer(tpl.render_target(tokenizer, ex.messages, ex.target), add_special_tokens=False)["input_ids"]
-    truncated = False
+    # cut by characters before tokenizing (prompts.clip_chars): a huge row is never tokenized whole
+    messages = [{**m, "content": clip_chars(m["content"], max_len + 1)} for m in ex.messages]
+    target = clip_chars(ex.target, max_len + 1)
+    prompt_ids = tokenizer(tpl.render_prompt(tokenizer, messages), add_special_tokens=False)["input_ids"]
+    target_ids = tokenizer(tpl.render_target(tokenizer, messages, target), add_special_tokens=False)["input_ids"]
+    truncated = target is not ex.target
     room = max_len - len(prompt_ids)
     if room < 1:
         return "prompt_too_long"

@@ -8,7 +8,7 @@ from typing import Any
 from selfalign.io import DataError
 from selfalign.readers import is_blank, preview
 from selfalign.records import RejectLog, UnlabelledResponse
-from selfalign.seed import _TURN_RE, load_rows
+from selfalign.seed import _TURN_RE, check_unique_ids, load_rows, row_id
 
 
 def is_multi_turn(conversations: list[str]) -> bool:
@@ -51,6 +51,7 @@ def load_unlabelled(
     """All usable single-turn responses; multi-turn rows are counted as rejects, not dropped silently."""
     rejects = rejects if rejects is not None else RejectLog()
     out: list[UnlabelledResponse] = []
+    where: dict[str, str] = {}
     seen: set[str] = set()
     for file, line, row in load_rows(source, split, rejects):
         try:
@@ -63,7 +64,8 @@ def load_unlabelled(
             continue
         seen.add(text)
         name = str(row.get("source", "")) if isinstance(row.get("source", ""), str) else ""
-        out.append(UnlabelledResponse(text, source_id=f"{_short(file)}:{line}", source=name))
+        where[f"{len(out)}"] = f"{file}:{line}"
+        out.append(UnlabelledResponse(text, source_id=row_id(source, file, line), source=name))
     n_guanaco = rejects.counts().get("guanaco_conversation", 0)
     if n_guanaco and n_guanaco >= len(out):
         raise DataError(
@@ -74,14 +76,8 @@ def load_unlabelled(
     if not out:
         first = f"; first: {rejects.first()}" if len(rejects) else ""
         raise DataError(f"{source}: no usable unlabelled response ({rejects.summary()}{first})")
+    check_unique_ids(source, out, where)
     return out
-
-
-def _short(file: str) -> str:
-    from pathlib import Path
-
-    p = Path(file)
-    return p.name if p.suffix else file
 
 
 def sample_single_turn(

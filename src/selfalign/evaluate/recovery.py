@@ -58,9 +58,9 @@ def rouge_l_f1(candidate: str, reference: str) -> float:
 def true_prompts(source: str, split: str = "train") -> dict[str, tuple[str, str]]:
     """source_id -> (true prompt, response) of every unlabelled row that has a prompt (LIMA
     `conversations[0]`, or an `instruction`/`prompt` field), with the source ids that
-    `unlabelled.load_unlabelled` gives (`file name:line`)."""
-    from selfalign.seed import load_rows
-    from selfalign.unlabelled import _short, response_of
+    `unlabelled.load_unlabelled` gives (`seed.row_id`: `path in the folder:line`)."""
+    from selfalign.seed import load_rows, row_id
+    from selfalign.unlabelled import response_of
 
     out: dict[str, tuple[str, str]] = {}
     for file, line, row in load_rows(source, split, RejectLog()):
@@ -71,7 +71,7 @@ def true_prompts(source: str, split: str = "train") -> dict[str, tuple[str, str]
         conv = row.get("conversations")
         prompt = conv[0] if isinstance(conv, list) and conv else row.get("instruction", row.get("prompt"))
         if isinstance(prompt, str) and prompt.strip():
-            out[f"{_short(file)}:{line}"] = (prompt.strip(), response)
+            out[row_id(source, file, line)] = (prompt.strip(), response)
     return out
 
 
