@@ -346,7 +346,7 @@ def dataset_card(provenance: dict[str, Any], n_rows: int, config: dict[str, Any]
         ("threshold", cur.get("threshold", p.get("threshold"))),
     ]
     for key in ("generated", "generated_ok", "rated", "scored", "kept", "mean_score",
-                "parse_failure_rate", "histogram"):
+                "parse_failure_rate", "histogram", "hygiene"):
         if key in p:
             rows.append((key.replace("_", " "), p[key]))
     return render_card(
