@@ -25,10 +25,10 @@ _MODEL = ("models.base", "models.dtype", "models.load_in_4bit")
 _HYGIENE = ("hygiene.benchmarks", "hygiene.include_heldout", "hygiene.keep_contaminated", "hygiene.ngram",
             "hygiene.min_words", "hygiene.ngram_threshold", "hygiene.embeddings", "hygiene.embedding_layer",
             "hygiene.embedding_max_tokens", "hygiene.embedding_threshold", "hygiene.minhash_threshold",
-            "hygiene.minhash_perm", "evaluate.oasst1_val", "data.eval_split", "forward.n_responses", *_MODEL)
+            "hygiene.minhash_perm", "data.eval_split", "forward.n_responses", *_MODEL)
 STAGE_READS: dict[str, Reads] = {
     "seed": Reads(config=("data.seed", "data.seed_split", "data.seed_limit", "data.seed_english_only")),
-    # hygiene: the evaluation prompts and benchmark files are given (their fingerprints)
+    # hygiene: the evaluation prompts and benchmark files (evaluate.oasst1_val too) are given: their fingerprints
     "hygiene-seed": Reads(config=(*_HYGIENE,), artifacts=("seed/pairs.jsonl",)),
     "hygiene-augmented": Reads(config=(*_HYGIENE,), artifacts=("seed/pairs.jsonl", "augment/augmented.jsonl")),
     "train-backward": Reads(config=(*_MODEL, "lora", "train_backward", "run.seed"),
