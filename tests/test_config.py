@@ -287,7 +287,8 @@ EVALUATE_BEFORE = {
 HYGIENE = {
     "curation.max_kept": None,
     "hygiene.benchmarks": ["../shared/data/benchmarks/alpaca_eval_prompts.jsonl", "../shared/data/lima/test.jsonl"],
-    "hygiene.include_heldout": True, "hygiene.keep_contaminated": False, "hygiene.ngram": 6, "hygiene.min_words": 4,
+    "hygiene.include_heldout": True, "hygiene.keep_contaminated": False,
+    "hygiene.drop_methods": ["exact", "ngram"], "hygiene.ngram": 6, "hygiene.min_words": 4,
     "hygiene.ngram_threshold": 0.5, "hygiene.embeddings": "base", "hygiene.embedding_layer": 8,
     "hygiene.embedding_max_tokens": 64, "hygiene.embedding_threshold": 0.68, "hygiene.minhash_threshold": 0.7,
     "hygiene.minhash_perm": 128, "hygiene.diversity_threshold": 0.68,

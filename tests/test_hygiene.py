@@ -115,6 +115,10 @@ def test_whole_guanaco_subset_rows_472_and_993_are_found_and_kept_out_of_trainin
     # 39 LIMA test prompts are AlpacaEval prompts (exact); LIMA test itself is the eval file: not compared
     ev = res["tables"]["eval_prompts/benchmark_prompt"]
     assert ev["checked"] == 300 and ev["by_method"]["exact"] == 39 and "lima/test" not in ev["benchmarks"]
+    from selfalign.hygiene_stage import report_lines
+
+    report = "\n".join(report_lines(tmp_path))
+    assert "Evaluation prompts: 39 of the 300 are benchmark prompts" in report and "| seed | contaminated | 393 |" in report
     keep = real.model_copy(deep=True)
     keep.hygiene.keep_contaminated = True
     run_part("seed", keep, tmp_path, seed, [], data_files(src))

@@ -257,6 +257,8 @@ class HygieneConfig(_Section):
     benchmarks: list[Text] = Field(default_factory=lambda: ["tatsu-lab/alpaca_eval@eval", "GAIR/lima@test"])
     include_heldout: bool = True  # also evaluate.oasst1_val (the run's held-out set), when set
     keep_contaminated: bool = False  # true: contaminated pairs stay in training (flagged, and said)
+    # the methods whose hits are dropped; embedding hits are otherwise listed as candidates for review
+    drop_methods: list[Literal["exact", "ngram", "embedding"]] = Field(default_factory=lambda: ["exact", "ngram"])
     ngram: _int_range(2, 64) = 6  # words per n-gram (open-instruct: 8; GPT-3 / NeMo Curator: 13; docs/hygiene.md)
     min_words: PosInt = 4  # shorter benchmark prompts are matched exactly only
     ngram_threshold: _float_range(0.0, 1.0, lo_open=True) = 0.5  # share of a prompt's n-grams found

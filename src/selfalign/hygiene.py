@@ -299,6 +299,9 @@ def _first_per_item(rows: Sequence[Flag]) -> list[Flag]:
     return out
 
 
-def flagged_ids(flags: Iterable[Flag | dict[str, Any]], set_name: str, flag: str = "contaminated") -> set[str]:
+def flagged_ids(flags: Iterable[Flag | dict[str, Any]], set_name: str, methods: Iterable[str] = METHODS,
+                flag: str = "contaminated") -> set[str]:
+    """Ids of `set_name` with a `flag` by one of `methods`."""
     rows = (f if isinstance(f, dict) else f.to_dict() for f in flags)
-    return {r["source_id"] for r in rows if r["set"] == set_name and r["flag"] == flag}
+    methods = set(methods)
+    return {r["source_id"] for r in rows if r["set"] == set_name and r["flag"] == flag and r["method"] in methods}

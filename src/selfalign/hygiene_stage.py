@@ -139,9 +139,10 @@ def run_part(part: str, cfg: Config, run_dir: Path, seed: list[SeedPair], augmen
     d = run_dir / "hygiene"
     write_jsonl(d / f"{part}.jsonl", [f.to_dict() for f in flags])
     if part == "seed":
-        dropped = set() if cfg.hygiene.keep_contaminated else flagged_ids(flags, "seed")
+        dropped = set() if cfg.hygiene.keep_contaminated else flagged_ids(flags, "seed", cfg.hygiene.drop_methods)
         write_jsonl(d / "seed_train.jsonl", [asdict(p) for p in seed if p.source_id not in dropped])
         out["seed_dropped"] = sorted(dropped)
+        out["drop_methods"], out["keep_contaminated"] = list(cfg.hygiene.drop_methods), cfg.hygiene.keep_contaminated
         out["seed_contaminated"] = sorted(flagged_ids(flags, "seed"))
     atomic_write_text(d / f"{part}.json", json.dumps(out, indent=1))
     merge_flags(run_dir)
@@ -182,12 +183,13 @@ def curate_filter(cfg: Config, run_dir: Path, kept: list[Any], iteration: int) -
     d = run_dir / "hygiene"
     path = d / "augmented.jsonl"
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x] if path.is_file() else []
-    bad = flagged_ids(rows, "augmented")
+    bad = flagged_ids(rows, "augmented", cfg.hygiene.drop_methods)
     hits = [Flag(**{**r, "set": "curated"}) for r in rows if r["set"] == "augmented" and r["flag"] == "contaminated"
             and r["source_id"] in {p.source_id for p in kept}]
     write_jsonl(d / f"curated_{iteration}.jsonl", [f.to_dict() for f in hits])
     info: dict[str, Any] = {"over_threshold": len(kept), "contaminated": len({f.source_id for f in hits}),
-                            "contaminated_kept": cfg.hygiene.keep_contaminated}
+                            "contaminated_kept": cfg.hygiene.keep_contaminated,
+                            "dropped": 0 if cfg.hygiene.keep_contaminated else len(bad & {p.source_id for p in kept})}
     if not cfg.hygiene.keep_contaminated:
         kept = [p for p in kept if p.source_id not in bad]
     budget = budget_of(cfg.curation.max_kept, len(kept))
@@ -247,7 +249,13 @@ def report_lines(run_dir: Path) -> list[str]:
     if "seed_contaminated" in seed:
         kept = len(seed["seed_contaminated"]) - len(seed["seed_dropped"])
         out.append(f"Seed pairs matching a benchmark: {len(seed['seed_contaminated'])}; kept out of training: "
-                   f"{len(seed['seed_dropped'])}" + (f" (**{kept} kept: hygiene.keep_contaminated**)" if kept else "") + ".")
+                   f"{len(seed['seed_dropped'])} (methods dropped: {', '.join(seed.get('drop_methods', []))}; "
+                   f"{kept} kept{': hygiene.keep_contaminated' if seed.get('keep_contaminated') else ''}).")
+    ev = seed["tables"].get("eval_prompts/benchmark_prompt")
+    if ev:
+        exact = ev["by_method"].get("exact", 0)
+        out.append(f"Evaluation prompts: {exact} of the {ev['checked']} are benchmark prompts (exact match after "
+                   f"normalisation); {ev['items_hit'] - exact} more match one by n-gram or embedding only.")
     n_resp, hits = seed.get("responses_prompts", 0), seed.get("responses_prompts_flagged", [])
     out += [f"Of the {n_resp} evaluation prompts the forward model answers in this report, {len(hits)} are "
             f"flagged (a benchmark prompt or in training){': ' + ', '.join(hits) if hits else ''}.", ""]
@@ -258,7 +266,7 @@ def report_lines(run_dir: Path) -> list[str]:
     for f in sorted(d.glob("curated_*.json")):
         c = json.loads(f.read_text(encoding="utf-8"))
         line = (f"Curated set ({f.stem}): {c['over_threshold']} over the threshold; {c['contaminated']} match a "
-                f"benchmark ({'kept: hygiene.keep_contaminated' if c['contaminated_kept'] else 'dropped'})")
+                f"benchmark; {c['dropped']} dropped" + (" (**kept: hygiene.keep_contaminated**)" if c["contaminated_kept"] else ""))
         if c.get("budget") is not None:
             line += (f"; budget {c['budget']}: {c['diversity_skipped']} skipped as too close to a kept pair "
                      f"({c['similarity']} >= {c['diversity_threshold']}), {c['changed_by_rule']} of the top "
@@ -271,8 +279,8 @@ def report_lines(run_dir: Path) -> list[str]:
 
 def card_text(info: dict[str, Any]) -> str:
     """The dataset card's line on hygiene (from `curate_filter`'s info)."""
-    what = "kept (hygiene.keep_contaminated)" if info["contaminated_kept"] else "dropped"
-    text = f"{info['contaminated']} pairs matching a benchmark prompt {what}"
+    what = "kept (hygiene.keep_contaminated)" if info["contaminated_kept"] else f"{info['dropped']} dropped"
+    text = f"{info['contaminated']} pairs matching a benchmark prompt, {what}"
     if info.get("budget") is not None:
         text += f"; budget {info['budget']}, {info['diversity_skipped']} skipped as near another kept pair"
     return text + "; see hygiene/flags.jsonl of the run"

@@ -22,7 +22,8 @@ class Reads:
 
 _PLAIN = "templates.json:plain"  # the chat template of tokenizers without one (LLaMA-2 base)
 _MODEL = ("models.base", "models.dtype", "models.load_in_4bit")
-_HYGIENE = ("hygiene.benchmarks", "hygiene.include_heldout", "hygiene.keep_contaminated", "hygiene.ngram",
+_HYGIENE = ("hygiene.benchmarks", "hygiene.include_heldout", "hygiene.keep_contaminated", "hygiene.drop_methods",
+            "hygiene.ngram",
             "hygiene.min_words", "hygiene.ngram_threshold", "hygiene.embeddings", "hygiene.embedding_layer",
             "hygiene.embedding_max_tokens", "hygiene.embedding_threshold", "hygiene.minhash_threshold",
             "hygiene.minhash_perm", "data.eval_split", "forward.n_responses", *_MODEL)
