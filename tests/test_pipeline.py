@@ -275,7 +275,7 @@ def test_training_under_torchrun_two_cpu_ranks(tmp_path: Path, tiny_model: Path)
     assert len(losses) == 2 and losses[0] == losses[1]  # the ranks agree on the losses
     adapter = tmp_path / "run" / "backward"
     assert (adapter / "adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backward", "config.yaml", "manifest.json", "seed"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backward", "config.yaml", "hygiene", "manifest.json", "seed"]
     # generation stages refuse to run once per rank
     g = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "-m", "selfalign.cli", "augment", "--config", "smoke",

@@ -131,6 +131,13 @@ def benchmark_specs(cfg: Config) -> list[tuple[str, str, str]]:
     return out
 
 
+def local_path(value: str, cfg: Config) -> Path | None:
+    """The existing local file or folder a benchmark path names (as for data paths), or None."""
+    from selfalign.sources import _candidates, _exists
+
+    return next((c.resolve() for c in _candidates(value, cfg.config_dir) if _exists(c)), None)
+
+
 @functools.lru_cache(maxsize=16)
 def _hub_benchmark(name: str, hub_id: str, split: str) -> list[Item]:
     """A Hub benchmark, read once per process (a failed read offline takes a while: not cached)."""
@@ -150,14 +157,14 @@ def load_benchmarks(cfg: Config, quiet: bool = False) -> tuple[list[Item], dict[
     A local file is looked up as data paths are (working directory, then the config's folder).
     A file under an absent `data.samples_if_absent` folder, or a Hub dataset that cannot be read
     (offline, gated), is not checked and said so; a local file that does not exist is an error."""
-    from selfalign.sources import _candidates, _exists, _under, local_file
+    from selfalign.sources import _candidates, _exists, _under
 
     items: list[Item] = []
     files: dict[str, str] = {}
     notes: list[str] = []
     root = cfg.data.samples_if_absent
     for name, path, split in benchmark_specs(cfg):
-        found = local_file(path, cfg)
+        found = local_path(path, cfg)
         if found is None:
             if root and _under(path, root) and not any(_exists(c) for c in _candidates(root, cfg.config_dir)):
                 notes.append(f"{name}: not checked ({root} is absent)")

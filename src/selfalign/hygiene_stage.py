@@ -53,13 +53,13 @@ def counts(res: dict[str, Any]) -> dict[str, Any]:
 
 def benchmark_fingerprints(cfg: Config) -> list[list[str]]:
     """(name, fingerprint) of each benchmark source, for the stage key (Hub ids by themselves)."""
-    from selfalign.hygiene import benchmark_specs
-    from selfalign.sources import file_fingerprint, local_file
+    from selfalign.hygiene import benchmark_specs, local_path
+    from selfalign.manifest import fingerprint
 
     out = []
     for name, path, _split in benchmark_specs(cfg):
-        found = local_file(path, cfg)
-        out.append([name, file_fingerprint(str(found)) if found else path])
+        found = local_path(path, cfg)
+        out.append([name, fingerprint(found) if found else path])
     return out
 
 
