@@ -237,3 +237,23 @@ def test_planted_paraphrases_are_found_by_embeddings(real) -> None:
     recall = np.mean([float((b @ vec[it.text]).max()) >= th for it in pos])
     fp = np.mean([float((b @ vec[it.text]).max()) >= th for it in neg])
     assert recall >= 0.25 and fp <= 0.04  # measured 36.7% and 1.5% (390 Guanaco prompts; docs/hygiene.md)
+
+
+def test_an_unreadable_hub_benchmark_is_said_and_skipped(tmp_path: Path, monkeypatch) -> None:
+    import selfalign.seed
+    from selfalign import hygiene
+
+    calls = []
+
+    def offline(name: str, split: str, rejects):  # noqa: ANN001, ANN202 - datasets offline, quickly
+        calls.append((name, split))
+        raise DataError(f"cannot load dataset '{name}' (split {split}): Couldn't reach '{name}' on the Hub")
+
+    monkeypatch.setattr(selfalign.seed, "_rows_from_hub", offline)
+    hygiene._hub_benchmark.cache_clear()
+    cfg = _cfg(tmp_path, "hygiene.benchmarks=[someone/bench@eval]")
+    for _ in range(2):
+        items, files, notes = load_benchmarks(cfg)
+        assert items == [] and files == {} and notes[0].startswith("someone/bench:eval: not checked (could not be read")
+    assert calls == [("someone/bench", "eval")]  # tried once per process
+    hygiene._hub_benchmark.cache_clear()

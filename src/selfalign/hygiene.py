@@ -139,9 +139,13 @@ def local_path(value: str, cfg: Config) -> Path | None:
 
 
 @functools.lru_cache(maxsize=16)
-def _hub_benchmark(name: str, hub_id: str, split: str) -> list[Item]:
-    """A Hub benchmark, read once per process (a failed read offline takes a while: not cached)."""
-    return read_benchmark(name, hub_id, split)
+def _hub_benchmark(name: str, hub_id: str, split: str) -> list[Item] | str:
+    """A Hub benchmark, or why it could not be read: tried once per process (offline, a failed
+    read takes ~50 s)."""
+    try:
+        return read_benchmark(name, hub_id, split)
+    except DataError as e:
+        return str(e)
 
 
 def _is_hub(value: str) -> bool:
@@ -171,10 +175,9 @@ def load_benchmarks(cfg: Config, quiet: bool = False) -> tuple[list[Item], dict[
                 continue
             if not _is_hub(path):
                 raise DataError(f"hygiene.benchmarks: {path}: file not found")
-            try:
-                got = _hub_benchmark(name, path, split)
-            except DataError as e:
-                notes.append(f"{name}: not checked (could not be read: {str(e)[:200]})")
+            got = _hub_benchmark(name, path, split)
+            if isinstance(got, str):
+                notes.append(f"{name}: not checked (could not be read: {got[:200]})")
                 continue
             files[name] = path
         else:
