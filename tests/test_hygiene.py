@@ -195,6 +195,7 @@ def test_curate_filter_drops_contaminated_then_applies_the_budget(tmp_path: Path
     cfg.curation.max_kept = 3
     out, info = curate_filter(cfg, tmp_path, kept, 1)
     assert [p.source_id for p in out] == ["p0", "p1", "p2"] and info["budget"] == 3
+    assert info["diversity_skipped"] == 0 and info["changed_by_rule"] == 0  # distinct prompts: the plain top 3
 
 
 def test_embedder_unit_vectors_cache_and_small_models(tmp_path: Path, tiny_model: Path, monkeypatch) -> None:

@@ -202,7 +202,7 @@ def curate_filter(cfg: Config, run_dir: Path, kept: list[Any], iteration: int) -
         similar = closeness(cfg, texts, vectors)
         threshold = cfg.hygiene.diversity_threshold if vectors is not None else cfg.hygiene.minhash_threshold
         chosen, skipped = select_diverse(kept, budget, cfg.run.seed, similar, threshold)
-        by_score = sorted(kept, key=lambda p: -(p.score or 0.0))[:budget]  # the budget without the rule
+        by_score = select_diverse(kept, budget, cfg.run.seed, similar, float("inf"))[0]  # the budget without the rule
         ids = {p.source_id for p in chosen}
         info.update(diversity_skipped=len(skipped), similarity="cosine" if vectors is not None else "minhash",
                     diversity_threshold=threshold,
@@ -240,7 +240,8 @@ def report_lines(run_dir: Path) -> list[str]:
     for part in parts:
         for t in part["tables"].values():
             by = t["by_method"]
-            rows.append([t["set"], t["flag"].replace("_", " "), t["checked"], t["items_hit"],
+            flag = t["flag"].replace("_", " ") + (f" ({part['part']})" if t["flag"] == "in_training" else "")
+            rows.append([t["set"], flag, t["checked"], t["items_hit"],
                          *(by.get(m, 0) for m in ("exact", "ngram", "embedding"))])
             examples += [f"- {t['set']} `{e['source_id']}` ({e['method']}, {e['score']}): "
                          f"{_cut(e['match'])} — {e['benchmark']} `{e['match_id']}`" for e in t["examples"][:2]]
