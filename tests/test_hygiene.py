@@ -115,9 +115,13 @@ def test_whole_guanaco_subset_rows_472_and_993_are_found_and_kept_out_of_trainin
     # 39 LIMA test prompts are AlpacaEval prompts (exact); LIMA test itself is the eval file: not compared
     ev = res["tables"]["eval_prompts/benchmark_prompt"]
     assert ev["checked"] == 300 and ev["by_method"]["exact"] == 39 and "lima/test" not in ev["benchmarks"]
-    from selfalign.hygiene_stage import report_lines
+    from selfalign.hygiene_stage import add_to_report
 
-    report = "\n".join(report_lines(tmp_path))
+    (tmp_path / "report.md").write_text("# selfalign run report\n\n## Counts\n\nx\n")
+    for _ in range(2):  # written, then replaced
+        add_to_report(tmp_path / "report.md", tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    assert report.count("## Data hygiene") == 1 and report.startswith("# selfalign run report\n\n## Counts")
     assert "Evaluation prompts: 39 of the 300 are benchmark prompts" in report and "| seed | contaminated | 393 |" in report
     keep = real.model_copy(deep=True)
     keep.hygiene.keep_contaminated = True

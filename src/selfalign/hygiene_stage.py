@@ -278,6 +278,15 @@ def report_lines(run_dir: Path) -> list[str]:
     return out
 
 
+def add_to_report(path: Path, run_dir: Path) -> None:
+    """`report.md` with its "Data hygiene" section (written, or replaced when there is one)."""
+    from selfalign.report import replace_section
+
+    lines = report_lines(run_dir)
+    if lines:
+        atomic_write_text(path, replace_section(path.read_text(encoding="utf-8"), "\n".join(lines)))
+
+
 def card_text(info: dict[str, Any]) -> str:
     """The dataset card's line on hygiene (from `curate_filter`'s info)."""
     what = "kept (hygiene.keep_contaminated)" if info["contaminated_kept"] else f"{info['dropped']} dropped"

@@ -340,6 +340,7 @@ class Run:
 
         write_report(self.path("report.md"), self.dir, self.manifest.data, self.augment(), self.curate(n),
                      self.responses())
+        hygiene_stage.add_to_report(self.path("report.md"), self.dir)  # benchmark matches, duplicates, budget
 
 
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:

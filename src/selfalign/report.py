@@ -163,9 +163,6 @@ def write_report(
     c = manifest.get("counts", {})
     lines = ["# selfalign run report", "", f"Run directory: `{run_dir}`", ""]
     lines += data_lines(manifest.get("data_sources", {}))
-    from selfalign.hygiene_stage import report_lines  # benchmark matches, duplicates, the budget
-
-    lines += report_lines(run_dir)
     lines += ["## Counts", "", table(["stage", "count"], [[k, v] for k, v in c.items() if not isinstance(v, dict)])]
     for k, v in c.items():
         if isinstance(v, dict):
