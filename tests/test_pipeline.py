@@ -32,6 +32,7 @@ def test_smoke_run_end_to_end(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
     assert len(lines(d / "responses.jsonl")) == smoke_cfg.forward.n_responses
     report = (d / "report.md").read_text()
     assert "## Counts" in report and "## High-scored pairs" in report and "## Responses of the forward model" in report
+    assert "## Data hygiene" in report and (d / "hygiene" / "flags.jsonl").is_file()
     # the smoke config names the shipped samples: the first lines and the report say so
     assert "data.seed: sample:seed -> " in out and "uses the small OASST1 samples shipped" in out
     assert "**This run used the small OASST1 samples shipped with selfalign, not real data.**" in report
