@@ -133,6 +133,7 @@ def run_part(part: str, cfg: Config, run_dir: Path, seed: list[SeedPair], augmen
     out = {"part": part, "checked": checked, "benchmarks": sorted({t.set for t in bench}),
            "benchmark_items": len(bench), "not_checked": notes, "tables": tables,
            "duplicates": duplicate_counts([f for f in flags if f.flag.endswith("duplicate")], {part: len(checked_items)}),
+           "duplicate_examples": [f.to_dict() for f in flags if f.flag.endswith("duplicate")][:3],
            "responses_prompts": n_resp, "responses_prompts_flagged": resp_hits,
            "embeddings": cfg.hygiene.embeddings if vectors is not None else "none",
            "seconds": round(time.perf_counter() - t0, 2), "embedding_seconds": round(t_emb, 2)}
@@ -264,6 +265,8 @@ def report_lines(run_dir: Path) -> list[str]:
     dup = [[s, *(v.get(k, 0) for k in ("checked",))] + [", ".join(f"{k} {n}" for k, n in v.items() if k != "checked") or "none"]
            for part in parts for s, v in part["duplicates"].items()]
     out += ["Duplicates (exact after normalisation; near: MinHash):", "", table(["set", "checked", "found"], dup), ""]
+    out += [f"- {e['set']} `{e['source_id']}` {e['flag'].replace('_', ' ')} ({e['score']}) of {e['benchmark']} "
+            f"`{e['match_id']}`: {_cut(e['match'])}" for part in parts for e in part.get("duplicate_examples", [])]
     for f in sorted(d.glob("curated_*.json")):
         c = json.loads(f.read_text(encoding="utf-8"))
         line = (f"Curated set ({f.stem}): {c['over_threshold']} over the threshold; {c['contaminated']} match a "
