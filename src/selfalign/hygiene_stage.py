@@ -160,6 +160,17 @@ def line(out: dict[str, Any]) -> str:
     return "; ".join(parts) + f" ({out['seconds']}s, embeddings {out['embedding_seconds']}s)"
 
 
+def clean(cfg: Config, run_dir: Path, augmented: list[Any]) -> list[Any]:
+    """The augmented pairs without those a method of `hygiene.drop_methods` matched to a benchmark
+    (all of them with `keep_contaminated`): what the ablation's arms sample from."""
+    path = run_dir / "hygiene" / "augmented.jsonl"
+    if cfg.hygiene.keep_contaminated or not path.is_file():
+        return augmented
+    rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x]
+    bad = flagged_ids(rows, "augmented", cfg.hygiene.drop_methods)
+    return [p for p in augmented if p.source_id not in bad]
+
+
 def train_seed(run_dir: Path, _done: Any = None) -> list[SeedPair]:
     """The seed pairs that training uses (written by the hygiene-seed stage, whose result `_done` is)."""
     path = run_dir / "hygiene" / "seed_train.jsonl"
