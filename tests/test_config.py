@@ -283,11 +283,23 @@ EVALUATE_BEFORE = {
 }
 
 
+# issue 27: the budget and the hygiene stages (the repository's config names the local benchmark copies)
+HYGIENE = {
+    "curation.max_kept": None,
+    "hygiene.benchmarks": ["../shared/data/benchmarks/alpaca_eval_prompts.jsonl", "../shared/data/lima/test.jsonl"],
+    "hygiene.include_heldout": True, "hygiene.keep_contaminated": False,
+    "hygiene.drop_methods": ["exact", "ngram"], "hygiene.ngram": 6, "hygiene.min_words": 4,
+    "hygiene.ngram_threshold": 0.5, "hygiene.embeddings": "base", "hygiene.embedding_layer": 8,
+    "hygiene.embedding_max_tokens": 64, "hygiene.embedding_threshold": 0.68, "hygiene.minhash_threshold": 0.7,
+    "hygiene.minhash_perm": 128, "hygiene.diversity_threshold": 0.68,
+}
+
+
 def test_the_repositorys_selfalign_yaml_is_the_default_run_of_before() -> None:
     cfg = load_config(REPO / "selfalign.yaml")
     new = ("served.", "curation.labels")  # keys added since, at their defaults (checked against default.yaml above)
     assert {k: v for k, v in _flat(cfg.to_dict()).items() if not k.startswith(new)} == {
-        **DEFAULT_YAML_BEFORE, **EVALUATE_BEFORE}
+        **DEFAULT_YAML_BEFORE, **EVALUATE_BEFORE, **HYGIENE}
 
 
 def test_the_shipped_default_names_the_datasets_by_hub_id() -> None:

@@ -33,6 +33,7 @@ def test_smoke_run_end_to_end(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
     report = (d / "report.md").read_text()
     assert "## Counts" in report and "## High-scored pairs" in report and "## Responses of the forward model" in report
     assert "[review.html](review.html)" in report and "unlabelled.jsonl" in (d / "review.html").read_text()
+    assert "## Data hygiene" in report and (d / "hygiene" / "flags.jsonl").is_file()
     # the smoke config names the shipped samples: the first lines and the report say so
     assert "data.seed: sample:seed -> " in out and "uses the small OASST1 samples shipped" in out
     assert "**This run used the small OASST1 samples shipped with selfalign, not real data.**" in report
@@ -277,8 +278,8 @@ def test_training_under_torchrun_two_cpu_ranks(tmp_path: Path, tiny_model: Path)
     assert len(losses) == 2 and losses[0] == losses[1]  # the ranks agree on the losses
     adapter = tmp_path / "run" / "backward"
     assert (adapter / "adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".selfalign.lock", "backward", "config.yaml", "manifest.json",
-                                                                   "seed"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".selfalign.lock", "backward", "config.yaml", "hygiene",
+                                                                   "manifest.json", "seed"]
     # generation stages refuse to run once per rank
     g = subprocess.run(
         [torchrun, "--nproc_per_node", "2", "-m", "selfalign.cli", "augment", "--config", "smoke",

@@ -66,7 +66,8 @@ def test_editing_a_template_redoes_exactly_its_dependent_stages(smoke_cfg, tmp_p
     cfg.data.seed_limit, cfg.data.unlabelled_n = 8, 6
     first = run_pipeline(cfg, until="train-forward")
     stages = list(first.ran)
-    assert stages == ["seed", "sample", "train-backward", "augment", "curate-1", "train-forward-1"]
+    assert stages == ["seed", "hygiene-seed", "sample", "train-backward", "augment", "hygiene-augmented", "curate-1",
+                      "train-forward-1"]
     assert run_pipeline(cfg, until="train-forward").ran == []  # nothing changed: nothing redone
 
     for ref, edit in EDITS.items():

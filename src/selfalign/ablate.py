@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from selfalign import hygiene_stage
 from selfalign.config import Config, ConfigError
 from selfalign.forward import train_forward
 from selfalign.io import atomic_write_text, write_json
@@ -203,8 +204,9 @@ def ablate(cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     run = _prepare(cfg)
     it = cfg.curation.iterations
-    seed_pairs, augmented = run.seed(), run.augment()
-    curated = select(run.curate(it), cfg.curation.threshold)
+    # the data the run trains on: without benchmark matches (hygiene_stage), the curated set as written
+    seed_pairs, augmented = hygiene_stage.train_seed(run.dir, run.hygiene()), hygiene_stage.clean(cfg, run.dir, run.augment())
+    curated = hygiene_stage.curate_filter(cfg, run.dir, select(run.curate(it), cfg.curation.threshold), it)[0]
     steps_from = "ablate.steps"
     if steps is None:
         steps = run_forward_steps(run.dir, it)
@@ -259,7 +261,8 @@ def ablate(cfg: Config) -> dict[str, Any]:
 def _run_arm(run: Run, log: RecordLog, d: ArmData, key: str, steps: int, rows: Sequence[dict[str, list[int]]],
              progress: str) -> None:
     name = f"{d.arm}-s{d.seed}"
-    n_seed = len(run.seed())
+    seed_pairs = hygiene_stage.train_seed(run.dir, run.hygiene())
+    n_seed = len(seed_pairs)
     if any(r.get("key") == key and r.get("kind") == "nll" for r in log.records):
         say(f"ablate {progress}: {name} up to date, skipped")
         return
@@ -272,7 +275,7 @@ def _run_arm(run: Run, log: RecordLog, d: ArmData, key: str, steps: int, rows: S
     cfg = arm_config(run.cfg, steps, d.seed)
     if not (out / "adapter_model.safetensors").is_file():  # else: trained, then stopped before measuring
         say(f"ablate {progress}: training {name}: {n_seed} seed + {len(d.augmented)} augmented examples")
-        train_forward(cfg, run.seed(), d.augmented, out, name=f"ablate {name}", templates=run.templates)
+        train_forward(cfg, seed_pairs, d.augmented, out, name=f"ablate {name}", templates=run.templates)
     trained = json.loads((out / "training_info.json").read_text(encoding="utf-8"))
     t = time.perf_counter()
     got = measure(cfg, out, rows)

@@ -348,7 +348,7 @@ def dataset_card(provenance: dict[str, Any], n_rows: int, config: dict[str, Any]
     ]
     for key in ("generated", "generated_ok", "rated", "scored", "kept", "mean_score",
                 "parse_failure_rate", "histogram", "labels_file", "labelled", "overruled_to_keep",
-                "overruled_to_drop", "kept_after_labels"):  # labels.py: a person overruled the rater
+                "overruled_to_drop", "kept_after_labels", "hygiene"):  # labels.py: a person overruled the rater
         if key in p:
             rows.append((key.replace("_", " "), _public(p[key]) if key == "labels_file" else p[key]))
     return render_card(

@@ -184,6 +184,9 @@ class CurationConfig(_Section):
     max_response_tokens: PosInt = 256  # responses are cut to this many tokens in the rating prompt
     iterations: _int_range(1, 2) = 1  # 2: the forward model M1 re-rates the candidates, M2 is trained
     labels: Text | None = None  # a labels file (review.html's export): a person's keep/drop overrules the rater
+    # a budget: keep at most this many pairs (>= 1) or this share (< 1) of those over the threshold,
+    # best first, skipping a pair too close to one kept (hygiene.diversity_threshold); None: all
+    max_kept: PosInt | _float_range(0.0, 1.0, lo_open=True, hi_open=True) | None = None
 
 
 class ForwardConfig(_Section):
@@ -249,6 +252,28 @@ class AblateConfig(_Section):
     judge_prompts: PosInt = 20  # held-out prompts for `judge`
 
 
+class HygieneConfig(_Section):
+    """The hygiene stages: benchmark contamination, duplicates (docs/hygiene.md)."""
+
+    # benchmark prompt files (local files, or Hub ids with @split) the data is checked against;
+    # one that cannot be read from the Hub is said and skipped, a missing local file is an error
+    benchmarks: list[Text] = Field(default_factory=lambda: ["tatsu-lab/alpaca_eval@eval", "GAIR/lima@test"])
+    include_heldout: bool = True  # also evaluate.oasst1_val (the run's held-out set), when set
+    keep_contaminated: bool = False  # true: contaminated pairs stay in training (flagged, and said)
+    # the methods whose hits are dropped; embedding hits are otherwise listed as candidates for review
+    drop_methods: list[Literal["exact", "ngram", "embedding"]] = Field(default_factory=lambda: ["exact", "ngram"])
+    ngram: _int_range(2, 64) = 6  # words per n-gram (open-instruct: 8; GPT-3 / NeMo Curator: 13; docs/hygiene.md)
+    min_words: PosInt = 4  # shorter benchmark prompts are matched exactly only
+    ngram_threshold: _float_range(0.0, 1.0, lo_open=True) = 0.5  # share of a prompt's n-grams found
+    embeddings: Text = "base"  # base (models.base's pooled hidden states) | none | a model folder or id
+    embedding_layer: _int_range(1, 1000) = 8  # hidden layer pooled (counted from the input)
+    embedding_max_tokens: PosInt = 64  # texts are cut to this many tokens for embedding
+    embedding_threshold: _float_range(-1.0, 1.0) | None = 0.68  # cosine for a paraphrase; None: no check
+    minhash_threshold: Probability = 0.7  # estimated Jaccard of word 3-grams: near-duplicate
+    minhash_perm: _int_range(16, 1024) = 128  # MinHash permutations
+    diversity_threshold: _float_range(-1.0, 1.0) = 0.68  # curation.max_kept: skip a pair this close (cosine)
+
+
 class HubConfig(_Section):
     push: bool = False
     namespace: RepoPart | None = None  # user or org; None = the token's user
@@ -273,6 +298,7 @@ class Config(_Section):
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     ablate: AblateConfig = Field(default_factory=AblateConfig)
     served: ServedConfig = Field(default_factory=ServedConfig)  # an OpenAI-compatible endpoint (config_served.py)
+    hygiene: HygieneConfig = Field(default_factory=HygieneConfig)
 
     # The folder of the config file this was loaded from (None: built-in defaults): relative
     # data paths are looked up there when the working directory does not hold them.

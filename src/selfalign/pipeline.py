@@ -18,7 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from selfalign import lock
+from selfalign import hygiene_stage, lock
 from selfalign.config import Config
 from selfalign.executors import ray_executor, run_stage
 from selfalign.io import DataError, atomic_write_text, write_jsonl, writing
@@ -139,8 +139,18 @@ class Run:
         return [SeedPair(**json.loads(x)) for x in out.read_text(encoding="utf-8").splitlines()]
 
     @_once
+    def hygiene(self, part: str = "seed") -> dict[str, Any]:
+        """Benchmark contamination and duplicates of the seed or the augmented pairs (hygiene_stage.py)."""
+        seed, aug = self.seed(), (self.augment() if part == "augmented" else [])
+        name, out, files = f"hygiene-{part}", self.path("hygiene", f"{part}.json"), hygiene_stage.data_files(self.sources)
+        if self._stage(name, self.key(name, **hygiene_stage.given(self.cfg, files)), [out, self.path("hygiene", "seed_train.jsonl")]):
+            res = hygiene_stage.run_part(part, self.cfg, self.dir, seed, aug, files)
+            self.manifest.finish(name, **hygiene_stage.counts(res))
+        return json.loads(out.read_text(encoding="utf-8"))
+
+    @_once
     def train_backward(self) -> Path:
-        pairs = self.seed()
+        pairs = hygiene_stage.train_seed(self.dir, self.hygiene())  # without benchmark matches
         out = self.path("backward")
         c = self.cfg
         if self._stage("train-backward", self.key("train-backward"), [out / "adapter_model.safetensors"]):
@@ -207,7 +217,7 @@ class Run:
     @_once
     def train_m0(self) -> Path:
         """The paper's M0: the forward model trained on the seed data only (a rater option)."""
-        pairs = self.seed()
+        pairs = hygiene_stage.train_seed(self.dir, self.hygiene())  # without benchmark matches
         out = self.path("m0")
         c = self.cfg
         if self._stage("train-m0", self.key("train-m0"), [out / "adapter_model.safetensors"]):
@@ -231,6 +241,7 @@ class Run:
     @_once
     def curate(self, iteration: int = 1) -> list[RatedPair]:
         pairs = self.augment()
+        self.hygiene("augmented")
         usable = [p for p in pairs if p.status == "ok"]
         spec, adapter, rater_name = self._rater(iteration)
         c = self.cfg
@@ -255,10 +266,11 @@ class Run:
         kept = select(rated, c.curation.threshold)
         kept, human = apply_labels(rated, kept, c.curation.labels, c.curation.threshold)  # a person overrules
         stats.update(human)
+        kept, hygiene = hygiene_stage.curate_filter(c, self.dir, kept, iteration)  # benchmark matches out; max_kept
         prov = {**stats, "base": c.models.base, "backward": str(self.path("backward")), "rater": rater_name,
                 "unlabelled": c.data.unlabelled, "seed": c.data.seed, "mode": c.curation.mode,
                 "n_samples": c.curation.n_samples, "shots": c.curation.shots, "iteration": iteration,
-                "generated": len(pairs), "generated_ok": len(usable)}
+                "generated": len(pairs), "generated_ok": len(usable), "hygiene": hygiene_stage.card_text(hygiene)}
         write_curated(kept, curated_dir, prov, self.templates)
         say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
             f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
@@ -269,7 +281,7 @@ class Run:
 
     @_once
     def train_forward(self, iteration: int = 1) -> Path:
-        pairs = self.seed()
+        pairs = hygiene_stage.train_seed(self.dir, self.hygiene())  # without benchmark matches
         self.curate(iteration)  # writes curated_{iteration}/data.jsonl: the data trained on, and hashed
         c = self.cfg
         out = self.path(f"forward_{iteration}")
@@ -337,6 +349,7 @@ class Run:
 
         write_report(self.path("report.md"), self.dir, self.manifest.data, self.augment(), self.curate(n),
                      self.responses())
+        hygiene_stage.add_to_report(self.path("report.md"), self.dir)  # benchmark matches, duplicates, budget
 
 
 def run_pipeline(cfg: Config, until: str = "responses") -> Run:

@@ -22,17 +22,27 @@ class Reads:
 
 _PLAIN = "templates.json:plain"  # the chat template of tokenizers without one (LLaMA-2 base)
 _MODEL = ("models.base", "models.dtype", "models.load_in_4bit")
+_HYGIENE = ("hygiene.benchmarks", "hygiene.include_heldout", "hygiene.keep_contaminated", "hygiene.drop_methods",
+            "hygiene.ngram",
+            "hygiene.min_words", "hygiene.ngram_threshold", "hygiene.embeddings", "hygiene.embedding_layer",
+            "hygiene.embedding_max_tokens", "hygiene.embedding_threshold", "hygiene.minhash_threshold",
+            "hygiene.minhash_perm", "data.eval_split", "forward.n_responses", *_MODEL)
 STAGE_READS: dict[str, Reads] = {
     "seed": Reads(config=("data.seed", "data.seed_split", "data.seed_limit", "data.seed_english_only")),
+    # hygiene: the evaluation prompts and benchmark files (evaluate.oasst1_val too) are given: their fingerprints
+    "hygiene-seed": Reads(config=(*_HYGIENE,), artifacts=("seed/pairs.jsonl",)),
+    "hygiene-augmented": Reads(config=(*_HYGIENE,), artifacts=("seed/pairs.jsonl", "augment/augmented.jsonl")),
     "train-backward": Reads(config=(*_MODEL, "lora", "train_backward", "run.seed"),
-                            templates=("templates.json:backward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
+                            templates=("templates.json:backward", _PLAIN),
+                            artifacts=("seed/pairs.jsonl", "hygiene/seed_train.jsonl")),
     "sample": Reads(config=("data.unlabelled", "data.unlabelled_split", "data.unlabelled_n", "run.seed")),
     "augment": Reads(config=(*_MODEL, "generation.instruction", "generation.max_prompt_tokens",
                              "generation.max_instruction_chars", "generation.require_request", "run.seed"),
                      templates=("templates.json:backward", _PLAIN, "request_words.json"),
                      artifacts=("backward/adapter_model.safetensors", "augment/sample.jsonl")),
     "train-m0": Reads(config=(*_MODEL, "lora", "train_forward", "forward.seed_tag", "run.seed"),
-                      templates=("templates.json:forward", _PLAIN), artifacts=("seed/pairs.jsonl",)),
+                      templates=("templates.json:forward", _PLAIN),
+                      artifacts=("seed/pairs.jsonl", "hygiene/seed_train.jsonl")),
     # curation.threshold is not read: selection from the stored ratings is redone on every run
     "curate": Reads(config=("models.rater", "models.dtype", "models.load_in_4bit", "curation.mode",
                             "curation.shots", "curation.n_samples", "curation.retries", "curation.force_score",
@@ -44,7 +54,7 @@ STAGE_READS: dict[str, Reads] = {
     "train-forward": Reads(config=(*_MODEL, "lora", "train_forward", "forward.seed_tag", "forward.augmented_tag",
                                    "forward.use_seed", "run.seed"),
                            templates=("templates.json:forward", _PLAIN),
-                           artifacts=("seed/pairs.jsonl", "curated_{i}/data.jsonl")),
+                           artifacts=("seed/pairs.jsonl", "hygiene/seed_train.jsonl", "curated_{i}/data.jsonl")),
     "responses": Reads(config=(*_MODEL, "generation.response", "forward.n_responses", "forward.seed_tag",
                                "data.eval_prompts", "data.eval_split", "run.seed"),
                        templates=("templates.json:forward", _PLAIN),
@@ -59,6 +69,7 @@ NOT_READ_BY_STAGES = (
     "generation.gpu_memory_utilization", "curation.threshold", "curation.iterations", "hub.",
     # applied with the threshold after rating (labels.py); the kept data's hash retrains forward
     "curation.labels",
+    "curation.max_kept", "hygiene.diversity_threshold",  # selection, redone on every run as the threshold
     # where generation runs; a run directory refuses another executor or Ray setup (but ray.address)
     "run.executor", "ray.",
     "evaluate.", "ablate.",  # settings of `selfalign evaluate` / `ablate`, read after the run
