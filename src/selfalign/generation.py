@@ -71,9 +71,10 @@ def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name:
     backend serves the 16-bit model only where it fits (vLLM has no bitsandbytes 4-bit), else
     the hf backend generates (memory.choose_backend says which, in one printed line)."""
     from selfalign import memory
+    from selfalign.gpu import release
     from selfalign.models import load_model, load_tokenizer, pick_device, resolve_model
 
-    release_engine()  # one engine at a time: a vLLM engine of an earlier stage goes first
+    release()  # before the memory check: an earlier stage's engine, Trainer and cached blocks go first
     lora = cfg.lora if adapter is not None else None
     path, device = resolve_model(spec, cfg.models.cache_dir), pick_device(cfg.run.device)
     tok = load_tokenizer(path, cfg.models.trust_remote_code)

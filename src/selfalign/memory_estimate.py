@@ -106,6 +106,7 @@ class Plan:
     parts: dict[str, int] = field(default_factory=dict)
     available: int | None = None
     device: str = ""
+    blocker: str = ""  # a reason it cannot run whatever the total (vLLM's start-up rule)
 
     @property
     def total(self) -> int:
@@ -113,12 +114,13 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.available is None or self.total <= self.available
+        return not self.blocker and (self.available is None or self.total <= self.available)
 
     def format(self) -> str:
         parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in self.parts.items() if v >= 0.05 * GiB)
         avail = f"{self.available / GiB:.1f} GiB {self.device}" if self.available else "unknown"
-        return f"{self.what}: needs ~{self.total / GiB:.1f} GiB ({parts}); available {avail}"
+        return (f"{self.what}: needs ~{self.total / GiB:.1f} GiB ({parts}); available {avail}"
+                + (f"; {self.blocker}" if self.blocker else ""))
 
 
 def weight_bytes(shape: Shape, dtype_bytes: int, load_in_4bit: bool) -> int:
@@ -147,6 +149,9 @@ def plan_training(shape: Shape, lora: LoraConfig, train: TrainConfig, dtype_byte
         "logits": b * s * shape.vocab * 4 * 2,  # fp32 logits and their gradient
         "overhead": CUDA_CONTEXT if cuda else CPU_RUNTIME,
     }
+    if load_in_4bit:  # prepare_model_for_kbit_training casts the non-quantized weights (embeddings,
+        # lm_head, norms) to fp32 (peft 0.17-0.21 `prepare_model_for_kbit_training`)
+        parts["kbit fp32 casts"] = (shape.n_params - shape.layers * shape.block_linear_params) * (4 - dtype_bytes) // shards
     what = f"training (batch {b} x {s} tokens)"
     if shards > 1:
         parts["gathered blocks"] = 2 * shape.block_linear_params * dtype_bytes
