@@ -223,3 +223,32 @@ def test_no_install_line_names_ray_llm() -> None:
            or re.search(r'"ray\[llm\][^"]*"', f.read_text())]
     assert not bad, bad
 
+
+
+# --- done in the previous round; these fail on the code before it ---
+
+class _WordTok:
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": ([1] if add_special_tokens else []) + [7] * len(text.split())}
+
+
+def test_the_local_vllm_path_seeds_each_prompt(monkeypatch) -> None:
+    fake = install(monkeypatch)
+    from selfalign.generation import GenParams
+    from selfalign.vllm_backend import VllmEngine, release
+
+    eng = VllmEngine(_WordTok(), lambda n: sys.modules["vllm"].LLM("m", max_model_len=n), context=64, name="b",
+                     make_sampling=sys.modules["vllm"].SamplingParams)
+    eng.generate(["a b", "c d"], GenParams(1.0, 0.9, 8, 3), None, "g", False, [5, 9])
+    assert [sp["seed"] for sp in fake.engines[-1].requests[-1][1]] == [5, 9]
+    release()
+
+
+def test_overlong_prompts_uses_the_engines_context_for_vllm() -> None:
+    from types import SimpleNamespace
+
+    from selfalign.generation import overlong_prompts
+
+    engine = SimpleNamespace(context=10, tokenizer=_WordTok())  # a VllmEngine has no .model
+    out = overlong_prompts(engine, ["a b", "a " * 9], 4)
+    assert out[0] == "" and out[1].startswith("prompt_too_long: 9 prompt tokens + 4 new > context 10")
