@@ -2,8 +2,8 @@
 
 - `release()`: before any memory check and before any engine or model is loaded, what the previous
   stage held goes: its vLLM engine, its Trainer and model (unreachable once the stage returned, but
-  often in reference cycles: `gc.collect()`), and the blocks torch's caching allocator keeps
-  reserved (`torch.cuda.empty_cache()`). A vLLM engine starts in another process (vLLM's V1
+  often in reference cycles: `gc.collect()`), the blocks torch's caching allocator keeps
+  reserved (`torch.cuda.empty_cache()`) and, on Linux, the C heap's free pages (`malloc_trim`). A vLLM engine starts in another process (vLLM's V1
   engine core), which cannot use this process's cached blocks: without `empty_cache` vLLM
   refuses to start after training.
 - `free_memory(index)`: free device memory as this process can use it: the driver's free bytes
@@ -38,10 +38,25 @@ def release() -> None:
     if "selfalign.vllm_backend" in sys.modules:  # only if vLLM was used: importing it costs
         sys.modules["selfalign.vllm_backend"].release()
     gc.collect()
-    import torch
+    _trim_heap()
+    if "torch" in sys.modules:
+        import torch
 
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _trim_heap() -> None:
+    """Give the C heap's free pages back to the OS (glibc `malloc_trim`): on a CPU the previous
+    stage's freed tensors otherwise stay in this process's resident memory."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (musl): nothing to trim
+        pass
 
 
 def free_memory(index: int | None = None) -> tuple[int, int]:

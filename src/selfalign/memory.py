@@ -202,7 +202,7 @@ def auto_batch_size(cfg: Config, spec: str, path: str, device: str, stage: str |
     plan = make_plan(single, spec, path, device, lora=lora, stage=stage, tokenizer=tokenizer)
     if plan is None:
         return min(8, g.max_batch_size), "model shape unknown: 8"
-    per_row = plan.parts["kv_cache"] + plan.parts["prefill"]
+    per_row = sum(plan.parts.get(k, 0) for k in ("kv_cache", "prefill", "logits"))  # logits: scoring
     if g.memory_budget_gb is not None:
         budget, src = int(g.memory_budget_gb * GiB), f"generation.memory_budget_gb={g.memory_budget_gb}"
     elif plan.available is not None:

@@ -18,6 +18,11 @@ _RESET = [False]
 
 
 def reset_peak() -> None:
+    """Called at a stage's start: the previous stage's memory is released first (`gpu.release`),
+    so the stage's peak is its own."""
+    from selfalign.gpu import release
+
+    release()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         _RESET[0] = True

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from selfalign.config import Config, TrainConfig
-from selfalign.memory_estimate import Shape, prompt_tokens, weight_bytes
+from selfalign.memory_estimate import TEMPLATE_FIXED, Shape, prompt_tokens, weight_bytes
 
 
 @dataclass(frozen=True)
@@ -106,9 +106,10 @@ def generation_seconds(shape: Shape, cfg: Config, stage: str, dev: Device, token
         new = g.response.max_new_tokens
     elif cur.mode == "generate":
         new = cur.max_new_tokens * cur.n_samples
-    else:  # logprob: one pass; likelihood modes: two passes of the response, two of the instruction
+    elif cur.mode == "logprob":  # one pass of the rating prompt
         new = 0
-        prompt *= 1 if cur.mode == "logprob" else 2
+    else:  # likelihood modes: the response with and without the instruction (+ two short passes)
+        new, prompt = 0, 2 * (TEMPLATE_FIXED + g.instruction.max_new_tokens + cur.max_response_tokens)
     batch = max(1, min(g.batch_size or g.max_batch_size, rows))
     flops_per_s = dev.tflops * 1e12 * dev.gen_mfu
     prefill = 2 * shape.n_params * prompt * rows / flops_per_s
