@@ -12,8 +12,9 @@ meant to say "minutes, hours or days", not to schedule.
   per-step cost (kernel launches, Python: the hf backend's `generate`).
 
 Counts that the config does not fix are assumed: `AVG_PAIR_TOKENS` tokens per training pair
-before the max_seq_len cut (Guanaco/LIMA pairs), every sampled response kept (train-forward's
-upper bound), every generation running to its max_new_tokens.
+before the max_seq_len cut (Guanaco/LIMA pairs), `OK_FRACTION` of the generated instructions
+rated and `KEEP_FRACTION` of the sampled responses kept (the default run's), every generation
+running to its max_new_tokens.
 """
 
 from __future__ import annotations
@@ -39,14 +40,19 @@ class Device:
 # Data-sheet peaks: T4 65 TFLOPS fp16 / 320 GB/s; L4 121 / 300; A100 (SXM, 40 GB) 312 / 1555;
 # H100 SXM 989 / 3350. CPU: calibrated on the default run (2 shared cores here): see the docs.
 DEVICES = {
-    "T4": Device("T4", 65, 320, gib=15),
+    "T4": Device("T4", 65, 320, train_mfu=0.25, gib=15),  # 70 W: its clocks drop under sustained load
     "L4": Device("L4", 121, 300, gib=22),
     "A100": Device("A100", 312, 1555, train_mfu=0.4, gib=40),
     "H100": Device("H100", 989, 3350, train_mfu=0.4, step_overhead_s=0.02, gib=80),
-    "cpu": Device("cpu", 0.02, 5, train_mfu=1.0, gen_mfu=1.0, bandwidth_eff=1.0, step_overhead_s=0.015),
+    # effective figures of a 2-core machine alone (the default run's stage times of
+    # docs/results/2026-12-07-restructure.md: train-backward 138 s for 160 pairs of ~245 tokens,
+    # augment 103 s, curate 96 s, train-forward 150 s, responses 14 s)
+    "cpu": Device("cpu", 0.15, 10, train_mfu=1.0, gen_mfu=1.0, bandwidth_eff=1.0, step_overhead_s=0.04),
 }
-AVG_PAIR_TOKENS = 360  # a Guanaco/LIMA pair, template included, before the max_seq_len cut
+AVG_PAIR_TOKENS = 250  # a Guanaco/LIMA pair, template included, before the max_seq_len cut (~245 measured)
 SEED_ROWS_IF_ALL = 3200  # data.seed_limit null: ~3.2k usable English Guanaco pairs
+OK_FRACTION = 0.6  # generated instructions usable for curation (default run: 89 of 150)
+KEEP_FRACTION = 0.2  # curated pairs kept at the default threshold (default run: 23 of 150)
 
 
 def pick_device(cfg: Config, name: str | None = None) -> Device:
@@ -80,7 +86,7 @@ def _examples(cfg: Config, stage: str) -> int:
     seed = cfg.data.seed_limit or SEED_ROWS_IF_ALL
     if stage == "train-backward":
         return seed
-    return (seed if cfg.forward.use_seed else 0) + cfg.data.unlabelled_n  # every sample kept: an upper bound
+    return (seed if cfg.forward.use_seed else 0) + round(cfg.data.unlabelled_n * KEEP_FRACTION)
 
 
 def train_seconds(shape: Shape, cfg: Config, train: TrainConfig, stage: str, dev: Device) -> float:
@@ -96,7 +102,7 @@ def train_seconds(shape: Shape, cfg: Config, train: TrainConfig, stage: str, dev
 
 def generation_seconds(shape: Shape, cfg: Config, stage: str, dev: Device, tokenizer=None) -> float:
     g, cur = cfg.generation, cfg.curation
-    rows = {"augment": cfg.data.unlabelled_n, "curate": cfg.data.unlabelled_n,
+    rows = {"augment": cfg.data.unlabelled_n, "curate": max(1, round(cfg.data.unlabelled_n * OK_FRACTION)),
             "responses": cfg.forward.n_responses}[stage]
     tokens = prompt_tokens(cfg, stage, tokenizer)
     prompt = tokens.fixed - tokens.shared + min(g.max_prompt_tokens, AVG_PAIR_TOKENS)
