@@ -75,3 +75,11 @@ def test_curation_by_likelihood_is_planned_as_forward_passes(tiny_model) -> None
     assert auto_batch_size(cfg, str(tiny_model), str(tiny_model), "cpu", "curate")[0] >= 1
     gen = load_config(packaged_config_path("smoke"), ["curation.mode=generate"])
     assert "kv_cache" in make_plan(gen, str(tiny_model), str(tiny_model), "cpu", stage="curate").parts
+
+
+def test_no_batch_is_planned_larger_than_the_stages_rows(tiny_model) -> None:
+    from selfalign.memory import make_plan
+
+    cfg = load_config(packaged_config_path("smoke"), ["forward.n_responses=2", "generation.batch_size=0",
+                                                      "generation.max_batch_size=32"])
+    assert "batch 2 x" in make_plan(cfg, str(tiny_model), str(tiny_model), "cpu", stage="responses").what

@@ -231,13 +231,20 @@ def generation_context(cfg: Config, stage: str | None, tokenizer: Any = None, co
 LIKELIHOOD_BATCH = 8  # rank._LIKELIHOOD_BATCH: the most sequences per scoring pass
 
 
+def stage_rows(cfg: Config, stage: str | None) -> int:
+    """The most prompts a generation stage has: no batch is larger (the small CPU run's augment
+    of 8 rows was planned at batch 32)."""
+    return {"augment": cfg.data.unlabelled_n, "curate": cfg.data.unlabelled_n,
+            "responses": cfg.forward.n_responses}.get(stage or "", 1 << 30)
+
+
 def plan_scoring(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: bool, cuda: bool,
                  lora: LoraConfig | None) -> Plan:
     """Curation by likelihood (likelihood, combined, quality): forward passes of the instruction
     prompt + the cut response (`likelihood.token_logprobs`), no KV cache kept; the full fp32
     logits of a batch, their log-softmax and the float copy dominate."""
     g = cfg.generation
-    b = max(1, min(LIKELIHOOD_BATCH, g.batch_size or g.max_batch_size))
+    b = max(1, min(LIKELIHOOD_BATCH, g.batch_size or g.max_batch_size, stage_rows(cfg, "curate")))
     n = TEMPLATE_FIXED + g.instruction.max_new_tokens + cfg.curation.max_response_tokens + 32  # + the tail
     n = min(n, shape.context) if shape.context else n
     parts = {
@@ -256,7 +263,7 @@ def plan_generation(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: b
         return plan_scoring(shape, cfg, dtype_bytes, load_in_4bit, cuda, lora)
     ctx = generation_context(cfg, stage, tokenizer, shape.context)
     g = cfg.generation
-    b = g.batch_size or g.max_batch_size  # auto (0) never goes above max_batch_size
+    b = min(g.batch_size or g.max_batch_size, stage_rows(cfg, stage))  # auto (0) never goes above max_batch_size
     parts = {
         "weights": weight_bytes(shape, dtype_bytes, load_in_4bit),
         "lora": shape.lora_params(lora) * dtype_bytes if lora else 0,

@@ -125,13 +125,17 @@ def generation_seconds(shape: Shape, cfg: Config, stage: str, dev: Device, token
     return prefill + steps * (step + dev.step_overhead_s)
 
 
+LOAD_GBS = 1.0  # reading the weights from a local disk or the Hub cache, GB/s; + 3 s of set-up
+
+
 def stage_seconds(shape: Shape, cfg: Config, stage: str, dev: Device, tokenizer=None) -> float:
     base = stage.split(" ")[0]
+    load = 3 + shape.n_params * 2 / (LOAD_GBS * 1e9)
     if base == "train-backward":
-        return train_seconds(shape, cfg, cfg.train_backward, base, dev)
+        return load + train_seconds(shape, cfg, cfg.train_backward, base, dev)
     if base == "train-forward":
-        return train_seconds(shape, cfg, cfg.train_forward, base, dev) * cfg.curation.iterations
-    return generation_seconds(shape, cfg, base, dev, tokenizer)
+        return (load + train_seconds(shape, cfg, cfg.train_forward, base, dev)) * cfg.curation.iterations
+    return load + generation_seconds(shape, cfg, base, dev, tokenizer)
 
 
 def format_seconds(s: float) -> str:
