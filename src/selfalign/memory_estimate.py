@@ -21,7 +21,7 @@ from selfalign.config import Config, LoraConfig, TrainConfig
 GiB = 1024**3
 MIN_SHARED_PREFIX = 32  # tokens; shorter shared prefixes are not worth caching (generation.py)
 CUDA_CONTEXT = int(0.75 * GiB)  # CUDA context + allocator slack, ~0.5-1 GB on A100/T4
-CPU_RUNTIME = int(1.0 * GiB)  # python, torch and transformers in the process (~1 GB RSS here)
+CPU_RUNTIME = int(0.75 * GiB)  # python, torch, transformers, the tokenizer: fitted on the small CPU run (docs)
 
 # Shapes of the models the shipped configs name, so `selfalign plan` works without network.
 KNOWN_SHAPES: dict[str, dict[str, Any]] = {

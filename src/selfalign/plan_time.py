@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from selfalign.config import Config, TrainConfig
 from selfalign.memory_estimate import TEMPLATE_FIXED, Shape, prompt_tokens, weight_bytes
+from selfalign.train_data import PROBE_EXAMPLES
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,8 @@ def train_seconds(shape: Shape, cfg: Config, train: TrainConfig, stage: str, dev
     else:
         examples = _examples(cfg, stage) * train.epochs
     flops = (4 + 2 * train.gradient_checkpointing) * shape.n_params * per_example * examples
+    # the probe loss: forward passes over up to 16 examples before and after training (train_data)
+    flops += 2 * 2 * shape.n_params * per_example * min(PROBE_EXAMPLES, _examples(cfg, stage))
     mfu = dev.train_mfu * (0.5 if cfg.models.load_in_4bit and dev.name != "cpu" else 1.0)
     return flops / (dev.tflops * 1e12 * mfu)
 
