@@ -13,7 +13,7 @@
   ... on startup is less than desired GPU memory utilization" unless free >= total x
   gpu_memory_utilization, and then sizes the engine (weights, activations, KV cache) to total x
   gpu_memory_utilization, not to the free memory.
-- `check_capability(index)`: compute capability 7.0 or later (Volta). torch's cu128 wheels
+- `capability_problem(index)`: compute capability 7.0 or later (Volta). torch's cu128 wheels
   (Colab, Kaggle) and bitsandbytes' cu128 build ship no sm_60 kernels: a P100 cannot run.
 - `one_gpu_per_process(args)`: a process not launched by torchrun/accelerate uses one GPU. With
   several visible, transformers' TrainingArguments (5.x, `_setup_devices`) sets `n_gpu` to the
@@ -79,28 +79,26 @@ def vllm_budget(free: int, total: int, utilization: float) -> tuple[int, str]:
     return requested, ""
 
 
-def check_capability(index: int | None = None) -> None:
-    """Refuse a GPU older than compute capability 7.0 (P100, K80) with one line."""
+def capability_problem(index: int | None = None) -> str:
+    """"" or why this GPU cannot run: compute capability before 7.0 (P100, K80). The caller
+    (`models.pick_device`) raises it as its one-line error."""
     import torch
 
     cap = tuple(torch.cuda.get_device_capability(index))
-    if cap < MIN_CAPABILITY:
-        name = torch.cuda.get_device_name(index)
-        from selfalign.models import ModelError
-
-        raise ModelError(
-            f"{name} has compute capability {cap[0]}.{cap[1]}; selfalign needs 7.0 or later (current torch cu128 "
-            "and bitsandbytes builds have no kernels for it): on Kaggle pick the T4 x2 accelerator, on Colab a T4 or "
-            "L4 runtime, or run.device=cpu")
+    if cap >= MIN_CAPABILITY:
+        return ""
+    return (f"{torch.cuda.get_device_name(index)} has compute capability {cap[0]}.{cap[1]}; selfalign needs 7.0 or "
+            "later (current torch cu128 and bitsandbytes builds have no kernels for it): on Kaggle pick the T4 x2 "
+            "accelerator, on Colab a T4 or L4 runtime, or run.device=cpu")
 
 
 def one_gpu_per_process(args: Any) -> Any:
     """Keep a non-distributed Trainer on one GPU (see the module docstring). Returns `args`."""
-    from selfalign.models import world_size
+    import os
 
     _ = args.device  # transformers sets _n_gpu while it sets the device up
     n = getattr(args, "_n_gpu", 1)
-    if world_size() == 1 and n > 1:
+    if int(os.environ.get("WORLD_SIZE", "1")) == 1 and n > 1:  # not launched by torchrun/accelerate
         say(f"{n} GPUs visible to one process: training on one (`accelerate launch` trains on all)")
         args._n_gpu = 1
     return args

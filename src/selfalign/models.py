@@ -55,9 +55,11 @@ def pick_device(device: str = "auto") -> str:
             raise ModelError(f"this process needs GPU {index} (LOCAL_RANK={local_rank()}) but {count} "
                              "CUDA device(s) are visible: launch at most one process per GPU")
         torch.cuda.set_device(index)
-        from selfalign.gpu import check_capability
+        from selfalign.gpu import capability_problem
 
-        check_capability(index)  # a P100 (6.0) has no kernels in current builds: one line, now
+        problem = capability_problem(index)  # a P100 (6.0) has no kernels in current builds: one line, now
+        if problem:
+            raise ModelError(problem)
         return f"cuda:{index}"
     return device
 
