@@ -6,7 +6,7 @@
     selfalign push [--run DIR] [--dry-run] [--private] [--endpoint URL]
     selfalign evaluate [--n-heldout N] [--n-prompts N] [--n-human N] [--n-recovery N] [key=value ...]
     selfalign ablate [--seeds N] [--steps N] [--n-heldout N] [--judge] [key=value ...]
-    selfalign plan [--device-memory-gb GB] [key=value ...]
+    selfalign plan [--device-memory-gb GB] [--gpu T4|L4|A100|H100|cpu] [--show-config] [key=value ...]
     selfalign config list | show [NAME] | path [NAME] | write PATH [--from NAME]
 
 --config takes a YAML file or the name of a config shipped inside the package (`default`,
@@ -50,7 +50,8 @@ _RUN_DIR: list[Path] = []
 Option = tuple[str, str, object]
 
 
-def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option, ...] = ()) -> Config:
+def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option, ...] = (),
+          show: bool = True) -> Config:
     """The config named by --config (a file, or a shipped config's name; default: ./selfalign.yaml
     when the working directory holds one, else the shipped `default`), with the overrides applied,
     then the options that were given (each sets its config key, validated as the file's values are),
@@ -71,7 +72,8 @@ def _load(config: str | None, overrides: tuple[str, ...], options: tuple[Option,
         print(f"# config: {LOCAL_CONFIG_NAME} (found in the working directory)")
     else:
         print(f"# config: {path}" + (f" (shipped config '{path.stem}')" if shipped else ""))
-    print(format_config(cfg), flush=True)
+    if show:
+        print(format_config(cfg), flush=True)
     from selfalign.prompts import Templates
 
     Templates.for_config(cfg)  # a templates folder that cannot be used: one line, before any model loads
@@ -393,20 +395,25 @@ def config_write(path: str, name: str, force: bool) -> None:
 @_config_opt
 @click.option("--device-memory-gb", default=None, type=float,
               help="plan for a device with this much memory (default: the visible device)")
+@click.option("--gpu", default=None, help="estimate the time on T4, L4, A100, H100 or cpu (default: the visible "
+              "device, else by --device-memory-gb)")
+@click.option("--show-config", is_flag=True, help="print the resolved config first")
 @_overrides
 @_guard
-def plan_cmd(config: str | None, device_memory_gb: float | None, overrides: tuple[str, ...]) -> None:
-    """Estimate the memory of every stage from the config, without loading a model."""
-    from selfalign.memory import plan_run, suggestion
+def plan_cmd(config: str | None, device_memory_gb: float | None, gpu: str | None, show_config: bool,
+             overrides: tuple[str, ...]) -> None:
+    """Estimate the memory and time of every stage from the config, without loading a model."""
+    from selfalign.memory import suggestion
+    from selfalign.plan_time import gpu_memory_gb, plan_lines
 
-    cfg = _load(config, overrides, (("run.device_memory_gb", "--device-memory-gb", device_memory_gb),))
+    if device_memory_gb is None and gpu:  # --gpu T4: its memory too
+        device_memory_gb = gpu_memory_gb(gpu)
+    cfg = _load(config, overrides, (("run.device_memory_gb", "--device-memory-gb", device_memory_gb),),
+                show=show_config)
     too_big = []
-    for stage, plan in plan_run(cfg):
-        if plan is None:
-            click.echo(f"{stage}: unknown (cannot read the model's config.json)")
-            continue
-        click.echo(f"{stage}: {'fits' if plan.fits else 'DOES NOT FIT'}: {plan.format()}")
-        if not plan.fits:
+    for stage, plan, line in plan_lines(cfg, gpu):
+        click.echo(line)
+        if plan is not None and not plan.fits:
             too_big.append((stage, plan))
     if too_big:
         _fail(f"{', '.join(s for s, _ in too_big)} will not fit; {suggestion(cfg, too_big[0][1])}")

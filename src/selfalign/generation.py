@@ -73,9 +73,10 @@ def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name:
     backend serves the 16-bit model only where it fits (vLLM has no bitsandbytes 4-bit), else
     the hf backend generates (memory.choose_backend says which, in one printed line)."""
     from selfalign import memory
+    from selfalign.gpu import release
     from selfalign.models import load_model, load_tokenizer, pick_device, resolve_model
 
-    release_engine()  # one engine at a time: a vLLM engine of an earlier stage goes first
+    release()  # before the memory check: an earlier stage's engine, Trainer and cached blocks go first
     from selfalign.config_served import role_of
 
     role = role or role_of(stage)
@@ -107,14 +108,6 @@ def load_engine(cfg: Config, spec: str, adapter: str | Path | None = None, name:
     model, tok = load_model(spec, cfg.models, device=cfg.run.device, adapter=adapter)
     text = model.config.get_text_config(decoder=True)
     return HFEngine(model, tok, batch, name or spec, context=getattr(text, "max_position_embeddings", None))
-
-
-def release_engine() -> None:
-    """Shut down the vLLM engine of an earlier stage, if any, and return its GPU memory."""
-    import sys
-
-    if "selfalign.vllm_backend" in sys.modules:
-        sys.modules["selfalign.vllm_backend"].release()
 
 
 def context_length(engine: Any) -> int | None:

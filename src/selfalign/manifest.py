@@ -71,15 +71,20 @@ class Manifest:
         return st.get("key") if st else None
 
     def start(self, name: str, key: str) -> None:
+        from selfalign.peak_memory import reset_peak
+
         self.data["stages"][name] = {"status": "running", "key": key, "started": time.time()}
         self.save()
+        reset_peak()  # the stage's own peak memory, recorded by finish
 
     def finish(self, name: str, **info: Any) -> None:
         from selfalign.ledger import take
+        from selfalign.peak_memory import peak
 
         info = {**take(name), **info}  # the stage's requests to a served model, if any (ledger.py)
+
         st = self.data["stages"][name]
-        st.update(status="done", finished=time.time(), seconds=round(time.time() - st["started"], 1), **info)
+        st.update(status="done", finished=time.time(), seconds=round(time.time() - st["started"], 1), **peak(), **info)
         self.save()
 
     def count(self, **counts: Any) -> None:

@@ -73,8 +73,10 @@ def visible_memory(device: str) -> tuple[int | None, str]:
         import torch
 
         if torch.cuda.is_available():
+            from selfalign.gpu import free_memory
+
             index = int(device.split(":", 1)[1]) if ":" in device else None
-            free, _total = torch.cuda.mem_get_info(index)
+            free, _total = free_memory(index)  # torch's cached blocks count as free
             return free, f"free on {torch.cuda.get_device_name(index)}"
         return None, "cuda"
     if device == "cpu":
@@ -146,11 +148,24 @@ def make_plan(cfg: Config, spec: str, path: str, device: str, train: TrainConfig
         plan.available, plan.device = int(cfg.run.device_memory_gb * GiB), "(run.device_memory_gb)"
     else:
         plan.available, plan.device = visible_memory(device)
-    if share < 1.0 and plan.available is not None:
-        plan.available = int(plan.available * share)
-        plan.device = f"{plan.device} x generation.gpu_memory_utilization {share}"
+    if vllm and plan.available is not None:  # vLLM's start-up rule (selfalign.gpu.vllm_budget)
+        plan.available, plan.blocker, plan.device = _vllm_available(cfg, device, plan.available, share)
     plan.what = f"{plan.what} of {spec} ({shape.n_params / 1e9:.2f}B parameters)"
     return plan
+
+
+def _vllm_available(cfg: Config, device: str, available: int, share: float) -> tuple[int, str, str]:
+    """(budget, why vLLM would refuse, label): total x gpu_memory_utilization, if that much is free."""
+    if cfg.run.device_memory_gb is not None or not _is_cuda(device):
+        return int(available * share), "", f"(run.device_memory_gb) x generation.gpu_memory_utilization {share}"
+    import torch
+
+    from selfalign.gpu import vllm_budget
+
+    index = int(device.split(":", 1)[1]) if ":" in device else None
+    free, total = torch.cuda.mem_get_info(index)  # vLLM's engine runs in its own process: no cached blocks
+    budget, why = vllm_budget(free, total, share)
+    return budget, why, f"total on {torch.cuda.get_device_name(index)} x generation.gpu_memory_utilization {share}"
 
 
 def check(cfg: Config, spec: str, path: str, device: str, train: TrainConfig | None = None,
@@ -166,8 +181,10 @@ def check(cfg: Config, spec: str, path: str, device: str, train: TrainConfig | N
 
 def check_training(cfg: Config, train: TrainConfig) -> Plan | None:
     """`check` for LoRA training of `cfg.models.base` with `train`, before the model is loaded."""
+    from selfalign.gpu import release
     from selfalign.models import pick_device, resolve_model
 
+    release()  # the previous stage's engine and cached blocks first: they are not this stage's
     base = cfg.models.base
     return check(cfg, base, resolve_model(base, cfg.models.cache_dir), pick_device(cfg.run.device), train=train,
                  lora=cfg.lora)
@@ -185,7 +202,7 @@ def auto_batch_size(cfg: Config, spec: str, path: str, device: str, stage: str |
     plan = make_plan(single, spec, path, device, lora=lora, stage=stage, tokenizer=tokenizer)
     if plan is None:
         return min(8, g.max_batch_size), "model shape unknown: 8"
-    per_row = plan.parts["kv_cache"] + plan.parts["prefill"]
+    per_row = sum(plan.parts.get(k, 0) for k in ("kv_cache", "prefill", "logits"))  # logits: scoring
     if g.memory_budget_gb is not None:
         budget, src = int(g.memory_budget_gb * GiB), f"generation.memory_budget_gb={g.memory_budget_gb}"
     elif plan.available is not None:
@@ -256,13 +273,15 @@ def config_for_gpu(total_gib: float | None, capability: tuple[int, int] | None =
         cfg, over, why = ("llama2-7b", ["generation.batch_size=2", *fp16],
                           f"{total_gib:.0f} GiB: LLaMA-2-7B in 16 bit, generation batch 2")
     else:
-        cfg, over, why = QLORA_CONFIG, [], f"{total_gib:.0f} GiB: 4-bit QLoRA in fp16 (T4, P100, V100 16 GB)"
+        cfg, over, why = QLORA_CONFIG, [], f"{total_gib:.0f} GiB: 4-bit QLoRA in fp16 (T4, V100 16 GB)"
         if total_gib < 14:
             why += "; under 14 GiB it may not fit: read the memory plan below"
     if not bf16:
         why += "; no native bf16 on this GPU (compute capability < 8.0): fp16"
     if count > 1:
-        why += (f"; {count} GPUs: this notebook uses one; to train on all, run `selfalign augment`, then "
+        # curate first: train-forward runs its prerequisites, and generation stages refuse several ranks
+        why += (f"; {count} GPUs: this notebook uses one; to train on all, run `selfalign curate` (seed to "
+                "curation, one process), then "
                 f"`accelerate launch --config_file $(selfalign config path accelerate/ddp) --num_processes {count} -m "
                 f"selfalign.cli train-forward --config {cfg}` with grad_accum divided by {count}")
     return cfg, over, why

@@ -21,7 +21,7 @@ from selfalign.config import Config, LoraConfig, TrainConfig
 GiB = 1024**3
 MIN_SHARED_PREFIX = 32  # tokens; shorter shared prefixes are not worth caching (generation.py)
 CUDA_CONTEXT = int(0.75 * GiB)  # CUDA context + allocator slack, ~0.5-1 GB on A100/T4
-CPU_RUNTIME = int(1.0 * GiB)  # python, torch and transformers in the process (~1 GB RSS here)
+CPU_RUNTIME = int(0.75 * GiB)  # python, torch, transformers, the tokenizer: fitted on the small CPU run (docs)
 
 # Shapes of the models the shipped configs name, so `selfalign plan` works without network.
 KNOWN_SHAPES: dict[str, dict[str, Any]] = {
@@ -106,6 +106,7 @@ class Plan:
     parts: dict[str, int] = field(default_factory=dict)
     available: int | None = None
     device: str = ""
+    blocker: str = ""  # a reason it cannot run whatever the total (vLLM's start-up rule)
 
     @property
     def total(self) -> int:
@@ -113,12 +114,13 @@ class Plan:
 
     @property
     def fits(self) -> bool:
-        return self.available is None or self.total <= self.available
+        return not self.blocker and (self.available is None or self.total <= self.available)
 
     def format(self) -> str:
         parts = ", ".join(f"{k} {v / GiB:.1f}" for k, v in self.parts.items() if v >= 0.05 * GiB)
         avail = f"{self.available / GiB:.1f} GiB {self.device}" if self.available else "unknown"
-        return f"{self.what}: needs ~{self.total / GiB:.1f} GiB ({parts}); available {avail}"
+        return (f"{self.what}: needs ~{self.total / GiB:.1f} GiB ({parts}); available {avail}"
+                + (f"; {self.blocker}" if self.blocker else ""))
 
 
 def weight_bytes(shape: Shape, dtype_bytes: int, load_in_4bit: bool) -> int:
@@ -144,9 +146,16 @@ def plan_training(shape: Shape, lora: LoraConfig, train: TrainConfig, dtype_byte
         "weights": weight_bytes(shape, dtype_bytes, load_in_4bit) // shards,
         "lora+grads+adam": n_lora * 16 // shards,  # fp32 weights, grads and two AdamW moments
         "activations": act,
-        "logits": b * s * shape.vocab * 4 * 2,  # fp32 logits and their gradient
+        # fp32 logits, the loss's log-softmax of them, and their gradient (measured on the CPU
+        # default run: two copies under-counted the training peak)
+        "logits": b * s * shape.vocab * 4 * 3,
         "overhead": CUDA_CONTEXT if cuda else CPU_RUNTIME,
     }
+    if not cuda:  # SDPA's math kernel on a CPU keeps each layer's attention probabilities for backward
+        parts["attention"] = b * shape.heads * s * s * dtype_bytes * (1 if train.gradient_checkpointing else n_layers)
+    if load_in_4bit:  # prepare_model_for_kbit_training casts the non-quantized weights (embeddings,
+        # lm_head, norms) to fp32 (peft 0.17-0.21 `prepare_model_for_kbit_training`)
+        parts["kbit fp32 casts"] = (shape.n_params - shape.layers * shape.block_linear_params) * (4 - dtype_bytes) // shards
     what = f"training (batch {b} x {s} tokens)"
     if shards > 1:
         parts["gathered blocks"] = 2 * shape.block_linear_params * dtype_bytes
@@ -219,11 +228,42 @@ def generation_context(cfg: Config, stage: str | None, tokenizer: Any = None, co
     return min(n, context) if context else n
 
 
+LIKELIHOOD_BATCH = 8  # rank._LIKELIHOOD_BATCH: the most sequences per scoring pass
+
+
+def stage_rows(cfg: Config, stage: str | None) -> int:
+    """The most prompts a generation stage has: no batch is larger (the small CPU run's augment
+    of 8 rows was planned at batch 32)."""
+    return {"augment": cfg.data.unlabelled_n, "curate": cfg.data.unlabelled_n,
+            "responses": cfg.forward.n_responses}.get(stage or "", 1 << 30)
+
+
+def plan_scoring(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: bool, cuda: bool,
+                 lora: LoraConfig | None) -> Plan:
+    """Curation by likelihood (likelihood, combined, quality): forward passes of the instruction
+    prompt + the cut response (`likelihood.token_logprobs`), no KV cache kept; the full fp32
+    logits of a batch, their log-softmax and the float copy dominate."""
+    g = cfg.generation
+    b = max(1, min(LIKELIHOOD_BATCH, g.batch_size or g.max_batch_size, stage_rows(cfg, "curate")))
+    n = TEMPLATE_FIXED + g.instruction.max_new_tokens + cfg.curation.max_response_tokens + 32  # + the tail
+    n = min(n, shape.context) if shape.context else n
+    parts = {
+        "weights": weight_bytes(shape, dtype_bytes, load_in_4bit),
+        "lora": shape.lora_params(lora) * dtype_bytes if lora else 0,
+        "logits": b * n * shape.vocab * 4 * 3,
+        "prefill": b * n * shape.hidden * 8 * dtype_bytes,
+        "overhead": CUDA_CONTEXT if cuda else CPU_RUNTIME,
+    }
+    return Plan(f"scoring (curate, {cfg.curation.mode}: batch {b} x {n} tokens, forward passes)", parts)
+
+
 def plan_generation(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: bool, cuda: bool,
                     lora: LoraConfig | None, stage: str | None = None, tokenizer: Any = None) -> Plan:
+    if stage == "curate" and cfg.curation.mode in ("likelihood", "combined", "quality"):
+        return plan_scoring(shape, cfg, dtype_bytes, load_in_4bit, cuda, lora)
     ctx = generation_context(cfg, stage, tokenizer, shape.context)
     g = cfg.generation
-    b = g.batch_size or g.max_batch_size  # auto (0) never goes above max_batch_size
+    b = min(g.batch_size or g.max_batch_size, stage_rows(cfg, stage))  # auto (0) never goes above max_batch_size
     parts = {
         "weights": weight_bytes(shape, dtype_bytes, load_in_4bit),
         "lora": shape.lora_params(lora) * dtype_bytes if lora else 0,

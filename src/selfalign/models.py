@@ -55,6 +55,11 @@ def pick_device(device: str = "auto") -> str:
             raise ModelError(f"this process needs GPU {index} (LOCAL_RANK={local_rank()}) but {count} "
                              "CUDA device(s) are visible: launch at most one process per GPU")
         torch.cuda.set_device(index)
+        from selfalign.gpu import capability_problem
+
+        problem = capability_problem(index)  # a P100 (6.0) has no kernels in current builds: one line, now
+        if problem:
+            raise ModelError(problem)
         return f"cuda:{index}"
     return device
 
@@ -232,12 +237,11 @@ def load_model(
     """(model, tokenizer) for a model spec, with an optional LoRA adapter applied.
 
     Each process loads onto its own device (see `placement_kwargs`)."""
-    import sys
-
     from transformers import AutoModelForCausalLM
 
-    if "selfalign.vllm_backend" in sys.modules:  # one model on the GPU at a time: a vLLM engine
-        sys.modules["selfalign.vllm_backend"].release()  # of an earlier stage goes first
+    from selfalign.gpu import release
+
+    release()  # one model on the GPU at a time: an earlier stage's engine and cached blocks go first
     path = resolve_model(spec, models.cache_dir)
     dev = pick_device(device)
     kwargs: dict[str, Any] = {

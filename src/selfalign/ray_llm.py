@@ -1,5 +1,6 @@
 """GPU clusters: the Ray executor's stages on `ray.data.llm` with vLLM (`run.executor: ray` and
-`generation.backend: vllm`; `pip install "ray[llm]"`, which installs vLLM).
+`generation.backend: vllm`; `pip install "selfalign[ray,vllm]"` on every node: not ray's `llm`
+extra, which pins vLLM 0.29.0).
 
 `vLLMEngineProcessorConfig` + `build_processor` run vLLM engines as Ray actors (`ray.concurrency`
 replicas of `ray.tensor_parallel_size` GPUs). Each row is one request of the stage's Step

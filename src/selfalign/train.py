@@ -210,6 +210,10 @@ def train_lora(
         dataloader_num_workers=0,
         optim="adamw_torch",
     )
+    if not on_cpu:
+        from selfalign.gpu import one_gpu_per_process
+
+        one_gpu_per_process(args)  # several GPUs, one process: no DataParallel
     collator = PadCollator(tok.pad_token_id, accepts_logits_to_keep(model))
     trainer = _trainer_class()(model=model, args=args, train_dataset=ds, data_collator=collator,
                                callbacks=_crash_callbacks())

@@ -161,7 +161,9 @@ class VllmEngine:
             raise VllmError(f"{self.name}: a prompt of {need - params.max_new_tokens} tokens + {params.max_new_tokens} "
                             f"new tokens is over the model's context {self.context}")
         if self.llm is None or need > self.max_model_len:
-            release()
+            from selfalign.gpu import release as release_all
+
+            release_all()  # this engine's older LLM, and the cached blocks vLLM's start-up check counts as used
             self.max_model_len = need
             say(f"{self.name}: vLLM engine, max_model_len {need} (longest prompt + new tokens"
                   f"{f', context {self.context}' if self.context else ''})")
