@@ -93,10 +93,16 @@ def test_check_refuses_before_loading_and_can_be_turned_off(tmp_path: Path, tiny
     assert check(off, str(folder), str(folder), "cuda", train=cfg.train_forward) is None
     # through the real stage: one error line, no traceback, nothing written
     r = cli("train-backward", "--config", "smoke", f"run.out_dir={tmp_path / 'run'}",
-            f"models.base={folder}", "run.device_memory_gb=8", "run.device=cpu")
+            f"models.base={folder}", "run.device_memory_gb=8", "run.device=cpu", "hygiene.embeddings=none")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.startswith("error: training (batch") and "will not fit" in r.stderr
     assert not (tmp_path / "run" / "backward").exists()
+    # the hygiene stage's embedder (the base model's hidden states) loads first: it is checked too
+    e = cli("train-backward", "--config", "smoke", f"run.out_dir={tmp_path / 'run2'}",
+            f"models.base={folder}", "run.device_memory_gb=8", "run.device=cpu", "hygiene.embeddings=base")
+    assert e.returncode == 2 and "Traceback" not in e.stderr
+    assert e.stderr.startswith("error: ") and "will not fit" in e.stderr and "cannot load" not in e.stderr
+    assert not (tmp_path / "run2" / "backward").exists()
 
 
 def test_load_in_4bit_on_cpu_is_one_clear_error(tiny_model: Path) -> None:

@@ -90,10 +90,15 @@ class Embedder:
 
     def _load(self) -> tuple[object, object]:
         if self._model is None:
-            from selfalign.models import load_model
+            from selfalign import memory
+            from selfalign.gpu import release
+            from selfalign.models import load_model, pick_device, resolve_model
 
             say(f"hygiene: embeddings from the pooled hidden states of {self.spec} "
                 f"(layer {self.cfg.hygiene.embedding_layer})")
+            release()  # as before every model load: what an earlier stage held goes first, then the check
+            memory.check(self.cfg, self.spec, resolve_model(self.spec, self.cfg.models.cache_dir),
+                         pick_device(self.cfg.run.device))
             self._model = load_model(self.spec, self.cfg.models, self.cfg.run.device)
         return self._model
 
