@@ -240,7 +240,9 @@ def test_redaction_masks_a_secret_in_any_place(secret: str, form: str, before: s
     assume(secret not in before)
     text = before + " " + form.format(s=secret)
     assert secret not in redact(text)
-    assert secret not in json.dumps(redact_obj({"hub": {"endpoint": text, "token": secret}, "x": [text]}))
+    shape = {"hub": {"endpoint": text, "token": secret}, "x": [text]}
+    assume(secret not in json.dumps({"hub": {"endpoint": "", "token": ""}, "x": [""]}))  # not a key's own name
+    assert secret not in json.dumps(redact_obj(shape))
 
 
 @BUDGET

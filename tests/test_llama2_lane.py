@@ -112,7 +112,10 @@ def test_llama2_lane_vllm_backend(llama2: dict[str, Path], tmp_path: Path, monke
 
     fake = install(monkeypatch)
     fake.reply = reply
-    cfg = lane_config(llama2, tmp_path / "run", "generation.backend=vllm", "run.device_memory_gb=40")
+    # hygiene.embeddings=none: the fake GPU runs no torch op, and the embedder is an HF forward pass
+    # (tested on the CPU by the hf lane above), not a vLLM path
+    cfg = lane_config(llama2, tmp_path / "run", "generation.backend=vllm", "run.device_memory_gb=40",
+                      "hygiene.embeddings=none")
     run_pipeline(cfg, until="train-backward")
     for until in ("curate", "train-forward", "responses"):
         with monkeypatch.context() as m:

@@ -211,6 +211,8 @@ def curate_filter(cfg: Config, run_dir: Path, kept: list[Any], iteration: int) -
         texts = [p.instruction for p in kept]
         ref = [t.text for t in load_benchmarks(cfg, quiet=True)[0]]  # standardised as in the check
         vectors = emb.vectors(texts, ref=ref, progress=False) if emb is not None and texts else None
+        if emb is not None:
+            emb.close()  # its model goes before the next stage's memory check
         similar = closeness(cfg, texts, vectors)
         threshold = cfg.hygiene.diversity_threshold if vectors is not None else cfg.hygiene.minhash_threshold
         chosen, skipped = select_diverse(kept, budget, cfg.run.seed, similar, threshold)
