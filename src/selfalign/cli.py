@@ -34,8 +34,6 @@ from selfalign.config import (
     format_config,
     load_config,
     local_config,
-    packaged_config_path,
-    packaged_configs,
 )
 
 # Library deprecation notices (transformers 5.x renames) are noise for a pipeline user.
@@ -343,54 +341,6 @@ def ablate_cmd(config: str | None, seeds: int | None, steps: int | None, n_heldo
     ablate(cfg)
 
 
-@main.group("config")
-def config_group() -> None:
-    """The shipped configs: list them, print one, or write a copy to edit."""
-
-
-@config_group.command("list")
-def config_list() -> None:
-    """Names of the shipped configs (use them with --config NAME)."""
-    for name in packaged_configs():
-        click.echo(f"{name}\t{packaged_config_path(name)}")
-
-
-@config_group.command("show")
-@click.argument("name", default="default")
-@_guard
-def config_show(name: str) -> None:
-    """Print a shipped config (or a config file), comments included."""
-    click.echo(find_config(name).read_text(encoding="utf-8"), nl=False)
-
-
-@config_group.command("path")
-@click.argument("name", default="default")
-@_guard
-def config_path(name: str) -> None:
-    """Print the file of a shipped config, e.g. for `accelerate launch --config_file`."""
-    click.echo(str(find_config(name)))
-
-
-@config_group.command("write")
-@click.argument("path")
-@click.option("--from", "name", default="default", show_default=True, help="shipped config to copy")
-@click.option("--force", is_flag=True, help="overwrite an existing file")
-@_guard
-def config_write(path: str, name: str, force: bool) -> None:
-    """Write a copy of a shipped config to PATH, to edit and pass back with --config PATH."""
-    dst = Path(path)
-    if dst.exists() and not force:
-        _fail(f"{dst} exists: use --force to overwrite it")
-    text = find_config(name).read_text(encoding="utf-8")
-    if not name.startswith("accelerate/"):  # accelerate's own files are not selfalign configs
-        load_config(find_config(name))  # one that does not load is a bug: fail before writing
-    from selfalign.io import atomic_write_text
-
-    atomic_write_text(dst, text)
-    click.echo(f"wrote {dst} (from the shipped config '{find_config(name).stem}'); run it with "
-               f"`selfalign run --config {dst}`")
-
-
 @main.command("plan")
 @_config_opt
 @click.option("--device-memory-gb", default=None, type=float,
@@ -420,8 +370,10 @@ def plan_cmd(config: str | None, device_memory_gb: float | None, gpu: str | None
 
 
 from selfalign.cli_batch import add_batch_commands  # noqa: E402
+from selfalign.cli_config import add_config_commands  # noqa: E402
 
 add_batch_commands(main, _config_opt, _overrides, _guard, _load)  # `selfalign batch write|read`
+add_config_commands(main, _guard, _fail)  # `selfalign config list|show|path|write`
 
 if __name__ == "__main__":
     main()

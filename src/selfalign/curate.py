@@ -27,6 +27,7 @@ from selfalign.cards import dataset_card
 from selfalign.config import Config, ConfigError, CurationConfig, ModelsConfig
 from selfalign.generation import Engine, GenParams, context_limit, generate, overlong_prompts
 from selfalign.io import atomic_write_text, write_jsonl
+from selfalign.log import say
 from selfalign.prompts import PromptTooLong, Templates, fit_prompt, shipped
 from selfalign.rank import RANKED_MODES, RankStep, error_rated, pair_of_row
 from selfalign.records import AugmentedPair, RatedPair
@@ -307,6 +308,32 @@ def curation_stats(rated: list[RatedPair], threshold: float) -> dict[str, Any]:
         "forced_scored": sum(r.forced_score and r.score is not None for r in rated),
         "response_cut": sum(r.response_cut for r in rated),  # cut to fit the rating prompt
     }
+
+
+def select_round(c: Config, rated: list[RatedPair], run_dir: Path, iteration: int, templates: Templates,
+                 rater: str, generated: int, generated_ok: int) -> dict[str, Any]:
+    """A curation round's selection, redone on every run: the threshold, then a person's labels
+    (labels.py: they overrule the rater), then the hygiene drops and the budget (hygiene_stage.py:
+    a label cannot re-admit a benchmark prompt); writes `curated_<iteration>/` and returns the
+    round's counts for the manifest."""
+    from selfalign import hygiene_stage
+    from selfalign.labels import apply_labels
+
+    stats = curation_stats(rated, c.curation.threshold)
+    kept = select(rated, c.curation.threshold)
+    kept, human = apply_labels(rated, kept, c.curation.labels, c.curation.threshold)
+    stats.update(human)
+    kept, hygiene = hygiene_stage.curate_filter(c, run_dir, kept, iteration)
+    prov = {**stats, "base": c.models.base, "backward": str(run_dir / "backward"), "rater": rater,
+            "unlabelled": c.data.unlabelled, "seed": c.data.seed, "mode": c.curation.mode,
+            "n_samples": c.curation.n_samples, "shots": c.curation.shots, "iteration": iteration,
+            "generated": generated, "generated_ok": generated_ok, "hygiene": hygiene_stage.card_text(hygiene)}
+    write_curated(kept, run_dir / f"curated_{iteration}", prov, templates)
+    say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
+        f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
+        f"parse-failure rate {stats['parse_failure_rate']}; {stats['response_cut']} responses cut to "
+        f"{c.curation.max_response_tokens} tokens (or to fit the model's context) in the prompt")
+    return stats
 
 
 def write_curated(kept: list[RatedPair], out_dir: Path, provenance: dict[str, Any],

@@ -246,7 +246,6 @@ class Run:
         spec, adapter, rater_name = self._rater(iteration)
         c = self.cfg
         rated_path = self.path(f"curate_{iteration}", "rated.jsonl")
-        curated_dir = self.path(f"curated_{iteration}")
         key = self.key("curate", iteration, rater=[spec, fingerprint(adapter) if adapter else None])
         name = f"curate-{iteration}"
         self._drop_stale(name, key, rated_path)
@@ -258,24 +257,10 @@ class Run:
             self.manifest.finish(name, rater=rater_name)
         else:
             rated = load_rated(rated_path)
-        # Selection is cheap: always redone, so a new threshold needs no re-rating.
-        from selfalign.curate import curation_stats, select, write_curated
-        from selfalign.labels import apply_labels
+        # Selection is cheap: always redone, so a new threshold (or labels file) needs no re-rating.
+        from selfalign.curate import select_round
 
-        stats = curation_stats(rated, c.curation.threshold)
-        kept = select(rated, c.curation.threshold)
-        kept, human = apply_labels(rated, kept, c.curation.labels, c.curation.threshold)  # a person overrules
-        stats.update(human)
-        kept, hygiene = hygiene_stage.curate_filter(c, self.dir, kept, iteration)  # benchmark matches out; max_kept
-        prov = {**stats, "base": c.models.base, "backward": str(self.path("backward")), "rater": rater_name,
-                "unlabelled": c.data.unlabelled, "seed": c.data.seed, "mode": c.curation.mode,
-                "n_samples": c.curation.n_samples, "shots": c.curation.shots, "iteration": iteration,
-                "generated": len(pairs), "generated_ok": len(usable), "hygiene": hygiene_stage.card_text(hygiene)}
-        write_curated(kept, curated_dir, prov, self.templates)
-        say(f"curate (iteration {iteration}): {stats['rated']} rated, {stats['unscored']} unscored, "
-            f"{stats['kept']} kept at >= {stats['threshold']}; histogram {stats['histogram']}; "
-            f"parse-failure rate {stats['parse_failure_rate']}; {stats['response_cut']} responses cut to "
-            f"{c.curation.max_response_tokens} tokens (or to fit the model's context) in the prompt")
+        stats = select_round(c, rated, self.dir, iteration, self.templates, rater_name, len(pairs), len(usable))
         self.manifest.count(**{f"curation_{iteration}": stats})
         return rated
 
