@@ -111,5 +111,19 @@ def write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(Path(path), "".join(json_line(r) + "\n" for r in rows))
 
 
+def jsonl_rows(path: Path, text: str | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a small JSONL file (`text`: its content,
+    when the caller read it); a line that is not JSON is a DataError naming the file and line."""
+    if text is None:
+        text = Path(path).read_text(encoding="utf-8")
+    for k, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            yield k, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{k}: not JSON ({e.msg})") from None
+
+
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(Path(path), json.dumps(obj, ensure_ascii=False, indent=2) + "\n")

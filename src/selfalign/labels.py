@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from selfalign.io import DataError
+from selfalign.io import DataError, jsonl_rows
 from selfalign.records import AugmentedPair, RatedPair
 
 DECISIONS = ("keep", "drop")
@@ -66,13 +66,7 @@ def load_labels(path: str | Path) -> dict[str, Label]:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
         raise DataError(f"{path}: not UTF-8 text (a labels file is JSONL)") from None
-    for k, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{k}: not JSON ({e.msg})") from None
+    for k, row in jsonl_rows(path, text):
         if not isinstance(row, dict) or not isinstance(row.get("source_id"), str) or not row["source_id"]:
             raise DataError(f"{path}:{k}: a labels row needs a source_id (string)")
         if row.get("decision") not in DECISIONS:

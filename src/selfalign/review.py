@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from selfalign.io import DataError, atomic_write_text
+from selfalign.io import DataError, atomic_write_text, jsonl_rows
 
 PAGE_DIR = "review_page"
 # hygiene flags (issue 27's `hygiene/flags.jsonl`): one row per hit
@@ -37,17 +37,7 @@ def _num(x: Any) -> float | None:
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
-    out = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{k}: not JSON ({e.msg})") from None
-        if isinstance(row, dict):
-            out.append(row)
-    return out
+    return [row for _, row in jsonl_rows(path) if isinstance(row, dict)]
 
 
 def _flags(run_dir: Path) -> dict[str, list[dict[str, Any]]]:

@@ -19,13 +19,12 @@ first `n` (`evaluate.n_human`, default 40, so 80 rated pairs) are taken: the sam
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from selfalign.evaluate.corruptions import normalized
-from selfalign.io import DataError
+from selfalign.io import DataError, jsonl_rows
 from selfalign.records import AugmentedPair
 
 HUMAN_GOOD, HUMAN_BAD = "human_good", "human_bad"
@@ -66,13 +65,7 @@ def load_human_pairs(
         raise DataError(f"{path}: not found (human-judged set); pass the OASST1 messages file with --human PATH "
                         "or set evaluate.human")
     messages = []
-    for k, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{k}: not JSON ({e.msg})") from None
+    for k, row in jsonl_rows(path):
         if not isinstance(row, dict) or not {"message_id", "parent_id", "role", "text"} <= row.keys():
             raise DataError(f"{path}:{k}: not an OASST1 message (needs message_id, parent_id, role, text)")
         messages.append(row)
