@@ -291,6 +291,7 @@ def _valid_png(path: Path) -> None:
     assert mpimg.imread(str(path)).shape[0] > 50
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_evaluate_finished_tiny_run(smoke_cfg, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     from selfalign import record_log as sio
     from selfalign.evaluate import LENGTH, eval_modes, evaluate_run, load_heldout, write_eval_report

@@ -48,7 +48,9 @@ def lane_config(llama2: dict[str, Path], out: Path, *extra: str) -> Any:
         "train_forward.batch_size=1", "train_backward.grad_accum=1", "train_forward.grad_accum=1",
         "generation.batch_size=2", "generation.instruction.max_new_tokens=16", "generation.response.max_new_tokens=16",
         "generation.max_instruction_chars=100000", "curation.retries=0", "curation.max_new_tokens=32",
-        "generation.require_request=false", *extra])  # a random tiny model writes no requests
+        "generation.require_request=false",  # a random tiny model writes no requests
+        "hygiene.benchmarks=[]",  # the config's Hub benchmarks: offline, a failed read costs ~50 s; tested apart
+        *extra])
 
 
 def check_ids(ids: list[int], new: int, limit: int = CONTEXT, turns: int = 1) -> None:
@@ -103,6 +105,7 @@ def test_llama2_lane_hf_backend(llama2: dict[str, Path], tmp_path: Path, monkeyp
     assert (run.path("forward", "adapter_model.safetensors")).is_file()
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_llama2_lane_vllm_backend(llama2: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Generation stages on a fake GPU through the fake vllm; training stages on the CPU."""
     from selfalign.pipeline import run_pipeline

@@ -44,6 +44,7 @@ def test_smoke_run_end_to_end(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
     assert "torch" in manifest["versions"]
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_unchanged_stages_are_skipped(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
     run_pipeline(smoke_cfg)
     adapter = Path(smoke_cfg.run.out_dir) / "backward" / "adapter_model.safetensors"
@@ -64,6 +65,7 @@ def test_unchanged_stages_are_skipped(smoke_cfg, capsys: pytest.CaptureFixture) 
     assert "train-forward-1: running" in out
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_resume_after_interrupted_augmentation(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     import selfalign.steps as augment_mod  # every single-pass step calls the engine through steps.generate
 
@@ -102,6 +104,7 @@ def test_resume_after_interrupted_augmentation(smoke_cfg, monkeypatch: pytest.Mo
     assert sorted(final, key=lambda r: r["source_id"]) == sorted(uninterrupted, key=lambda r: r["source_id"])
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_resume_after_interrupted_curation_is_identical(smoke_cfg, monkeypatch: pytest.MonkeyPatch) -> None:
     import selfalign.curate as curate_mod
 
@@ -231,6 +234,7 @@ def test_cli_prints_resolved_config(tmp_path: Path) -> None:
     assert len(lines(tmp_path / "r" / "seed" / "pairs.jsonl")) == 3
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_m0_rater_and_second_iteration(smoke_cfg, capsys: pytest.CaptureFixture) -> None:
     """rater=m0 trains the seed-only forward model first; iterations=2 re-rates with M1, trains M2."""
     cfg = smoke_cfg.model_copy(deep=True)
@@ -249,6 +253,7 @@ def test_m0_rater_and_second_iteration(smoke_cfg, capsys: pytest.CaptureFixture)
     assert (d / "curated" / "data.jsonl").read_text() == (d / "curated_2" / "data.jsonl").read_text()
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_cli_generate_after_train_forward(smoke_cfg, tiny_model: Path) -> None:
     run_pipeline(smoke_cfg, until="train-forward")
     r = cli("generate", "--config", "smoke", f"run.out_dir={smoke_cfg.run.out_dir}",

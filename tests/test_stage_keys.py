@@ -58,6 +58,7 @@ EDITS = {
 }
 
 
+@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
 def test_editing_a_template_redoes_exactly_its_dependent_stages(smoke_cfg, tmp_path: Path) -> None:
     templates = tmp_path / "templates"
     shutil.copytree(Path(str(resources.files("selfalign").joinpath("templates"))), templates)
