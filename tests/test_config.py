@@ -447,3 +447,18 @@ def test_evaluate_and_ablate_settings_do_not_make_a_run_directory_refuse_the_con
     cfg = load_config(packaged_config_path("smoke"))
     other = load_config(packaged_config_path("smoke"), ["ablate.seeds=5", "evaluate.n_heldout=9", "evaluate.human=x.jsonl"])
     assert config_changes(cfg.to_dict(), other) == []
+
+
+def test_selection_and_endpoint_throughput_settings_resume_a_run_directory() -> None:
+    """The budget, the diversity threshold and a labels file are applied by the selection, redone on
+    every run (like the threshold); a served endpoint's concurrency, retries and prices do not change
+    its answers. None of them makes a run directory refuse the config; a rater change does."""
+    from selfalign.rundir import config_changes
+
+    cfg = load_config(packaged_config_path("smoke"))
+    other = load_config(packaged_config_path("smoke"), [
+        "curation.max_kept=10", "hygiene.diversity_threshold=0.5", "curation.labels=l.jsonl",
+        "served.concurrency=2", "served.max_retries=1", "served.timeout=5", "served.price_input=0.5"])
+    assert config_changes(cfg.to_dict(), other) == []
+    rater = load_config(packaged_config_path("smoke"), ["served.model=other", "hygiene.ngram=8"])
+    assert sorted(k for k, _, _ in config_changes(cfg.to_dict(), rater)) == ["hygiene.ngram", "served.model"]

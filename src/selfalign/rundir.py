@@ -73,7 +73,10 @@ def copy_dir(src: Path, dst: Path) -> None:
 RESUMABLE_KEYS = (
     "run.out_dir", "run.force", "run.threads", "ray.address", "run.device", "run.memory_check", "run.device_memory_gb",
     "models.cache_dir", "run.templates_dir", "curation.threshold", "curation.iterations",
-    "curation.labels",
+    "curation.labels", "curation.max_kept", "hygiene.diversity_threshold",  # selection, redone on every run
+    # a served endpoint's throughput, retries, prices and key variable: the answers do not depend on them
+    "served.concurrency", "served.timeout", "served.max_retries", "served.max_retry_wait", "served.price_",
+    "served.api_key_env",
     "forward.n_responses", "generation.response.", "data.eval_prompts", "data.eval_split", "hub.",
     "generation.gpu_memory_utilization", "evaluate.", "ablate.",
 )
