@@ -242,7 +242,8 @@ def cpu_attention(shape: Shape, b: int, n: int, dtype_bytes: int) -> int:
     """A forward pass's attention on a CPU: SDPA's math kernel materialises one layer's scores
     (b x heads x n x n), the copy with the mask added and the softmax of it. Measured on the default
     CPU run (2026-12-07, docs/gpu-and-colab.md "Planned vs measured"): without it the planner
-    under-counted augment's peak by 31% and curate's by 25%."""
+    under-counted curate's peak by 25% (and augment's by 31%: not added to generation, see
+    plan_generation)."""
     return b * shape.heads * n * n * dtype_bytes * 3
 
 
@@ -283,11 +284,10 @@ def plan_generation(shape: Shape, cfg: Config, dtype_bytes: int, load_in_4bit: b
         "overhead": CUDA_CONTEXT if cuda else CPU_RUNTIME,
     }
 
+    # (no cpu_attention term here: it is quadratic in the longest prompt, and one over-long row,
+    # which becomes an error row, would make the planner refuse the whole stage; augment's peak is
+    # planned ~30% under on a CPU for it, docs/results/2026-12-07-plan-vs-measured.md)
     tokens = prompt_tokens(cfg, stage, tokenizer) if stage is not None else None
-    if not cuda and tokens is not None and tokens.counted:
-        # only where the prompts were counted: on an estimated context (up to the model's whole
-        # context) the quadratic term would refuse runs whose real prompts are short
-        parts["attention"] = cpu_attention(shape, b, ctx, dtype_bytes)
     if tokens is not None and tokens.shared >= MIN_SHARED_PREFIX:
         parts["prefix_cache"] = shape.kv_bytes(tokens.shared, dtype_bytes)  # kept on the engine
     how = "counted" if tokens is not None and tokens.counted else "estimated"
