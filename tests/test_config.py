@@ -124,6 +124,7 @@ def test_find_config_takes_files_and_shipped_names(tmp_path: Path, monkeypatch: 
         find_config("nope.yaml")
 
 
+@pytest.mark.slow  # > 10 s (the fast tier; CI runs it)
 def test_config_command_writes_an_editable_copy(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -447,6 +447,7 @@ def test_run_with_hub_push_publishes_a_real_pipeline_run(smoke_cfg, fake_hub: Fa
         assert _files_containing(fake_hub.root, token) == []
 
 
+@pytest.mark.slow  # > 10 s (the fast tier; CI runs it)
 def test_passes_with_offline_mode_exported() -> None:
     """A user who exports HF_HUB_OFFLINE=1 (to load models from the cache only) runs these tests
     too: the `online` fixture clears it in process (huggingface_hub read it at import, into

@@ -105,7 +105,7 @@ def test_llama2_lane_hf_backend(llama2: dict[str, Path], tmp_path: Path, monkeyp
     assert (run.path("forward", "adapter_model.safetensors")).is_file()
 
 
-@pytest.mark.slow  # > 8 s (the fast tier stays under 3 min; CI runs it)
+# not slow: the Colab and lower-bound lanes (.ci/lane) run this file's fast tests
 def test_llama2_lane_vllm_backend(llama2: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Generation stages on a fake GPU through the fake vllm; training stages on the CPU."""
     from selfalign.pipeline import run_pipeline

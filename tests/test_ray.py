@@ -158,7 +158,8 @@ def test_ray_augment_same_ids_as_local_and_bad_rows_are_errors(tmp_path: Path, t
 
 
 # logprob mode is the same job with another step: marked slow to keep the default run short
-@pytest.mark.parametrize("mode", ["generate", pytest.param("logprob", marks=pytest.mark.slow)])
+@pytest.mark.slow  # a Ray instance and a job: 22 s (the fast tier; CI runs it)
+@pytest.mark.parametrize("mode", ["generate", "logprob"])
 def test_greedy_curation_on_ray_scores_as_local(tmp_path: Path, tiny_model: Path, ray_instance, mode: str) -> None:
     from selfalign.curate import rate_pairs, step_for
     from selfalign.generation import load_engine
